@@ -1,0 +1,256 @@
+"""The services.yaml schema as pydantic models.
+
+Only the shape and the per-field rules live here. Reading YAML, line numbers,
+`${VAR}` interpolation and env files are in `loader`; cross-service rules that need
+the whole stack (unknown dependencies, cycles, `service_healthy` without a
+healthcheck) are checked by `loader` with `stackvisor.graph`.
+
+Durations are stored as float seconds. Port variables (`${PORT}`, `${DB_PORT}`) are
+still unexpanded here: they are known only once ports are resolved at start time.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """`500ms`, `2s`, `1m`, `1h` or a plain number of seconds -> float seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 500ms, 2s, 1m or a number of seconds")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("expected a duration that is not negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    raise ValueError(f"expected a duration like 500ms, 2s, 1m or a number of seconds (got {value!r})")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Strategy(StrEnum):
+    CONSERVATIVE = "conservative"
+    AGGRESSIVE = "aggressive"
+    INTELLIGENT = "intelligent"
+
+
+class Condition(StrEnum):
+    STARTED = "service_started"
+    HEALTHY = "service_healthy"
+    COMPLETED = "service_completed_successfully"
+
+
+class RestartPolicy(StrEnum):
+    NO = "no"
+    ON_FAILURE = "on-failure"
+    ALWAYS = "always"
+    UNLESS_STOPPED = "unless-stopped"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _port_number(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"expected a port between 1 and 65535 (got {value})")
+    return value
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class HealthCheck(_Model):
+    """Exactly one probe (`http`, `tcp`, `exec`, `log`) plus Compose's timing fields."""
+
+    http: str | None = None
+    tcp: str | None = None
+    exec: str | list[str] | None = None
+    log: str | None = None
+    interval: Duration = 1.0
+    timeout: Duration = 2.0
+    retries: int = Field(default=3, ge=1)
+    start_period: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> HealthCheck:
+        probes = [k for k in ("http", "tcp", "exec", "log") if getattr(self, k) is not None]
+        if len(probes) != 1:
+            got = ", ".join(probes) if probes else "none"
+            raise ValueError(f"expected exactly one of http, tcp, exec, log (got {got})")
+        if self.log is not None:
+            try:
+                re.compile(self.log)
+            except re.error as exc:
+                raise ValueError(f"log: not a valid regular expression: {exc}") from None
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("http", "tcp", "exec", "log") if getattr(self, k) is not None)
+
+
+class Dependency(_Model):
+    condition: Condition = Condition.STARTED
+    restart: bool = False
+    required: bool = True
+
+
+class Backoff(_Model):
+    initial: Duration = 0.5
+    max: Duration = 30.0
+    factor: float = Field(default=2.0, ge=1.0)
+    reset_after: Duration = 10.0
+
+
+class Service(_Model):
+    name: str = ""
+    command: str | list[str]
+    port: Port | Literal["auto"] | None = None
+    alternative_ports: list[Port] = []
+    port_range: tuple[int, int] | None = None
+    process_patterns: list[str] = []
+    healthcheck: HealthCheck | None = None
+    depends_on: dict[str, Dependency] = {}
+    env: dict[str, str] = {}
+    env_file: list[str] = []
+    working_dir: str | None = None
+    restart: RestartPolicy = RestartPolicy.ON_FAILURE
+    max_restarts: int = Field(default=5, ge=0)
+    backoff: Backoff = Backoff()
+    stop_signal: str = "SIGTERM"
+    stop_timeout: Duration | None = None
+    watch: list[str] = []
+    conflict_strategy: Strategy | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _command_not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
+            raise ValueError("expected a non-empty command")
+        return value
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        # Compose's short form: a list of names means `condition: service_started`.
+        if isinstance(value, list):
+            if not all(isinstance(v, str) for v in value):
+                raise ValueError("expected a list of service names or a mapping")
+            return {name: {} for name in value}
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_form(cls, value: Any) -> Any:
+        # Compose allows a list of KEY=VALUE; scalar values are stringified like Compose does.
+        if isinstance(value, list):
+            out: dict[str, str] = {}
+            for item in value:
+                if not isinstance(item, str):
+                    raise ValueError("expected KEY=VALUE strings")
+                key, _, val = item.partition("=")
+                out[key] = val
+            return out
+        if isinstance(value, dict):
+            return {
+                str(k): ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+                for k, v in value.items()
+            }
+        return value
+
+    @field_validator("env_file", "watch", "process_patterns", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("port_range", mode="before")
+    @classmethod
+    def _range(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            low, sep, high = value.partition("-")
+            if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+                raise ValueError(f"expected a range like 6380-6399 (got {value!r})")
+            value = (int(low), int(high))
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            low, high = int(value[0]), int(value[1])
+            _port_number(low)
+            _port_number(high)
+            if low > high:
+                raise ValueError(f"expected the low end first (got {low}-{high})")
+            return (low, high)
+        return value
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _signal(cls, value: str) -> str:
+        name = value.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        if name not in signal.Signals.__members__:
+            raise ValueError(f"expected a signal name like SIGTERM or SIGINT (got {value!r})")
+        return name
+
+    @property
+    def signal_number(self) -> int:
+        return int(signal.Signals[self.stop_signal])
+
+    def candidate_ports(self) -> list[int]:
+        """Migration candidates in the order they are tried: alternatives, then the range."""
+        out = list(self.alternative_ports)
+        if self.port_range:
+            out += [p for p in range(self.port_range[0], self.port_range[1] + 1) if p not in out]
+        return out
+
+
+class ControlSettings(_Model):
+    socket: str = ".stackvisor/control.sock"
+    tcp: str | None = None
+    allow_remote: bool = False
+
+
+class Settings(_Model):
+    strategy: Strategy = Strategy.INTELLIGENT
+    reserved_ports: list[Port] = []
+    protected_processes: list[str] = []
+    dev_server_patterns: list[str] | None = None
+    stop_timeout: Duration = 10.0
+    logs_dir: str = "logs"
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    log_backups: int = Field(default=3, ge=0)
+    reload: bool = True
+    reload_debounce: Duration = 0.1
+    control: ControlSettings = ControlSettings()
+
+
+class StackConfig(_Model):
+    """A whole, validated stack. `path` is the file, `root` its folder."""
+
+    name: str = ""
+    settings: Settings = Settings()
+    services: dict[str, Service]
+    path: Path = Path("services.yaml")
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def stop_timeout(self, service: Service) -> float:
+        return service.stop_timeout if service.stop_timeout is not None else self.settings.stop_timeout
+
+    def graph(self) -> dict[str, list[str]]:
+        """service -> the services it depends on, for `stackvisor.graph`."""
+        return {name: list(svc.depends_on) for name, svc in self.services.items()}
