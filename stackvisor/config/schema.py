@@ -80,10 +80,12 @@ class HealthCheck(_Model):
     tcp: str | None = None
     exec: str | list[str] | None = None
     log: str | None = None
-    interval: Duration = 1.0
+    interval: Duration = 10.0
     timeout: Duration = 2.0
     retries: int = Field(default=3, ge=1)
     start_period: Duration = 0.0
+    # Until the first success, probe this often: dependents wait on it (Compose's field).
+    start_interval: Duration = 0.05
 
     @model_validator(mode="after")
     def _one_probe(self) -> HealthCheck:
