@@ -1,0 +1,1 @@
+"""Running a stack: child processes, health probes, per-service state machines, the supervisor."""

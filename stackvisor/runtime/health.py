@@ -1,0 +1,75 @@
+"""Health probes: one attempt each, returning (ok, what was seen).
+
+The timing (interval, retries, start_period) is decided by `policy.HealthTracker`
+and driven by the service; this module only knows how to ask. `log` probes are
+not here: they watch the output stream (see `ServiceRunner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import signal
+from collections.abc import Mapping
+
+import aiohttp
+
+from stackvisor.runtime import process
+from stackvisor.runtime.logs import pump
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`127.0.0.1:8000`, `[::1]:8000`, `localhost:8000` or `8000`."""
+    address = address.strip()
+    if address.isdigit():
+        return "127.0.0.1", int(address)
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port (got {address!r})")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def probe_tcp(address: str, timeout: float) -> tuple[bool, str]:
+    try:
+        host, port = split_address(address)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        return False, f"tcp {address}: {exc or type(exc).__name__}"
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True, f"tcp {address}: connected"
+
+
+async def probe_http(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[bool, str]:
+    try:
+        async with session.get(
+            url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
+            await resp.read()
+            return 200 <= resp.status < 400, f"GET {url}: {resp.status}"
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        return False, f"GET {url}: {exc or type(exc).__name__}"
+
+
+async def probe_exec(
+    command: str | list[str], timeout: float, env: Mapping[str, str], cwd: str | None, marker: str
+) -> tuple[bool, str]:
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    try:
+        child = await process.spawn(argv, env=env, cwd=cwd, marker=marker)
+    except OSError as exc:
+        return False, f"exec {shlex.join(argv)}: {exc}"
+    chunks: list[bytes] = []
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(pump(child.output_fd, chunks.append))
+        try:
+            code = await asyncio.wait_for(asyncio.shield(child.wait()), timeout)
+        except TimeoutError:
+            # The probe's whole group goes, or a stuck grandchild would hold the pipe open.
+            await child.stop(signal.SIGKILL, 0)
+            return False, f"exec: timed out after {timeout:g}s"
+    output = b"".join(chunks).decode("utf-8", "replace").strip()[-500:]
+    return code == 0, output or f"exit {code}"

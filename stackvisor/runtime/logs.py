@@ -1,0 +1,179 @@
+"""Children's output: drained from the pipe, written to `logs/<service>.log`, shown on the console.
+
+`pump` reads a child's pipe on the event loop until EOF, so a child never blocks
+on a full pipe and no line written before exit is lost. `ServiceLog` splits what
+it reads into lines and hands them to the file (size rotation), the console
+(`name | line`, a stable colour per service), the tail buffer (for `logs -n` and
+failure reports) and any live followers (log health probes, `logs -f`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import zlib
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+_COLOURS = [36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96, 31]
+_CHUNK = 65536
+_MAX_LINE = 65536
+TAIL_LINES = 1000
+
+
+def colour_enabled(stream: object) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class Console:
+    """Where `name | line` goes: the supervisor's stdout, or nowhere when detached."""
+
+    def __init__(self, stream: BinaryIO | None, *, colour: bool, width: int = 0) -> None:
+        self.stream = stream
+        self.colour = colour
+        self.width = width
+
+    def prefix(self, name: str) -> bytes:
+        label = name.ljust(self.width)
+        if self.colour:
+            code = _COLOURS[zlib.crc32(name.encode()) % len(_COLOURS)]
+            return f"\x1b[{code}m{label} |\x1b[0m ".encode()
+        return f"{label} | ".encode()
+
+    def write(self, data: bytes) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            # A closed terminal must not take the stack down; the log files still have it all.
+            self.stream = None
+
+
+class RotatingFile:
+    """Append-only file rotated by size: name.log, name.log.1, ... name.log.N."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the service
+        self._size = self._fh.tell()
+
+    def write(self, data: bytes) -> None:
+        self._fh.write(data)
+        self._size += len(data)
+        if self._size >= self.max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self._fh.close()
+        if self.backups > 0:
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115
+        else:
+            self._fh = open(self.path, "wb", buffering=0)  # noqa: SIM115
+        self._size = 0
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+LineListener = Callable[[str], None]
+
+
+class ServiceLog:
+    """One service's output: file, console, tail and followers."""
+
+    def __init__(self, name: str, file: RotatingFile, console: Console) -> None:
+        self.name = name
+        self.file = file
+        self.console = console
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.listeners: set[LineListener] = set()
+        self._partial = b""
+
+    def feed(self, data: bytes) -> None:
+        data = self._partial + data
+        cut = data.rfind(b"\n") + 1
+        complete, self._partial = data[:cut], data[cut:]
+        if len(self._partial) > _MAX_LINE:
+            complete, self._partial = complete + self._partial + b"\n", b""
+        if complete:
+            self._emit(complete)
+
+    def flush(self) -> None:
+        """The child's last words without a trailing newline are still a line."""
+        if self._partial:
+            data, self._partial = self._partial + b"\n", b""
+            self._emit(data)
+
+    def _emit(self, complete: bytes) -> None:
+        self.file.write(complete)
+        raw_lines = complete.split(b"\n")[:-1]
+        if self.console.stream is not None:
+            prefix = self.console.prefix(self.name)
+            self.console.write(b"".join(prefix + line + b"\n" for line in raw_lines))
+        lines = [line.decode("utf-8", "replace") for line in raw_lines[-TAIL_LINES:]]
+        self.tail.extend(lines)
+        if self.listeners:
+            every = lines if len(raw_lines) <= TAIL_LINES else [
+                line.decode("utf-8", "replace") for line in raw_lines
+            ]
+            for listener in list(self.listeners):
+                for line in every:
+                    listener(line)
+
+    def note(self, text: str) -> None:
+        """A line of the supervisor's about this service (e.g. why it was stopped)."""
+        self._emit(f"[stackvisor] {text}\n".encode())
+
+    def last(self, n: int) -> list[str]:
+        return list(self.tail)[-n:] if n > 0 else []
+
+
+async def pump(fd: int, on_data: Callable[[bytes], None]) -> None:
+    """Drain `fd` into `on_data` until EOF; closes `fd`.
+
+    At most one chunk per wakeup, so one chatty child cannot starve the loop.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, _CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            on_data(data)
+        elif not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def stdout_console(width: int, *, enabled: bool = True) -> Console:
+    stream = sys.stdout.buffer if enabled else None
+    return Console(stream, colour=enabled and colour_enabled(sys.stdout), width=width)

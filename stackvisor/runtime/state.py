@@ -1,0 +1,140 @@
+"""The stack's memory on disk: `.stackvisor/state.db` (sqlite).
+
+Two tables: `children`, one row per process ever spawned (service, pid, process
+group, start time, port, exit code), so a later run can find and end what a killed
+supervisor left behind — matching pid AND start time, never a recycled pid; and
+`events`, the history of every state change and port conflict.
+
+Writes are small and synchronous from the event loop: sqlite in WAL mode commits
+one row in well under a millisecond, and a crash then loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stackvisor.runtime.events import Event
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS children (
+    id INTEGER PRIMARY KEY,
+    service TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pgid INTEGER NOT NULL,
+    create_time REAL NOT NULL,
+    port INTEGER,
+    supervisor_pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    exited_at REAL,
+    exit_code INTEGER
+);
+CREATE INDEX IF NOT EXISTS children_live ON children (exited_at);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    supervisor_pid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    service TEXT,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+"""
+
+
+@dataclass(frozen=True)
+class ChildRecord:
+    id: int
+    service: str
+    pid: int
+    pgid: int
+    create_time: float
+    port: int | None
+    supervisor_pid: int
+
+
+class StateDB:
+    def __init__(self, path: Path, supervisor_pid: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.supervisor_pid = supervisor_pid
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def child_started(
+        self, service: str, pid: int, pgid: int, create_time: float, port: int | None
+    ) -> int:
+        cur = self.db.execute(
+            "INSERT INTO children (service, pid, pgid, create_time, port, supervisor_pid, started_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (service, pid, pgid, create_time, port, self.supervisor_pid, time.time()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def child_exited(self, row: int, exit_code: int | None) -> None:
+        self.db.execute(
+            "UPDATE children SET exited_at = ?, exit_code = ? WHERE id = ?",
+            (time.time(), exit_code, row),
+        )
+
+    def live_children(self) -> list[ChildRecord]:
+        """Children with no recorded exit: alive, or left behind by a killed supervisor."""
+        rows = self.db.execute(
+            "SELECT id, service, pid, pgid, create_time, port, supervisor_pid"
+            " FROM children WHERE exited_at IS NULL ORDER BY id"
+        ).fetchall()
+        return [ChildRecord(*row) for row in rows]
+
+    def known_children(self) -> set[tuple[int, float]]:
+        rows = self.db.execute("SELECT pid, create_time FROM children").fetchall()
+        return {(int(pid), float(ct)) for pid, ct in rows}
+
+    def record_event(self, event: Event) -> None:
+        self.db.execute(
+            "INSERT INTO events (ts, supervisor_pid, seq, kind, service, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                event.ts,
+                self.supervisor_pid,
+                event.seq,
+                event.kind,
+                event.service,
+                json.dumps(event.data, default=str),
+            ),
+        )
+
+    def events(
+        self, *, since: float | None = None, kinds: tuple[str, ...] = (), limit: int = 10000
+    ) -> list[dict[str, Any]]:
+        query = "SELECT ts, supervisor_pid, seq, kind, service, data FROM events WHERE 1=1"
+        args: list[Any] = []
+        if since is not None:
+            query += " AND ts >= ?"
+            args.append(since)
+        if kinds:
+            query += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args.extend(kinds)
+        query += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        rows = self.db.execute(query, args).fetchall()
+        return [
+            {
+                "ts": ts,
+                "supervisor_pid": spid,
+                "seq": seq,
+                "kind": kind,
+                "service": service,
+                "data": json.loads(data),
+            }
+            for ts, spid, seq, kind, service, data in reversed(rows)
+        ]

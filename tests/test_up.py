@@ -1,0 +1,257 @@
+"""`stackvisor up` as a real process: signals, stop timeouts, orphans, output, exit statuses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from support import alive, children_rows, cli, state_events, supervisor_process, wait_for, write_program, write_stack
+
+pytestmark = pytest.mark.timeout(90)
+
+PY = "python3"
+
+
+def service_pid(root: Path, name: str) -> int:
+    rows = wait_for(lambda: [r for r in children_rows(root) if r["service"] == name])
+    return int(rows[-1]["pid"])
+
+
+def test_child_ignoring_sigterm_is_killed_after_stop_timeout(tmp_path: Path) -> None:
+    write_program(
+        tmp_path,
+        "stubborn.py",
+        """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ignoring SIGTERM", flush=True)
+        while True:
+            time.sleep(1)
+        """,
+    )
+    write_stack(
+        tmp_path,
+        f"""
+        services:
+          stubborn:
+            command: {PY} stubborn.py
+            stop_timeout: 1s
+            healthcheck: {{log: "ignoring SIGTERM"}}
+        """,
+    )
+    with supervisor_process(tmp_path) as sup:
+        pid = service_pid(tmp_path, "stubborn")
+        wait_for(lambda: any(e.get("new") == "healthy" for e in state_events(tmp_path, "stubborn")))
+        sent = time.monotonic()
+        sup.send_signal(signal.SIGTERM)
+        wait_for(lambda: not alive(pid), timeout=5)
+        assert time.monotonic() - sent <= 1.0 + 1.0
+        assert sup.wait(10) == 0
+
+
+def test_grandchildren_are_gone_after_stop_even_after_setsid(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    write_program(
+        tmp_path,
+        "parent.py",
+        f"""
+        import subprocess, sys, time
+        sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
+        kid = subprocess.Popen(sleeper)
+        escaped = subprocess.Popen(sleeper, start_new_session=True)
+        open("{pids}.tmp", "w").write(f"{{kid.pid}} {{escaped.pid}}")
+        import os; os.rename("{pids}.tmp", "{pids}")
+        print("spawned", flush=True)
+        time.sleep(300)
+        """,
+    )
+    write_stack(tmp_path, f"services:\n  parent:\n    command: {PY} parent.py\n")
+    with supervisor_process(tmp_path) as sup:
+        wait_for(pids.exists)
+        kid, escaped = map(int, pids.read_text().split())
+        assert alive(kid) and alive(escaped)
+        assert os.getpgid(escaped) != os.getpgid(kid)
+        sup.send_signal(signal.SIGINT)
+        assert sup.wait(15) == 0
+        wait_for(lambda: not alive(kid) and not alive(escaped), timeout=3)
+
+
+def test_orphaned_grandchild_whose_parent_died_is_ended_at_stop(tmp_path: Path) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    write_program(
+        tmp_path,
+        "daemonise.py",
+        f"""
+        import os, subprocess, sys, time
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+        open("{pidfile}", "w").write(str(p.pid))
+        time.sleep(300)
+        """,
+    )
+    write_stack(
+        tmp_path,
+        f"services:\n  daemon:\n    command: {PY} daemonise.py\n    restart: 'no'\n",
+    )
+    with supervisor_process(tmp_path) as sup:
+        wait_for(lambda: pidfile.exists() and pidfile.read_text())
+        orphan = int(pidfile.read_text())
+        parent = service_pid(tmp_path, "daemon")
+        os.kill(parent, signal.SIGKILL)  # the orphan is reparented to the supervisor
+        wait_for(lambda: any(e.get("new") == "exited" for e in state_events(tmp_path, "daemon")))
+        assert alive(orphan)
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(15) == 0
+        wait_for(lambda: not alive(orphan), timeout=3)
+
+
+def test_children_die_with_a_sigkilled_supervisor(tmp_path: Path) -> None:
+    write_stack(
+        tmp_path,
+        f"""
+        services:
+          a: {{command: "{PY} -c 'import time; time.sleep(300)'"}}
+          b: {{command: "{PY} -c 'import time; time.sleep(300)'", depends_on: [a]}}
+        """,
+    )
+    with supervisor_process(tmp_path) as sup:
+        pids = [service_pid(tmp_path, "a"), service_pid(tmp_path, "b")]
+        sup.kill()
+        sup.wait(5)
+        killed = time.monotonic()
+        wait_for(lambda: not any(alive(p) for p in pids), timeout=2)
+        assert time.monotonic() - killed <= 2
+
+
+def test_fifty_megabytes_of_output_every_line_logged_and_supervisor_responsive(tmp_path: Path) -> None:
+    lines = 500_000  # 100 bytes each: 50 MB
+    write_program(
+        tmp_path,
+        "spew.py",
+        f"""
+        import sys
+        out = sys.stdout
+        pad = "x" * 86
+        for i in range({lines}):
+            out.write(f"{{i:012d}} {{pad}}\\n")
+        out.flush()
+        """,
+    )
+    write_program(
+        tmp_path,
+        "ticker.py",
+        """
+        import time
+        i = 0
+        while True:
+            print(f"tick {i}", flush=True); i += 1; time.sleep(0.05)
+        """,
+    )
+    write_stack(
+        tmp_path,
+        f"""
+        settings: {{log_max_bytes: 200000000}}
+        services:
+          spew: {{command: "{PY} spew.py", restart: "no"}}
+          ticker: {{command: "{PY} ticker.py"}}
+        """,
+    )
+    with supervisor_process(tmp_path, stdout=subprocess.DEVNULL) as sup:
+        wait_for(
+            lambda: any(e.get("new") == "completed" for e in state_events(tmp_path, "spew")), timeout=60
+        )
+        # Responsive while and after draining: the other service's output kept flowing.
+        before = (tmp_path / "logs" / "ticker.log").read_text().count("tick")
+        wait_for(lambda: (tmp_path / "logs" / "ticker.log").read_text().count("tick") > before + 3, timeout=3)
+        sent = time.monotonic()
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(15) == 0
+        assert time.monotonic() - sent < 5
+    with open(tmp_path / "logs" / "spew.log") as fh:
+        numbers = [int(line[:12]) for line in fh]
+    assert numbers == list(range(lines))
+
+
+def test_exit_status_is_1_when_a_service_failed(tmp_path: Path) -> None:
+    write_stack(
+        tmp_path,
+        f"""
+        services:
+          broken: {{command: "{PY} -c 'raise SystemExit(1)'", max_restarts: 1, backoff: {{initial: 50ms}}}}
+          fine: {{command: "{PY} -c 'print(1)'"}}
+        """,
+    )
+    result = cli("up", "--exit-when-done", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "broken | " not in result.stdout  # it printed nothing
+    assert "fine   | 1" in result.stdout
+    assert "gave up after 1 restarts" in result.stderr
+
+
+def test_console_lines_are_prefixed_and_uncoloured_without_a_terminal(tmp_path: Path) -> None:
+    write_stack(
+        tmp_path,
+        f"""
+        services:
+          one: {{command: "{PY} -c 'print(\\"hello from one\\")'"}}
+          second: {{command: "{PY} -c 'print(\\"hello from two\\")'"}}
+        """,
+    )
+    result = cli("up", "--exit-when-done", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "one    | hello from one" in result.stdout
+    assert "second | hello from two" in result.stdout
+    assert "\x1b[" not in result.stdout
+    assert "hello from one" in (tmp_path / "logs" / "one.log").read_text()
+    assert '"event": "one: completed"' in (tmp_path / "logs" / "stackvisor.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        ("services:\n  api:\n    comand: x\n", ":3:5:", 'did you mean "command"'),
+        ("services:\n  api:\n    command: x\n    restart: sometimes\n", ":4:14:", "expected one of"),
+        ("services:\n  api:\n    command: [x\n", ":", "services.yaml"),
+        (
+            "services:\n  a:\n    command: x\n    depends_on: [b]\n  b:\n    command: x\n    depends_on: [a]\n",
+            "",
+            "a -> b -> a",
+        ),
+        ("services:\n  a:\n    command: x\n    depends_on: [nope]\n", ":4:", "nope"),
+    ],
+)
+def test_bad_files_exit_2_with_file_line_and_column(tmp_path: Path, text: str, where: str, what: str) -> None:
+    (tmp_path / "services.yaml").write_text(text)
+    for command in ("validate", "up"):
+        result = cli(command, cwd=tmp_path)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "services.yaml" + where in result.stderr
+        assert what in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".stackvisor" / "state.db").exists()
+
+
+def test_validate_prints_start_order(tmp_path: Path) -> None:
+    write_stack(
+        tmp_path,
+        """
+        services:
+          web: {command: x, depends_on: [api]}
+          api: {command: x, depends_on: [db]}
+          db: {command: x}
+        """,
+    )
+    result = cli("validate", cwd=tmp_path / ".")
+    assert result.returncode == 0, result.stderr
+    order = [line.strip().split()[0] for line in result.stdout.splitlines()[1:]]
+    assert order == ["db", "api", "web"]
+
+
+def test_unknown_service_on_the_command_line(tmp_path: Path) -> None:
+    write_stack(tmp_path, "services:\n  api: {command: x}\n")
+    result = cli("up", "apii", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown service apii" in result.stderr
