@@ -7,6 +7,7 @@ the test passed or not. No test in this module.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
@@ -37,6 +38,23 @@ while True:
 """
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # readable by other users, unlike a venv under /root
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _subreaper(on: bool) -> None:
+    # Holders that are grandchildren (behind a shell or runuser) would otherwise be
+    # orphaned to a pid 1 that may never reap them; as subreaper we can.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+def _reap(pid: int, timeout: float = 3.0) -> None:
+    def gone() -> bool:
+        try:
+            return os.waitpid(pid, os.WNOHANG)[0] == pid
+        except ChildProcessError:  # not (yet) ours: done once it no longer exists
+            return not os.path.exists(f"/proc/{pid}")
+
+    wait_until(gone, timeout)
 
 
 @dataclass
@@ -141,6 +159,8 @@ class Spawner:
                 holder.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+            if holder.pid != holder.proc.pid:
+                _reap(holder.pid)
             for stream in (holder.proc.stdout, holder.proc.stderr):
                 if stream:
                     stream.close()
@@ -149,7 +169,11 @@ class Spawner:
 @pytest.fixture
 def spawn() -> Iterator[Spawner]:
     spawner = Spawner()
+    _subreaper(True)
     try:
         yield spawner
     finally:
-        spawner.cleanup()
+        try:
+            spawner.cleanup()
+        finally:
+            _subreaper(False)

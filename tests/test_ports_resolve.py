@@ -1,0 +1,257 @@
+"""secure_port and friends against real holders of real ports.
+
+Each test starts its holders through the `spawn` fixture, which kills them all at the
+end whatever happens; waits poll with deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+
+from stackvisor.config.schema import Service, Settings, StackConfig, Strategy
+from stackvisor.ports import (
+    Action,
+    ConflictLevel,
+    PortConflictError,
+    PortContext,
+    PortRegistry,
+    format_plan,
+    plan_stack,
+    secure_port,
+)
+from stackvisor.ports.resolve import terminate_holder
+from stackvisor.ports.scan import find_owner, is_free
+from test_ports_helpers import free_port, spawn, wait_until  # noqa: F401  (fixture)
+
+GRACE = 1.0
+
+
+def api(port: int | str | None, *alternatives: int, **kw) -> Service:
+    return Service(name="api", command="python -m api", port=port, alternative_ports=list(alternatives), **kw)
+
+
+def context(strategy: Strategy, **kw) -> PortContext:
+    return PortContext(strategy=strategy, grace=GRACE, **kw)
+
+
+async def test_conservative_keeps_a_same_user_holder_and_migrates(spawn) -> None:
+    holder = spawn()
+    alternative = free_port()
+    resolution = await secure_port(api(holder.port, alternative), context(Strategy.CONSERVATIVE))
+    assert resolution.port == alternative
+    assert resolution.conflict is not None
+    assert (resolution.conflict.action, resolution.conflict.outcome) == ("migrate", "ok")
+    assert (resolution.conflict.level, resolution.conflict.new_port) == ("high", alternative)
+    assert holder.alive()
+
+
+async def test_conservative_without_alternative_fails_with_an_actionable_message(spawn) -> None:
+    holder = spawn()
+    with pytest.raises(PortConflictError) as caught:
+        await secure_port(api(holder.port), context(Strategy.CONSERVATIVE))
+    message = str(caught.value)
+    name = psutil.Process(holder.pid).name()
+    assert f"port {holder.port} is held by pid {holder.pid} ({name}, user root, started " in message
+    assert "level high" in message
+    assert "give api alternative_ports, or run with --strategy aggressive to end it." in message
+    record = caught.value.record
+    assert (record.holder_pid, record.action, record.outcome) == (holder.pid, "fail", "failed: unresolved")
+    assert holder.alive()
+
+
+async def test_aggressive_ends_the_holder_and_its_process_group(spawn) -> None:
+    holder = spawn(shell_parent=True)
+    shell = psutil.Process(holder.proc.pid)
+    resolution = await secure_port(api(holder.port, free_port()), context(Strategy.AGGRESSIVE))
+    assert resolution.port == holder.port
+    assert resolution.conflict is not None
+    assert (resolution.conflict.action, resolution.conflict.outcome) == ("terminate", "ok")
+    assert is_free(holder.port)
+    assert not holder.alive()
+    assert holder.proc.wait(timeout=5) is not None  # the shell went with the group
+    assert not shell.is_running()
+
+
+async def test_aggressive_escalates_to_sigkill_after_the_grace_period(spawn) -> None:
+    holder = spawn(ignore_term=True)
+    ctx = context(Strategy.AGGRESSIVE)
+    ctx.grace = 0.3
+    resolution = await secure_port(api(holder.port), ctx)
+    assert resolution.port == holder.port
+    assert holder.proc.wait(timeout=5) == -9
+
+
+async def test_intelligent_migrates_when_an_alternative_exists(spawn) -> None:
+    holder = spawn("127.0.0.1", 0, "uvicorn")
+    alternative = free_port()
+    resolution = await secure_port(api(holder.port, alternative), context(Strategy.INTELLIGENT))
+    assert resolution.port == alternative
+    assert resolution.conflict.level == "medium"
+    assert holder.alive()
+
+
+async def test_intelligent_ends_an_idle_dev_server_when_no_alternative_exists(spawn) -> None:
+    holder = spawn("127.0.0.1", 0, "uvicorn")
+    resolution = await secure_port(api(holder.port), context(Strategy.INTELLIGENT))
+    assert resolution.port == holder.port
+    assert (resolution.conflict.level, resolution.conflict.action) == ("medium", "terminate")
+    assert is_free(holder.port)
+    assert holder.proc.wait(timeout=5) is not None
+
+
+async def test_intelligent_keeps_a_dev_server_with_established_connections(spawn) -> None:
+    holder = spawn("127.0.0.1", 0, "uvicorn")
+    with socket.create_connection(("127.0.0.1", holder.port)):
+        with pytest.raises(PortConflictError) as caught:
+            await secure_port(api(holder.port), context(Strategy.INTELLIGENT))
+    assert "1 established connection)" in str(caught.value)
+    assert holder.alive()
+
+
+@pytest.mark.parametrize("strategy", list(Strategy))
+async def test_a_stale_child_is_removed_by_every_strategy(spawn, strategy: Strategy) -> None:
+    holder = spawn()
+    started = psutil.Process(holder.pid).create_time()
+    ctx = context(strategy, known_children={(holder.pid, started)})
+    resolution = await secure_port(api(holder.port, free_port()), ctx)
+    assert resolution.port == holder.port
+    assert (resolution.conflict.level, resolution.conflict.action) == ("low", "terminate")
+    assert holder.proc.wait(timeout=5) is not None
+
+
+async def test_a_process_pattern_match_is_removed(spawn) -> None:
+    holder = spawn("127.0.0.1", 0, "api-server")
+    service = api(holder.port, free_port(), process_patterns=["api-server"])
+    resolution = await secure_port(service, context(Strategy.CONSERVATIVE))
+    assert (resolution.port, resolution.conflict.level) == (holder.port, "low")
+    assert holder.proc.wait(timeout=5) is not None
+
+
+@pytest.mark.parametrize("strategy", list(Strategy))
+async def test_another_users_holder_is_never_signalled(spawn, strategy: Strategy) -> None:
+    holder = spawn(user="nobody")
+    started = psutil.Process(holder.pid).create_time()
+    # Even listed as our own stale child and matching the patterns, it stays.
+    ctx = context(strategy, known_children={(holder.pid, started)})
+    with pytest.raises(PortConflictError) as caught:
+        await secure_port(api(holder.port, process_patterns=["python3"]), ctx)
+    assert "another user (nobody)" in str(caught.value)
+    assert caught.value.record.level == "critical"
+    assert holder.alive()
+    alternative = free_port()
+    resolution = await secure_port(api(holder.port, alternative), ctx)
+    assert resolution.port == alternative
+    assert holder.alive()
+
+
+async def test_a_recycled_pid_is_not_signalled(spawn) -> None:
+    holder = spawn()
+    owner = find_owner(holder.port)
+    # Same pid, another start time: what a recycled pid looks like to a stale scan.
+    stale = type(owner)(**{**owner.__dict__, "create_time": owner.create_time - 30.0})
+    ctx = context(Strategy.AGGRESSIVE)
+    outcome = await terminate_holder(stale, ctx.policy(), GRACE)
+    assert outcome.startswith("failed: not signalled: pid")
+    assert holder.alive()
+
+
+async def test_a_group_shared_with_the_supervisor_is_not_signalled(spawn) -> None:
+    holder = spawn(own_group=False)  # in our own process group
+    assert os.getpgid(holder.pid) == os.getpgid(0)
+    resolution = await secure_port(api(holder.port), context(Strategy.AGGRESSIVE))
+    assert resolution.conflict.outcome == "ok"
+    assert holder.proc.wait(timeout=5) is not None  # the holder alone; we are still here
+
+
+async def test_a_protected_holder_is_never_signalled(spawn) -> None:
+    holder = spawn("127.0.0.1", 0, "precious-daemon")
+    ctx = context(Strategy.AGGRESSIVE, protected=["precious-daemon"])
+    with pytest.raises(PortConflictError, match="protected process"):
+        await secure_port(api(holder.port), ctx)
+    ctx = context(Strategy.AGGRESSIVE, reserved_ports={holder.port})
+    with pytest.raises(PortConflictError, match="reserved port"):
+        await secure_port(api(holder.port), ctx)
+    assert holder.alive()
+
+
+async def test_the_supervisor_itself_is_never_signalled() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(PortConflictError, match="stackvisor itself"):
+            await secure_port(api(port), context(Strategy.AGGRESSIVE))
+
+
+async def test_no_port_and_auto_port() -> None:
+    resolution = await secure_port(api(None), context(Strategy.AGGRESSIVE))
+    assert (resolution.port, resolution.conflict) == (None, None)
+    reserved = {free_port()}
+    resolution = await secure_port(api("auto"), context(Strategy.CONSERVATIVE, reserved_ports=reserved))
+    assert isinstance(resolution.port, int) and resolution.port not in reserved
+    assert resolution.requested == "auto" and resolution.conflict is None
+
+
+async def test_free_port_is_used_as_is() -> None:
+    port = free_port()
+    resolution = await secure_port(api(port, free_port()), context(Strategy.AGGRESSIVE))
+    assert (resolution.port, resolution.conflict) == (port, None)
+
+
+async def test_strategy_precedence(spawn) -> None:
+    holder = spawn()
+    alternative = free_port()
+    service = api(holder.port, alternative, conflict_strategy=Strategy.CONSERVATIVE)
+    ctx = context(Strategy.AGGRESSIVE)  # the service's own conservative wins
+    assert (await secure_port(service, ctx)).port == alternative
+    assert holder.alive()
+    ctx.strategy_override = Strategy.AGGRESSIVE  # and a command-line override wins over it
+    assert (await secure_port(service, ctx)).port == holder.port
+    assert holder.proc.wait(timeout=5) is not None
+
+
+async def test_registry_keeps_concurrent_migrations_apart(spawn) -> None:
+    holder = spawn()
+    alternatives = [free_port(), free_port()]
+    web = Service(name="web", command="x", port=holder.port, alternative_ports=alternatives)
+    admin = Service(name="admin", command="x", port=holder.port, alternative_ports=alternatives)
+    registry = PortRegistry({"web": holder.port, "admin": holder.port})
+    ctx = context(Strategy.CONSERVATIVE)
+    first, second = await asyncio.gather(registry.secure(web, ctx), registry.secure(admin, ctx))
+    assert {first.port, second.port} == set(alternatives)
+    assert registry.leases() == {"web": first.port, "admin": second.port}
+
+
+def test_plan_stack_does_nothing_and_keeps_targets_apart(spawn, tmp_path: Path) -> None:
+    holder = spawn("127.0.0.1", 0, "uvicorn")
+    spare = [free_port(), free_port()]
+    config = StackConfig(
+        name="demo",
+        path=tmp_path / "services.yaml",
+        settings=Settings(strategy=Strategy.CONSERVATIVE, reserved_ports=[spare[0]]),
+        services={
+            "web": Service(command="x", port=holder.port, alternative_ports=spare),
+            "api": Service(command="x", port=holder.port, alternative_ports=spare),
+            "worker": Service(command="x"),
+        },
+    )
+    plan = plan_stack(config, None, ())
+    assert [(a.service, a.action, a.port) for a in plan] == [
+        ("web", Action.MIGRATE, spare[1]),
+        ("api", Action.FAIL, None),
+        ("worker", Action.USE, None),
+    ]
+    assert plan[0].level is ConflictLevel.MEDIUM
+    assert f"{holder.pid}/" in format_plan(plan)
+    aggressive = plan_stack(config, Strategy.AGGRESSIVE, ())
+    # web ends the holder and keeps the port, so api (asking for the same) moves.
+    assert [(a.action, a.port) for a in aggressive] == [
+        (Action.TERMINATE, holder.port), (Action.MIGRATE, spare[1]), (Action.USE, None),
+    ]
+    assert holder.alive() and not is_free(holder.port)

@@ -1,0 +1,141 @@
+"""The scanner against real sockets: every address family and kind of address,
+LISTEN only, owners and their facts, and owners that cannot be read."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import psutil
+import pytest
+
+from stackvisor.ports import scan
+from test_ports_helpers import spawn, wait_until  # noqa: F401  (fixture)
+
+
+@pytest.mark.parametrize("host", ["::1", "::", "127.0.0.2", "0.0.0.0", "127.0.0.1"])
+def test_listeners_on_every_kind_of_address_are_seen(spawn, host: str) -> None:
+    holder = spawn(host)
+    assert not scan.is_free(holder.port)
+    assert holder.port in scan.listening_ports()
+    owners = scan.find_owners(holder.port)
+    assert [o.pid for o in owners] == [holder.pid]
+    assert owners[0].addresses == (host,)
+
+
+def test_a_client_connection_is_not_a_listener(spawn) -> None:
+    holder = spawn("127.0.0.1")
+    with socket.create_connection(("127.0.0.1", holder.port)) as client:
+        client_port = client.getsockname()[1]
+        assert scan.is_free(client_port)
+        assert scan.find_owners(client_port) == []
+        assert scan.free_ports([client_port, holder.port]) == [client_port]
+
+
+def test_owner_facts(spawn) -> None:
+    holder = spawn("127.0.0.1", 0, "--tag", "facts")
+    clients = [socket.create_connection(("127.0.0.1", holder.port)) for _ in range(2)]
+    try:
+        # The kernel completes the handshake before accept(): both are ESTABLISHED.
+        assert wait_until(lambda: scan.find_owner(holder.port).established == 2)
+        owner = scan.find_owner(holder.port)
+    finally:
+        for client in clients:
+            client.close()
+    proc = psutil.Process(holder.pid)
+    assert owner is not None and owner.readable
+    assert owner.pid == holder.pid
+    assert owner.name == proc.name()
+    assert owner.cmdline[-2:] == ("--tag", "facts")
+    assert (owner.uid, owner.user) == (os.getuid(), "root")
+    assert owner.create_time == proc.create_time()
+    assert owner.pgid == holder.pid  # started in its own session
+    assert json.loads(json.dumps(owner.as_dict()))["pid"] == holder.pid
+
+
+def test_the_same_process_on_both_families_is_one_owner(spawn) -> None:
+    four = spawn("127.0.0.1")
+    with socket.socket(socket.AF_INET6) as other:
+        other.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        other.bind(("::1", four.port))
+        other.listen()
+        owners = scan.find_owners(four.port)
+        assert sorted(o.pid for o in owners) == sorted([four.pid, os.getpid()])
+        mine = next(o for o in owners if o.pid == os.getpid())
+        assert mine.addresses == ("::1",)
+
+
+def test_another_users_process_is_seen_with_its_user(spawn) -> None:
+    holder = spawn("127.0.0.1", user="nobody")
+    owner = scan.find_owner(holder.port)
+    assert owner is not None
+    assert (owner.pid, owner.user, owner.uid) == (holder.pid, "nobody", 65534)
+
+
+def test_an_owner_that_cannot_be_read_is_reported_as_such(spawn) -> None:
+    # Scan from a child that dropped to `nobody`: root's /proc/<pid>/fd is closed to it.
+    holder = spawn("127.0.0.1")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what the scanner says, then leave at once
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            owner = scan.find_owner(holder.port)
+            os.write(write_end, json.dumps(owner.as_dict() if owner else None).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            data = json.loads(pipe.read() or b"null")
+    finally:
+        os.waitpid(pid, 0)
+    assert data is not None
+    assert data["readable"] is False
+    assert (data["uid"], data["user"], data["pid"]) == (0, "root", None)
+
+
+def test_a_socket_no_process_holds_is_unreadable() -> None:
+    listener = scan.Listener(port=1, address="127.0.0.1", family=4, uid=0, inode=2**31 - 7)
+    (owner,) = scan._owners_from([listener], {1: 4}, ())[1]
+    assert (owner.readable, owner.pid, owner.user, owner.established) == (False, None, "root", 4)
+
+
+def test_the_three_sources_agree(spawn) -> None:
+    holders = [spawn("127.0.0.1"), spawn("::1"), spawn("0.0.0.0")]
+    ports = {h.port for h in holders}
+    with socket.create_connection(("127.0.0.1", holders[0].port)):
+        results = [
+            source(ports, True)
+            for source in (scan._netlink_sockets, scan._proc_sockets, scan._psutil_sockets)
+        ]
+    shapes = [(sorted((l.port, l.address) for l in found), counts) for found, counts in results]
+    assert shapes[0] == shapes[1] == shapes[2]
+    assert shapes[0][1] == {holders[0].port: 1}
+    netlink, proc = results[0][0], results[1][0]
+    assert sorted((l.inode, l.uid) for l in netlink) == sorted((l.inode, l.uid) for l in proc)
+
+
+def test_listener_pgid_matches(spawn) -> None:
+    from stackvisor.ports.resolve import listener_pgid_matches
+
+    holder = spawn("127.0.0.1", shell_parent=True)
+    leader = holder.proc.pid
+    assert listener_pgid_matches(holder.port, leader) is True
+    assert listener_pgid_matches(holder.port, os.getpgid(0)) is False
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        assert listener_pgid_matches(sock.getsockname()[1], leader) is None
+
+
+def test_group_members_and_lineage(spawn) -> None:
+    holder = spawn("127.0.0.1", shell_parent=True)
+    assert sorted(scan.group_members(holder.proc.pid)) == sorted([holder.proc.pid, holder.pid])
+    assert {os.getpid(), os.getppid()} <= scan.lineage(os.getpid())
+    started = psutil.Process(holder.pid).create_time()
+    assert scan.same_process(holder.pid, started)
+    assert not scan.same_process(holder.pid, started - 1.0)
