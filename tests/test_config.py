@@ -6,6 +6,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stackvisor.config import (
     Condition,
@@ -496,6 +499,16 @@ BAD_FILES = [
         id="bad-interpolation",
     ),
     pytest.param(
+        "services:\n  a:\n    command: x\n    port_range: [null, 5]\n",
+        "services.yaml:4:5: services.a.port_range: expected two port numbers like [6380, 6399]",
+        id="port-range-items",
+    ),
+    pytest.param(
+        "services:\n  a:\n    command: x\n  b:\n    command: \0\n",
+        "services.yaml:5:14: invalid YAML: special characters are not allowed",
+        id="control-character",
+    ),
+    pytest.param(
         "path: /elsewhere\nservices: {a: {command: x}}\n",
         "services.yaml:1:1: path: unknown field",
         id="path-is-not-a-field",
@@ -576,6 +589,31 @@ def test_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "services.yaml").write_bytes(b"services:\n  a: {command: \xff}\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(tmp_path / "services.yaml", {})
+
+
+_KEYS = st.sampled_from(
+    ["services", "settings", "api", "db", "command", "port", "depends_on", "condition", "restart", "healthcheck",
+     "tcp", "env", "env_file", "working_dir", "backoff", "port_range", "strategy", "control", "x-a", "comand"]
+)  # fmt: skip
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 70000),
+    st.sampled_from(["x", "", "${PORT}", "${A:?no}", "service_healthy", "api", "db", "1-5", "auto", "2s", "${"]),
+)
+_TREES = st.recursive(
+    _SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=4)), max_leaves=20
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["api", "db"]), st.dictionaries(_KEYS, _TREES, max_size=5), max_size=2))
+def test_any_file_loads_or_gives_config_error_lines(tmp_path: Path, services: dict[str, object]) -> None:
+    (tmp_path / "services.yaml").write_text(yaml.safe_dump({"services": services}))
+    try:
+        load_config(tmp_path / "services.yaml", {})
+    except ConfigError as exc:
+        assert exc.errors and all(line.startswith("services.yaml:") for line in exc.errors)
 
 
 def test_recursive_alias_is_an_error_not_a_crash(tmp_path: Path) -> None:

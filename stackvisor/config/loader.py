@@ -334,8 +334,9 @@ def _mark(node: Node) -> tuple[int, int]:
 
 
 def _parse_yaml(text: str, report: _Report) -> _Document | None:
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)
         root = loader.get_single_node()
         if root is None:
             report.add_at(1, 1, "the file is empty; expected a mapping with services")
@@ -358,13 +359,14 @@ def _parse_yaml(text: str, report: _Report) -> _Document | None:
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        report.add_at(line, column, f"invalid YAML: {exc.reason} (character {exc.character!r})")
+        report.add_at(line, column, f"invalid YAML: {exc.reason} (character U+{exc.character:04X})")
         return None
     except yaml.YAMLError as exc:
         report.add_at(1, 1, f"invalid YAML: {exc}")
         return None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     document = _Document(data, loader.values, loader.keys)
     report.document = document
     for line, column, path, message in loader.problems:

@@ -73,6 +73,13 @@ def _port_number(value: int) -> int:
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+def _whole_number(value: Any) -> bool:
+    # bool is an int subclass, and `true` is not a port.
+    if isinstance(value, str):
+        return value.strip().isdigit()
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class HealthCheck(_Model):
     """Exactly one probe (`http`, `tcp`, `exec`, `log`) plus Compose's timing fields."""
 
@@ -188,6 +195,8 @@ class Service(_Model):
                 raise ValueError(f"expected a range like 6380-6399 (got {value!r})")
             value = (int(low), int(high))
         if isinstance(value, (list, tuple)) and len(value) == 2:
+            if not all(_whole_number(end) for end in value):
+                raise ValueError("expected two port numbers like [6380, 6399]")
             low, high = int(value[0]), int(value[1])
             _port_number(low)
             _port_number(high)
