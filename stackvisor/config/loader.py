@@ -68,7 +68,11 @@ class ConfigError(Exception):
 
 
 def find_config(start: Path | None = None) -> Path:
-    """The stack file in `start` (default: the current folder) or the nearest parent."""
+    """The stack file in `start` (default: the current folder) or the nearest parent.
+
+    Names are tried in the order of `CONFIG_NAMES`; a file given as `start` is
+    returned as it is, so `-f path/to/stack.yaml` goes through the same call.
+    """
     origin = (start or Path.cwd()).resolve()
     if origin.is_file():
         return origin
