@@ -199,7 +199,7 @@ def test_port_variables_survive_loading_even_when_set(tmp_path: Path) -> None:
         environ={"PORT": "1", "MY_DB_PORT": "2"},
     )
     assert config.services["my-db"].command == "db --port ${PORT:-5432}"
-    assert config.services["api"].command == "api --db ${MY_DB_PORT} --port $PORT"
+    assert config.services["api"].command == "api --db ${MY_DB_PORT} --port ${PORT}"
 
 
 def test_stack_name_can_come_from_a_variable(tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ KEEP = {"PORT", "DB_PORT"}
     ("text", "expected"),
     [
         ("--port ${PORT}", "--port ${PORT}"),
-        ("--port $PORT", "--port $PORT"),
+        ("--port $PORT", "--port ${PORT}"),
         ("redis://${HOST}:${DB_PORT}", "redis://db.local:${DB_PORT}"),
         ("${PORT:-8000}", "${PORT:-8000}"),
         ("${PORT:?no port}", "${PORT:?no port}"),

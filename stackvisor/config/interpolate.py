@@ -115,7 +115,8 @@ class _Expander:
     def substitute(self, name: str, operator: str | None, argument: str, *, braced: bool = False) -> str:
         if name in self.keep:
             if not braced:
-                return "$" + name
+                # Braced now, so text expanded right after it cannot extend the name.
+                return "${" + name + "}"
             # The kept variable stays, but its default is expanded now: the later pass
             # only knows the port variables.
             tail = "" if operator is None else operator + self.expand(argument)
