@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -139,3 +141,81 @@ def test_group_members_and_lineage(spawn) -> None:
     started = psutil.Process(holder.pid).create_time()
     assert scan.same_process(holder.pid, started)
     assert not scan.same_process(holder.pid, started - 1.0)
+
+
+def test_port_filter_in_the_kernel_matches_ranges_and_single_ports() -> None:
+    socks = []
+    try:
+        for host, family in [("127.0.0.1", socket.AF_INET)] * 4 + [("::1", socket.AF_INET6)] * 2:
+            sock = socket.socket(family)
+            sock.bind((host, 0))
+            sock.listen()
+            socks.append(sock)
+        ports = [s.getsockname()[1] for s in socks]
+        probe = ports + [p + 1 for p in ports] + [p - 1 for p in ports]
+        busy = set(ports) | (scan.listening_ports() & set(probe))
+        assert scan.free_ports(probe) == [p for p in probe if p not in busy]
+        for port in ports:
+            assert not scan.is_free(port)
+        # A contiguous range, and more ranges than the filter takes (checked in Python).
+        assert set(ports) <= scan._netlink_listening(set(range(1024, 65536)))
+        many = set(range(1025, 65536, 2)) | set(ports)
+        assert set(ports) <= scan._netlink_listening(many)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_port_ranges() -> None:
+    assert scan._port_ranges([5, 3, 4, 9, 11, 10, 1]) == [(1, 1), (3, 5), (9, 11)]
+    assert scan._port_ranges([]) == []
+
+
+def test_visit_order_lists_every_process_once_preferred_first(spawn) -> None:
+    holder = spawn("127.0.0.1")
+    inode = scan.listeners([holder.port])[0][0].inode
+    before = set(psutil.pids())
+    order = scan._visit_order({0}, [os.getpid()], [inode])
+    stable = before & set(psutil.pids())  # other processes come and go meanwhile
+    assert order[0] == os.getpid()
+    assert len(order) == len(set(order))
+    assert stable <= set(order)
+
+
+MANY = r"""
+import socket, sys, time
+socks = []
+for _ in range(40):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_big_process_whose_newest_socket_follows_the_wanted_one_is_read_first() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", MANY], stdout=subprocess.PIPE, text=True)
+    try:
+        ports = [int(p) for p in proc.stdout.readline().split()]
+        listener = scan.listeners([ports[3]])[0][0]
+        order = scan._visit_order({0}, [], [listener.inode])
+        assert order[0] == proc.pid
+        assert scan.find_owner(ports[3]).pid == proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_a_remembered_socket_is_checked_before_it_is_believed(spawn) -> None:
+    first = spawn("127.0.0.1")
+    scan.forget_sightings()
+    assert scan.find_owner(first.port).pid == first.pid
+    link = f"socket:[{scan.find_owner(first.port).inodes[0]}]"
+    assert link in scan._sightings.seen
+    # Point the memory at the wrong process: the check drops it and the walk answers.
+    scan._sightings.seen[link] = (os.getpid(), "0")
+    assert scan.find_owner(first.port).pid == first.pid
+    assert scan._sightings.seen[link][0] == first.pid

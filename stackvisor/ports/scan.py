@@ -13,13 +13,17 @@ Finding the owner of a socket means finding the process that has a file descript
 pointing at its inode; the kernel has no reverse index, so this is a walk over
 `/proc/<pid>/fd`. The walk is kept short: processes of the socket's uid are read first
 (the socket table tells us the uid), callers can name likely pids to try before those,
-each fd directory is read through one directory descriptor, and the walk stops as soon
-as every wanted inode has an owner. Nothing is cached between calls, so an answer is
-never older than the call that produced it.
+the rest are ordered by expected gain per cost (`_visit_order`), each fd directory
+is read through one directory descriptor, and the walk stops as soon as every wanted
+inode has an owner. The sockets passed on the way are remembered
+(`_SocketSightings`), but a remembered location is only a place to look first: it is
+checked with one readlink before it is used, so an answer is never older than the call
+that produced it.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import pwd
 import re
@@ -104,7 +108,11 @@ _NLM_F_DUMP = 0x300
 _NLMSG_ERROR = 2
 _NLMSG_DONE = 3
 _NLMSG_HEADER = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-_DIAG_REQUEST = struct.Struct("=BBBxI48x")  # family, protocol, ext, states, (any) socket id
+_DIAG_REQUEST = struct.Struct("=BBBxI")  # family, protocol, ext, states; the socket id follows
+_INET_DIAG_REQ_BYTECODE = 1
+_BC_OP = struct.Struct("=BBH")  # struct inet_diag_bc_op: code, yes, no
+_BC_JMP, _BC_S_GE, _BC_S_LE = 1, 2, 3
+_BC_MAX_RANGES = 1000  # keeps the filter well under the 64 KiB attribute limit
 _TCP_ESTABLISHED = 1
 _TCP_LISTEN = 10
 
@@ -122,24 +130,81 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
-def _netlink_dump(family: int, states: int) -> list[tuple[int, int, bytes, int, int]]:
-    """(state, port, raw address, uid, inode) of every TCP socket of `family` in `states`."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG)
-    try:
-        request = _DIAG_REQUEST.pack(family, socket.IPPROTO_TCP, 0, states)
-        header = _NLMSG_HEADER.pack(
-            _NLMSG_HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
-        )
+def _port_ranges(ports: Iterable[int]) -> list[tuple[int, int]]:
+    ranges: list[tuple[int, int]] = []
+    for port in sorted(set(ports)):
+        if ranges and port == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], port)
+        else:
+            ranges.append((port, port))
+    return ranges
+
+
+def _port_filter(ranges: list[tuple[int, int]]) -> bytes:
+    """inet_diag bytecode accepting a socket whose local port is in one of `ranges`.
+
+    The kernel runs it op by op: a true test moves `yes` bytes on, a false one `no`
+    bytes; the socket matches when the run ends exactly at the end. Each range is
+    `S_GE lo; S_LE hi` (16 bytes) whose failure skips 4 bytes past the block; between
+    blocks a JMP turns "this block matched" into a jump to the very end, and its 4
+    bytes are what a failed block skips, landing on the next block. The kernel's
+    check of the program only accepts jumps to places reachable by `yes` steps, which
+    this layout respects (it is the one `ss` builds for `sport = a or sport = b`).
+    """
+    blocks = [
+        _BC_OP.pack(_BC_S_GE, 8, 20) + _BC_OP.pack(0, 0, lo) + _BC_OP.pack(_BC_S_LE, 8, 12) + _BC_OP.pack(0, 0, hi)
+        for lo, hi in ranges
+    ]
+    out = b""
+    for block in reversed(blocks):
+        out = block + (_BC_OP.pack(_BC_JMP, 4, len(out) + 4) + out if out else b"")
+    return out
+
+
+def _netlink_dump(
+    family: int, states: int, ports: Iterable[int] | None = None, detail: bool = True
+) -> list[tuple[int, int, bytes, int, int]]:
+    """(state, port, raw address, uid, inode) of the TCP sockets of `family` in `states`.
+
+    The kernel filters by state and, when `ports` is given, by local port, so only
+    matching sockets cross into Python. Without `detail` only state and port are
+    decoded (address, uid and inode are left empty), which is what a free-port check
+    needs.
+    """
+    sport = 0
+    attribute = b""
+    if ports is not None:
+        ranges = _port_ranges(ports)
+        if not ranges:
+            return []
+        if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
+            sport = ranges[0][0]  # the request's own socket id filters a single port
+        elif len(ranges) <= _BC_MAX_RANGES:
+            code = _port_filter(ranges)
+            attribute = struct.pack("=HH", 4 + len(code), _INET_DIAG_REQ_BYTECODE) + code
+    request = (
+        _DIAG_REQUEST.pack(family, socket.IPPROTO_TCP, 0, states)
+        + struct.pack("!HH", sport, 0)
+        + bytes(44)  # source and destination address, interface, cookie: any
+        + attribute
+    )
+    header = _NLMSG_HEADER.pack(
+        _NLMSG_HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
+    )
+    addr_len = 4 if family == socket.AF_INET else 16
+    unpack_head = struct.Struct("=IH").unpack_from
+    unpack_port = struct.Struct("!H").unpack_from
+    unpack_owner = struct.Struct("=II").unpack_from
+    out: list[tuple[int, int, bytes, int, int]] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as sock:
         sock.sendall(header + request)
-        addr_len = 4 if family == socket.AF_INET else 16
-        out = []
         while True:
             buf = sock.recv(1 << 17)
             if not buf:
                 return out
-            offset = 0
-            while offset + _NLMSG_HEADER.size <= len(buf):
-                length, kind = struct.unpack_from("=IH", buf, offset)
+            offset, size = 0, len(buf)
+            while offset + _NLMSG_HEADER.size <= size:
+                length, kind = unpack_head(buf, offset)
                 if kind == _NLMSG_DONE:
                     return out
                 if kind == _NLMSG_ERROR:
@@ -149,14 +214,13 @@ def _netlink_dump(family: int, states: int) -> list[tuple[int, int, bytes, int, 
                 # id (sport, dport big-endian; src, dst 16 bytes each; ifindex; cookie),
                 # then expires, rqueue, wqueue, uid, inode.
                 body = offset + _NLMSG_HEADER.size
-                state = buf[body + 1]
-                (port,) = struct.unpack_from("!H", buf, body + 4)
-                address = buf[body + 8 : body + 8 + addr_len]
-                uid, inode = struct.unpack_from("=II", buf, body + 64)
-                out.append((state, port, address, uid, inode))
+                port = unpack_port(buf, body + 4)[0]
+                if detail:
+                    uid, inode = unpack_owner(buf, body + 64)
+                    out.append((buf[body + 1], port, buf[body + 8 : body + 8 + addr_len], uid, inode))
+                else:
+                    out.append((buf[body + 1], port, b"", 0, 0))
                 offset += (length + 3) & ~3
-    finally:
-        sock.close()
 
 
 def _netlink_sockets(wanted: set[int] | None, established: bool) -> tuple[list[Listener], dict[int, int]]:
@@ -166,15 +230,22 @@ def _netlink_sockets(wanted: set[int] | None, established: bool) -> tuple[list[L
     found: list[Listener] = []
     counts: dict[int, int] = {}
     for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
-        for state, port, raw, uid, inode in _netlink_dump(family, states):
+        for state, port, raw, uid, inode in _netlink_dump(family, states, wanted):
+            # The kernel filter may be coarser than the set (or absent): check again.
             if wanted is not None and port not in wanted:
                 continue
             if state == _TCP_ESTABLISHED:
                 counts[port] = counts.get(port, 0) + 1
             elif state == _TCP_LISTEN:
-                address = socket.inet_ntop(family, raw)
-                found.append(Listener(port, address, version, uid, inode))
+                found.append(Listener(port, socket.inet_ntop(family, raw), version, uid, inode))
     return found, counts
+
+
+def _netlink_listening(wanted: set[int] | None) -> set[int]:
+    ports: set[int] = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        ports.update(port for _, port, _, _, _ in _netlink_dump(family, 1 << _TCP_LISTEN, wanted, detail=False))
+    return ports if wanted is None else ports & wanted
 
 
 def _decode_address(hexaddr: bytes) -> str:
@@ -247,77 +318,204 @@ def listeners(ports: Iterable[int] | None = None, established: bool = True) -> t
     return _psutil_sockets(wanted, established)
 
 
+def _listening(wanted: set[int] | None) -> set[int]:
+    if _HAVE_PROC_NET:
+        try:
+            return _netlink_listening(wanted)
+        except OSError:
+            pass
+    found, _ = (_proc_sockets if _HAVE_PROC_NET else _psutil_sockets)(wanted, False)
+    return {listener.port for listener in found}
+
+
 def listening_ports() -> set[int]:
     """Every TCP port with a listener on any address, IPv4 or IPv6."""
-    found, _ = listeners(established=False)
-    return {listener.port for listener in found}
+    return _listening(None)
 
 
 def is_free(port: int) -> bool:
     """True when nobody listens on `port` (on any address, either family)."""
-    return port not in listening_ports()
+    return not _listening({port})
 
 
 def free_ports(ports: Iterable[int]) -> list[int]:
-    """The ports of `ports` nobody listens on, in the given order (one table read)."""
-    busy = listening_ports()
+    """The ports of `ports` nobody listens on, in the given order (one query)."""
+    ports = list(ports)
+    busy = _listening(set(ports))
     return [p for p in ports if p not in busy]
 
 
 # --- from socket to process --------------------------------------------------------
 
 
-def _pid_order(uids: set[int], prefer: Sequence[int]) -> list[int]:
-    """All visible pids, the preferred ones first, then those of the sockets' uids."""
-    same_uid: list[int] = []
-    others: list[int] = []
-    with os.scandir(PROC) as entries:
-        for entry in entries:
-            name = entry.name
-            if not name.isdigit():
+# The holder search reads processes in order of (chance of holding the socket) / (cost
+# of reading it), which minimises the expected cost of a search for one target. The
+# chance mixes two beliefs: with weight _RECENT_SHARE the holder is one of the newest
+# processes (a dev server is usually younger than the rest of the machine), fading
+# by _RECENT_DECAY per place in age; otherwise the socket is any fd on the machine,
+# so a process's chance is its share of all open fds. Reading costs one readlink
+# per fd plus about _LIST_COST readlinks for opening and listing the directory.
+_RECENT_SHARE = 0.5
+_RECENT_DECAY = 0.9
+_LIST_COST = 4
+_SAMPLE_MIN_FDS = 32  # below this, reading the whole process is about as cheap as a hint
+
+
+def _visit_order(uids: set[int], prefer: Sequence[int], inodes: Iterable[int] = ()) -> list[int]:
+    """Pids in the order their fds are worth reading to find a socket's holder:
+    the pids the caller names, then processes of the socket's uid, then the rest,
+    each group by expected gain per cost (see above), except that a big process
+    whose newest fd is the first socket created after a wanted one goes first."""
+    head = list(dict.fromkeys(p for p in prefer if p > 0))
+    skip = set(head)
+    mine: list[tuple[int, int]] = []
+    others: list[tuple[int, int]] = []
+    proc_fd = os.open(PROC, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in os.listdir(proc_fd):
+            if not name.isdigit() or int(name) in skip:
                 continue
             try:
-                # /proc/<pid> is owned by the process's effective uid.
-                owner_uid = entry.stat(follow_symlinks=False).st_uid
+                # One stat gives both: the fd directory belongs to the process's
+                # effective uid, and since Linux 6.2 its size is the number of open
+                # fds (0 before, which leaves the age alone to decide).
+                info = os.stat(f"{name}/fd", dir_fd=proc_fd)
             except OSError:
                 continue
-            (same_uid if owner_uid in uids else others).append(int(name))
-    # Newer processes first: a conflicting dev server is usually recent, and
-    # long-lived system daemons (low pids) are the least likely owners.
-    same_uid.sort(reverse=True)
-    others.sort(reverse=True)
-    head = [p for p in dict.fromkeys(prefer) if p > 0]
-    seen = set(head)
-    return head + [p for p in same_uid if p not in seen] + [p for p in others if p not in seen]
+            (mine if info.st_uid in uids else others).append((int(name), info.st_size))
+        hunches = _creator_hunches(proc_fd, mine + others, set(inodes))
+    finally:
+        os.close(proc_fd)
+    order = head + [p for p in hunches if p not in skip]
+    skip.update(hunches)
+    for group in (mine, others):
+        group.sort(reverse=True)  # newest first: pids grow with age (until they wrap)
+        total = sum(n for _, n in group) or 1
+        recent = _RECENT_SHARE * (1 - _RECENT_DECAY)
+        scored = [
+            ((recent * _RECENT_DECAY**rank + (1 - _RECENT_SHARE) * n / total) / (_LIST_COST + n), pid)
+            for rank, (pid, n) in enumerate(group)
+            if pid not in skip
+        ]
+        scored.sort(reverse=True)
+        order.extend(pid for _, pid in scored)
+    return order
+
+
+def _creator_hunches(proc_fd: int, processes: list[tuple[int, int]], inodes: set[int]) -> list[int]:
+    """Big processes likely to have created the wanted sockets, best first.
+
+    Socket inode numbers come from one counter, so they follow creation order, and
+    a server opens its listeners in a burst. For each process with many fds, one
+    readlink of its highest fd (its newest, when the table has no holes) gives a
+    recent socket of it; the process whose recent socket is the nearest one at or
+    after a wanted inode most likely made that one too. Only an ordering hint: a
+    wrong hunch costs one extra process read.
+    """
+    if not inodes:
+        return []
+    sampled: list[tuple[int, int]] = []
+    for pid, count in processes:
+        if count < _SAMPLE_MIN_FDS:
+            continue
+        try:
+            link = os.readlink(f"{pid}/fd/{count - 1}", dir_fd=proc_fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            sampled.append((int(link[8:-1]), pid))
+    sampled.sort()
+    hunches: list[int] = []
+    for inode in sorted(inodes):
+        after = bisect.bisect_left(sampled, (inode, -1))
+        if after < len(sampled) and sampled[after][1] not in hunches:
+            hunches.append(sampled[after][1])
+    return hunches
+
+
+class _SocketSightings:
+    """Where each socket was last seen during a walk: "socket:[inode]" -> (pid, fd).
+
+    A by-product of walking, kept so that the next question about any of those
+    sockets costs one readlink instead of a walk. It is never believed: a sighting is
+    used only after readlink of that very fd, answered by the kernel now, still names
+    that very socket (then that process holds it now, whatever happened in between);
+    a sighting that fails the check is dropped. It can be out of date; an answer
+    given from it cannot.
+    """
+
+    def __init__(self, limit: int = 1 << 18) -> None:
+        self.limit = limit
+        self.seen: dict[str, tuple[int, str]] = {}
+
+    def confirm(self, link: str) -> int | None:
+        sighting = self.seen.get(link)
+        if sighting is None:
+            return None
+        pid, fd = sighting
+        try:
+            if os.readlink(f"{PROC}/{pid}/fd/{fd}") == link:
+                return pid
+        except OSError:
+            pass
+        self.seen.pop(link, None)
+        return None
+
+    def record(self, found: dict[str, tuple[int, str]]) -> None:
+        if len(self.seen) + len(found) > self.limit:
+            self.seen.clear()
+        self.seen.update(found)
+
+    def forget(self) -> None:
+        self.seen.clear()
+
+
+_sightings = _SocketSightings()
+
+
+def forget_sightings() -> None:
+    """Drop every remembered socket location, so the next lookup walks /proc afresh."""
+    _sightings.forget()
 
 
 def _inode_owners(inodes: dict[int, int | None], prefer: Sequence[int]) -> dict[int, int]:
     """inode -> the first pid found holding it; inodes with no visible holder are absent."""
     targets = {f"socket:[{inode}]": inode for inode in inodes}
-    uids = {uid for uid in inodes.values() if uid is not None}
     found: dict[int, int] = {}
-    for pid in _pid_order(uids, prefer):
-        try:
-            dirfd = os.open(f"{PROC}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue  # gone, or another user's process we may not inspect
-        try:
-            names = os.listdir(dirfd)
-            for name in names:
-                try:
-                    link = os.readlink(name, dir_fd=dirfd)
-                except OSError:
-                    continue
-                inode = targets.pop(link, None)
-                if inode is not None:
-                    found[inode] = pid
-                    if not targets:
-                        return found
-        except OSError:
-            continue
-        finally:
-            os.close(dirfd)
-    return found
+    for link in list(targets):
+        pid = _sightings.confirm(link)
+        if pid is not None:
+            found[targets.pop(link)] = pid
+    if not targets:
+        return found
+    uids = {uid for uid in inodes.values() if uid is not None}
+    sockets: dict[str, tuple[int, str]] = {}
+    try:
+        for pid in _visit_order(uids, prefer, inodes):
+            try:
+                dirfd = os.open(f"{PROC}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue  # gone, or another user's process we may not inspect
+            try:
+                for name in os.listdir(dirfd):
+                    try:
+                        link = os.readlink(name, dir_fd=dirfd)
+                    except OSError:
+                        continue
+                    if link.startswith("socket:"):
+                        sockets[link] = (pid, name)
+                        inode = targets.pop(link, None)
+                        if inode is not None:
+                            found[inode] = pid
+                            if not targets:
+                                return found
+            except OSError:
+                continue
+            finally:
+                os.close(dirfd)
+        return found
+    finally:
+        _sightings.record(sockets)
 
 
 def _user_name(uid: int | None) -> str | None:
