@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -27,7 +28,7 @@ from stackvisor.ports import (
 )
 from stackvisor.ports.resolve import terminate_holder
 from stackvisor.ports.scan import find_owner, is_free
-from test_ports_helpers import free_port, spawn, wait_until  # noqa: F401  (fixture)
+from test_ports_helpers import free_port, spawn  # noqa: F401  (fixture)
 
 GRACE = 1.0
 
@@ -85,6 +86,16 @@ async def test_aggressive_escalates_to_sigkill_after_the_grace_period(spawn) -> 
     resolution = await secure_port(api(holder.port), ctx)
     assert resolution.port == holder.port
     assert holder.proc.wait(timeout=5) == -9
+
+
+async def test_a_group_member_that_ignores_sigterm_is_killed_after_its_shell_left(spawn) -> None:
+    holder = spawn(shell_parent=True, ignore_term=True)  # the shell ends on SIGTERM, the server not
+    ctx = context(Strategy.AGGRESSIVE)
+    ctx.grace = 0.3
+    resolution = await secure_port(api(holder.port), ctx)
+    assert (resolution.port, resolution.conflict.outcome) == (holder.port, "ok")
+    assert is_free(holder.port)
+    assert not holder.alive()
 
 
 async def test_intelligent_migrates_when_an_alternative_exists(spawn) -> None:
@@ -154,7 +165,7 @@ async def test_a_recycled_pid_is_not_signalled(spawn) -> None:
     holder = spawn()
     owner = find_owner(holder.port)
     # Same pid, another start time: what a recycled pid looks like to a stale scan.
-    stale = type(owner)(**{**owner.__dict__, "create_time": owner.create_time - 30.0})
+    stale = replace(owner, create_time=owner.create_time - 30.0)
     ctx = context(Strategy.AGGRESSIVE)
     outcome = await terminate_holder(stale, ctx.policy(), GRACE)
     assert outcome.startswith("failed: not signalled: pid")

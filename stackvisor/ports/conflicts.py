@@ -445,7 +445,8 @@ def format_plan(actions: Sequence[PortAction]) -> str:
         if holder is None:
             who = "-"
         else:
-            who = f"{holder.pid if holder.pid is not None else '?'}/{holder.name or '?'}/{holder.user or holder.uid or '?'}"
+            user = holder.user if holder.user is not None else holder.uid
+            who = "/".join(str(v) if v is not None else "?" for v in (holder.pid, holder.name, user))
             if len(a.holders) > 1:
                 who += f" (+{len(a.holders) - 1})"
         uses = "-" if a.port is None else str(a.port)

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import psutil
+
 from stackvisor.config.schema import Service, StackConfig, Strategy
 from stackvisor.ports import scan
 from stackvisor.ports.conflicts import (
@@ -82,10 +84,8 @@ class PortContext:
     def policy(self) -> Policy:
         """The pure rules, with the facts about the supervisor read now."""
         try:
-            import psutil
-
             uid = psutil.Process(self.supervisor_pid).uids().effective
-        except Exception:
+        except psutil.Error:
             uid = os.geteuid()
         return Policy(
             uid=uid,
@@ -186,26 +186,28 @@ async def terminate_holder(owner: Owner, policy: Policy, grace: float) -> str:
     """End one holder: SIGTERM to its process group (or to it alone when the group holds
     a process that must not be signalled), SIGKILL after `grace`. Returns "ok" or why not.
     """
-    fresh, refused = _recheck(owner, policy)
+    fresh, refused = await asyncio.to_thread(_recheck, owner, policy)
     if refused is not None:
         return f"failed: not signalled: {refused}"
     if fresh is None:
         return "ok"  # ended by itself since the scan
     pid = fresh.pid
     assert pid is not None
-    group = _safe_group(fresh.pgid, policy, owner.port) if fresh.pgid is not None else None
+    group = await asyncio.to_thread(_safe_group, fresh.pgid, policy, owner.port) if fresh.pgid is not None else None
     targets = group if group else [(pid, fresh.create_time)]
     pgid = fresh.pgid if group else None
     _send(pid, pgid, signal.SIGTERM)
     alive = await _wait_gone(targets, grace)
     if not alive:
         return "ok"
-    # Escalate. Read everything again: the grace period is long enough for the group
-    # to change and for an exited member's pid to be reused.
-    fresh, refused = _recheck(owner, policy)
-    if refused is not None:
-        return f"failed: not signalled: {refused}"
-    if pgid is not None and _safe_group(pgid, policy, owner.port) is not None:
+    # Escalate, reading everything again first: the grace period is long enough for
+    # the holder to change identity (exec into something protected) and for the group
+    # to change. Members that exited are skipped by their start time below.
+    if scan.same_process(pid, fresh.create_time):
+        _, refused = await asyncio.to_thread(_recheck, owner, policy)
+        if refused is not None:
+            return f"failed: not signalled: {refused}"
+    if pgid is not None and await asyncio.to_thread(_safe_group, pgid, policy, owner.port) is not None:
         _send(pid, pgid, signal.SIGKILL)
     else:
         for member, started in alive:

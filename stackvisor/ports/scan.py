@@ -1,9 +1,10 @@
 """Who listens on which TCP port, and which process that is.
 
 Here: reading the kernel's TCP socket tables (sock_diag netlink, else `/proc/net/tcp`
-and `/proc/net/tcp6`, else psutil), finding the process behind a listening socket, and reading the few process facts the conflict
-rules need (pid, name, command line, user, start time, process group). Everything here
-only reads; nothing is decided (that is `conflicts`) and nothing is signalled (that is
+and `/proc/net/tcp6`, else psutil), finding the process behind a listening socket,
+and reading the few process facts the conflict rules need (pid, name, command line,
+user, start time, process group, established connections). Everything here only
+reads; nothing is decided (that is `conflicts`) and nothing is signalled (that is
 `resolve`).
 
 Only LISTEN sockets count as holding a port: a client connection that happens to use a
