@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -93,8 +95,13 @@ def test_an_owner_that_cannot_be_read_is_reported_as_such(spawn) -> None:
     os.close(write_end)
     try:
         with os.fdopen(read_end, "rb") as pipe:
-            data = json.loads(pipe.read() or b"null")
+            ready, _, _ = select.select([pipe], [], [], 10.0)
+            data = json.loads(pipe.read() or b"null") if ready else None
     finally:
+        try:
+            os.kill(pid, signal.SIGKILL)  # only if it hung; it is ours and not reaped yet
+        except ProcessLookupError:
+            pass
         os.waitpid(pid, 0)
     assert data is not None
     assert data["readable"] is False
