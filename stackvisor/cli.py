@@ -1,26 +1,36 @@
 """The `stackvisor` command: parse arguments, then call the supervisor or the control client.
 
-Exit statuses: 0 ok, 1 failure (a service failed, a port could not be secured),
-2 usage or configuration error, 3 not running.
+Exit statuses: 0 ok, 1 failure (a service failed, a port could not be secured,
+--wait gave up), 2 usage or configuration error, 3 not running.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from stackvisor import graph
 from stackvisor.config import ConfigError, find_config, load_config
-from stackvisor.config.schema import StackConfig, Strategy
+from stackvisor.config.schema import StackConfig, Strategy, parse_duration
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
 class UsageError(Exception):
     """Bad arguments: printed without a traceback, exit 2."""
+
+
+class NotRunningError(Exception):
+    """The stack is not running: printed, exit 3."""
 
 
 def _load(args: argparse.Namespace) -> StackConfig:
@@ -33,6 +43,25 @@ def _check_names(config: StackConfig, names: Sequence[str]) -> None:
     if unknown:
         known = ", ".join(sorted(config.services))
         raise UsageError(f"unknown service {', '.join(unknown)} (the stack has: {known})")
+
+
+def _client(config: StackConfig) -> Any:
+    from stackvisor.control import ops
+
+    client = ops.client_for(config)
+    if ops.supervisor_pid(config) is None:
+        raise NotRunningError(f"stack {config.name!r} is not running")
+    return client
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# ----- commands ------------------------------------------------------------------------
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -48,57 +77,367 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from stackvisor import logsetup
-    from stackvisor.runtime.logs import stdout_console
-    from stackvisor.runtime.supervisor import Supervisor
+def _supervisor_argv(args: argparse.Namespace) -> list[str]:
+    argv = list(args.services)
+    if args.strategy:
+        argv += ["--strategy", args.strategy]
+    if getattr(args, "exit_with", None):
+        argv += ["--exit-with", str(args.exit_with)]
+    if getattr(args, "lease", None):
+        argv += ["--lease", str(args.lease)]
+    return argv
 
+
+def cmd_up(args: argparse.Namespace) -> int:
     config = _load(args)
     _check_names(config, args.services)
+    if args.detach or args.wait:
+        return _up_detached(config, args)
+    return _supervise(config, args, console=True)
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
+    """The detached supervisor itself (started by `up -d`)."""
+    config = _load(args)
+    return _supervise(config, args, console=False)
+
+
+def _supervise(config: StackConfig, args: argparse.Namespace, *, console: bool) -> int:
+    from stackvisor import logsetup
+    from stackvisor.control.sockets import AlreadyRunning
+    from stackvisor.runtime.logs import stdout_console
+    from stackvisor.runtime.supervisor import Lease, Supervisor
+
     logsetup.configure(config.root / config.settings.logs_dir / "stackvisor.log")
     width = max(len(n) for n in config.services)
+    lease = Lease(exit_with=args.exit_with, seconds=args.lease)
 
     async def main() -> int:
         supervisor = Supervisor(
             config,
-            console=stdout_console(width),
+            console=stdout_console(width, enabled=console),
             strategy=Strategy(args.strategy) if args.strategy else None,
             owns_process_tree=True,
         )
-        return await supervisor.run(args.services, until_done=args.exit_when_done)
+        return await supervisor.run(args.services, until_done=args.exit_when_done, lease=lease)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except AlreadyRunning as exc:
+        print(f"stackvisor: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _up_detached(config: StackConfig, args: argparse.Namespace) -> int:
+    from stackvisor.control import ops
+
+    started = ops.detach(config, _supervisor_argv(args))
+    if not started.ok:
+        print(f"stackvisor: {started.message}", file=sys.stderr)
+        return started.code if started.code in (EXIT_FAILURE, EXIT_USAGE) else EXIT_FAILURE
+    print(f"stack {config.name!r} running in the background (pid {started.pid})", file=sys.stderr)
+    if not args.wait:
+        return EXIT_OK
+    return _wait(config, args.services, args.timeout)
+
+
+def _wait(config: StackConfig, names: Sequence[str], timeout: float) -> int:
+    from stackvisor.control import ops
+
+    client = ops.client_for(config)
+    tty = sys.stderr.isatty()
+
+    def progress(status: dict[str, Any]) -> None:
+        if tty:
+            states = " ".join(f"{s['name']}:{s['state']}" for s in status["services"] if s.get("selected"))
+            print(f"\r\x1b[Kwaiting: {states}"[:200], end="", file=sys.stderr, flush=True)
+
+    result = ops.wait_ready(client, names, timeout, progress)
+    if tty:
+        print("\r\x1b[K", end="", file=sys.stderr)
+    if result.ok:
+        ready = [s["name"] for s in result.status["services"] if s.get("selected")]
+        print(f"ready: {', '.join(ready)}", file=sys.stderr)
+        return EXIT_OK
+    why = f"not ready after {timeout:g}s" if result.timed_out else "a service failed"
+    print(f"stackvisor: {why}", file=sys.stderr)
+    print(ops.failure_report(client, result.broken), file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from stackvisor.control import ops
+
+    config = _load(args)
+    result = ops.down(config, args.timeout)
+    for line in result.ended:
+        print(line, file=sys.stderr)
+    if not result.was_running:
+        print(f"stack {config.name!r} was not running", file=sys.stderr)
+    elif result.killed:
+        print(f"the supervisor (pid {result.pid}) did not stop within {args.timeout:g}s: killed", file=sys.stderr)
+    else:
+        print(f"stack {config.name!r} stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        status = _client(config).get("/v1/status")
+    except NotRunningError:
+        if args.json:
+            print(json.dumps({"name": config.name, "running": False}))
+        raise
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    print(format_status(status))
+    return EXIT_OK
+
+
+def format_status(status: dict[str, Any]) -> str:
+    now = time.time()
+    rows = [("SERVICE", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "DETAIL")]
+    for s in status["services"]:
+        uptime = _age(now - s["started_at"]) if s.get("started_at") else "-"
+        detail = s.get("reason") or ""
+        if s["state"] == "exited" and s.get("exit_code") is not None:
+            detail = detail or f"exit code {s['exit_code']}"
+        rows.append(
+            (
+                s["name"],
+                s["state"],
+                str(s["pid"] or "-"),
+                str(s["port"] or "-"),
+                str(s["restarts"]),
+                uptime,
+                detail[:60],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [f"stack {status['name']} (supervisor pid {status['pid']})"]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from stackvisor.control import ops
+
+    config = _load(args)
+    _check_names(config, args.services)
+    names = args.services or list(config.services)
+    try:
+        client = _client(config)
+    except NotRunningError:
+        if args.follow:
+            raise
+        for line in ops.read_log_files(config, names, args.lines):
+            print(line)
+        return EXIT_OK
+    width = max(len(n) for n in names)
+    if args.follow and len(names) == 1:
+        for line in client.stream(f"/v1/services/{names[0]}/logs?tail={args.lines}&follow=true"):
+            print(f"{names[0].ljust(width)} | {line}", flush=True)
+        return EXIT_OK
+    if args.follow:
+        return _follow_many(client, names, args.lines, width)
+    for name in names:
+        text = client.get(f"/v1/services/{name}/logs?tail={args.lines}")
+        for line in str(text).splitlines():
+            print(f"{name.ljust(width)} | {line}")
+    return EXIT_OK
+
+
+def _follow_many(client: Any, names: Sequence[str], lines: int, width: int) -> int:
+    import threading
+
+    def follow(name: str) -> None:
+        for line in client.stream(f"/v1/services/{name}/logs?tail={lines}&follow=true"):
+            print(f"{name.ljust(width)} | {line}", flush=True)
+
+    threads = [threading.Thread(target=follow, args=(n,), daemon=True) for n in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return EXIT_OK
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _check_names(config, args.services)
+    status = _client(config).post("/v1/restart", {"services": args.services})
+    names = args.services or [s["name"] for s in status["services"] if s.get("selected")]
+    print(f"restarted {', '.join(names)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _service_action(action: str):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace) -> int:
+        config = _load(args)
+        _check_names(config, [args.service])
+        result = _client(config).post(f"/v1/services/{args.service}/{action}")
+        print(f"{args.service}: {result['state']}", file=sys.stderr)
+        return EXIT_OK
+
+    return run
+
+
+def cmd_heartbeat(args: argparse.Namespace) -> int:
+    config = _load(args)
+    result = _client(config).post("/v1/heartbeat")
+    if result.get("lease_seconds_left") is None:
+        print("stackvisor: the stack has no --lease; the heartbeat changes nothing", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """up --wait, the command with the stack's ports in its environment, then down."""
+    from stackvisor.control import ops
+
+    if not args.cmd:
+        raise UsageError("run needs a command after --, e.g. stackvisor run -- pytest")
+    config = _load(args)
+    _check_names(config, args.services)
+    # --exit-with: even a SIGKILLed `stackvisor run` leaves nothing running.
+    started = ops.detach(config, _supervisor_argv(args) + ["--exit-with", str(os.getpid())])
+    if not started.ok:
+        print(f"stackvisor: {started.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    # From here on, whatever happens (Ctrl-C, SIGTERM, a failure), the stack goes down.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        code = _wait(config, args.services, args.timeout)
+        if code != EXIT_OK:
+            return code
+        status = ops.client_for(config).get("/v1/status")
+        env = dict(os.environ)
+        env.update(ops.port_environment(status))
+        proc = subprocess.Popen(args.cmd, env=env)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            return 130
+        except FileNotFoundError:
+            raise
+    except FileNotFoundError as exc:
+        print(f"stackvisor: cannot run {args.cmd[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        ops.down(config, timeout=60)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+# ----- parser -----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stackvisor",
         description="Run a whole development or CI stack from one services.yaml.",
+        epilog="exit statuses: 0 ok, 1 failure, 2 usage or config error, 3 not running",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str, func: object, **kw: object) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, **kw)  # type: ignore[arg-type]
-        p.add_argument("-f", "--file", help="the stack file (default: services.yaml here or above)")
+    def command(name: str, help: str | None, func: object, short_file: bool = True) -> argparse.ArgumentParser:
+        extra = {"help": help} if help else {}
+        p = sub.add_parser(name, description=help, **extra)
+        flags = ["-f", "--file"] if short_file else ["--file"]
+        p.add_argument(*flags, help="the stack file (default: services.yaml here or above)")
         p.set_defaults(func=func)
         return p
+
+    def supervisor_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("services", nargs="*", metavar="SERVICE")
+        p.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
+        p.add_argument(
+            "--exit-when-done", action="store_true",
+            help="stop once every service has ended (for stacks of one-shot jobs)",
+        )
+        p.add_argument("--exit-with", type=int, metavar="PID", help="stop the stack when PID exits")
+        p.add_argument(
+            "--lease", type=_duration, metavar="DURATION",
+            help="stop the stack unless `stackvisor heartbeat` comes within every DURATION",
+        )
 
     command("validate", "check the stack file and print the services in start order", cmd_validate)
 
     up = command("up", "start the stack (or the named services and what they need)", cmd_up)
-    up.add_argument("services", nargs="*", metavar="SERVICE")
-    up.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
+    supervisor_options(up)
+    up.add_argument("-d", "--detach", action="store_true", help="run in the background")
     up.add_argument(
-        "--exit-when-done",
-        action="store_true",
-        help="stop once every service has ended (for stacks of one-shot jobs)",
+        "--wait", action="store_true",
+        help="with -d (implied): return once every service is ready; exit 1 if one fails",
     )
+    up.add_argument("--timeout", type=_duration, default=120.0, help="for --wait (default 120s)")
+
+    sup = command("_supervise", None, cmd_supervise)
+    supervisor_options(sup)
+
+    down = command("down", "stop the stack and wait until everything has exited", cmd_down)
+    down.add_argument("--timeout", type=_duration, default=60.0, help="then kill (default 60s)")
+
+    for name in ("status", "ps"):
+        st = command(name, "show the services of the running stack", cmd_status)
+        st.add_argument("--json", action="store_true", help="the /v1/status document")
+
+    # As in compose, `logs -f` follows; the file is then --file.
+    logs = command("logs", "show (or follow) the services' output", cmd_logs, short_file=False)
+    logs.add_argument("services", nargs="*", metavar="SERVICE")
+    logs.add_argument("-f", "--follow", action="store_true", dest="follow")
+    logs.add_argument("-n", "--lines", type=int, default=100, help="lines from the end (default 100)")
+
+    restart = command("restart", "restart services (all when none is named)", cmd_restart)
+    restart.add_argument("services", nargs="*", metavar="SERVICE")
+    for action in ("start", "stop"):
+        p = command(action, f"{action} one service of the running stack", _service_action(action))
+        p.add_argument("service", metavar="SERVICE")
+
+    command("heartbeat", "renew the lease of a stack started with --lease", cmd_heartbeat)
+
+    run = command("run", "up --wait, run a command with the stack's ports, then down", cmd_run)
+    run.add_argument("services", nargs="*", metavar="SERVICE", help="(default: every service)")
+    run.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
+    run.add_argument("--timeout", type=_duration, default=120.0, help="for the stack to be ready")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, cmd = argv[:at], argv[at + 1 :]
     args = parser.parse_args(argv)
+    if hasattr(args, "cmd"):
+        args.cmd = cmd or [c for c in args.cmd if c != "--"]
+    elif cmd:
+        parser.error("unexpected arguments after --")
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -107,8 +446,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, graph.GraphError) as exc:
         print(f"stackvisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NotRunningError as exc:
+        print(f"stackvisor: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a refused API call: say it, no traceback
+        from stackvisor.control.client import ApiError, NotRunning
+
+        if isinstance(exc, NotRunning):
+            print(f"stackvisor: the stack is not running ({exc})", file=sys.stderr)
+            return EXIT_NOT_RUNNING
+        if isinstance(exc, ApiError):
+            print(f"stackvisor: {exc}", file=sys.stderr)
+            return EXIT_USAGE if exc.status in (400, 404) else EXIT_FAILURE
+        raise
 
 
 if __name__ == "__main__":

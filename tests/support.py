@@ -168,12 +168,12 @@ def cli(*args: str, cwd: Path, timeout: float = 60, **kw: Any) -> subprocess.Com
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=test_env(),
+        env=child_env(),
         **kw,
     )
 
 
-def test_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["NO_COLOR"] = "1"
@@ -189,7 +189,7 @@ def supervisor_process(root: Path, *args: str, stdout: Any = None) -> Iterator[s
         cwd=root,
         stdout=stdout if stdout is not None else log,
         stderr=subprocess.STDOUT if stdout is None else log,
-        env=test_env(),
+        env=child_env(),
     )
     try:
         yield proc

@@ -260,7 +260,7 @@ class ServiceRunner:
         self.spawned = True
         self.tracker.started(time.monotonic())
         self._db_row = self.stack.state_db.child_started(
-            self.name, self.child.pid, self.child.pgid, self.child.started, self.port
+            self.name, self.child.pid, self.child.pgid, self.child.started, self.port, marker
         )
         self._set_state(State.STARTING, port=self.port)
 

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS children (
     create_time REAL NOT NULL,
     port INTEGER,
     supervisor_pid INTEGER NOT NULL,
+    marker TEXT NOT NULL DEFAULT '',
     started_at REAL NOT NULL,
     exited_at REAL,
     exit_code INTEGER
@@ -56,6 +57,7 @@ class ChildRecord:
     create_time: float
     port: int | None
     supervisor_pid: int
+    marker: str
 
 
 class StateDB:
@@ -68,17 +70,21 @@ class StateDB:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(children)")}
+        if "marker" not in columns:  # a state.db written before markers were recorded
+            self.db.execute("ALTER TABLE children ADD COLUMN marker TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self.db.close()
 
     def child_started(
-        self, service: str, pid: int, pgid: int, create_time: float, port: int | None
+        self, service: str, pid: int, pgid: int, create_time: float, port: int | None, marker: str
     ) -> int:
         cur = self.db.execute(
-            "INSERT INTO children (service, pid, pgid, create_time, port, supervisor_pid, started_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (service, pid, pgid, create_time, port, self.supervisor_pid, time.time()),
+            "INSERT INTO children"
+            " (service, pid, pgid, create_time, port, supervisor_pid, marker, started_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (service, pid, pgid, create_time, port, self.supervisor_pid, marker, time.time()),
         )
         return int(cur.lastrowid or 0)
 
@@ -91,7 +97,7 @@ class StateDB:
     def live_children(self) -> list[ChildRecord]:
         """Children with no recorded exit: alive, or left behind by a killed supervisor."""
         rows = self.db.execute(
-            "SELECT id, service, pid, pgid, create_time, port, supervisor_pid"
+            "SELECT id, service, pid, pgid, create_time, port, supervisor_pid, marker"
             " FROM children WHERE exited_at IS NULL ORDER BY id"
         ).fetchall()
         return [ChildRecord(*row) for row in rows]

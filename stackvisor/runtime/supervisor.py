@@ -11,10 +11,12 @@ services in parallel, and afterwards every process that is still ours.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,11 @@ import psutil
 import structlog
 
 from stackvisor import graph
+from stackvisor.config import ConfigError, ReloadDiff, diff_configs, load_config, restart_set
 from stackvisor.config.interpolate import port_env
 from stackvisor.config.schema import StackConfig, Strategy
-from stackvisor.runtime import process
+from stackvisor.control import sockets
+from stackvisor.runtime import orphans, process
 from stackvisor.runtime.events import EventBus
 from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
 from stackvisor.runtime.service import ServiceRunner, StartError
@@ -32,8 +36,26 @@ from stackvisor.runtime.state import StateDB
 from stackvisor.runtime.states import ALIVE, State
 
 
+_instances = itertools.count(1)
+
+# Settings that take effect only when the supervisor starts again.
+RESTART_SETTINGS = frozenset({"control", "logs_dir", "log_max_bytes", "log_backups", "reload"})
+
+
 def state_dir(config: StackConfig) -> Path:
     return config.root / ".stackvisor"
+
+
+class ActionConflict(Exception):
+    """An action that the current state does not allow (HTTP 409)."""
+
+
+@dataclass
+class Lease:
+    """Stop the stack when `exit_with` exits, or when no heartbeat came for `seconds`."""
+
+    exit_with: int | None = None
+    seconds: float | None = None
 
 
 class Supervisor:
@@ -49,7 +71,9 @@ class Supervisor:
         self.config = config
         self.root = config.root
         self.pid = os.getpid()
-        self.instance = f"{self.pid}-{time.time():.0f}"
+        created = process.create_time(self.pid) or time.time()
+        # Every child carries "<instance>/<service>/<n>": unique across supervisors and runs.
+        self.instance = f"{self.pid}-{created:.2f}-{next(_instances)}"
         self.started_at = time.time()
         self.strategy = strategy
         # In its own process (the CLI) everything below the supervisor is its to end;
@@ -71,6 +95,15 @@ class Supervisor:
         self._stop_requested = asyncio.Event()
         self._stop_reason = ""
         self._interrupts = 0
+        self.lock = sockets.StackLock(self.root)
+        self.socket_path = sockets.socket_path(self.root, config.settings.control.socket)
+        self.lease = Lease()
+        self._lease_deadline: float | None = None
+        self.last_reload: dict[str, Any] | None = None
+        self.requested: list[str] = []  # what `up` named; [] = everything
+        self._reload_lock = asyncio.Lock()
+
+    Conflict = ActionConflict
 
     def _runner(self, svc: Any) -> ServiceRunner:
         logs_dir = self.root / self.config.settings.logs_dir
@@ -133,32 +166,117 @@ class Supervisor:
             return set(self.config.services)
         return graph.closure(self.config.graph(), names)
 
-    async def run(self, selection: Iterable[str] | None = None, *, until_done: bool = False) -> int:
-        """Run the selected services until asked to stop; the exit status of `up`."""
+    async def run(
+        self,
+        selection: Iterable[str] | None = None,
+        *,
+        until_done: bool = False,
+        control: bool = True,
+        lease: Lease | None = None,
+    ) -> int:
+        """Run the selected services until asked to stop; the exit status of `up`.
+
+        Raises `sockets.AlreadyRunning` (before touching anything) when another
+        supervisor holds this stack.
+        """
+        self.lock.acquire()
+        try:
+            return await self._run(selection, until_done=until_done, control=control, lease=lease)
+        finally:
+            self.lock.release()
+
+    async def _run(
+        self, selection: Iterable[str] | None, *, until_done: bool, control: bool, lease: Lease | None
+    ) -> int:
         process.become_subreaper()
-        self.selection = self.select(selection)
+        self.requested = list(selection or [])
+        self.selection = self.select(self.requested)
+        self.lease = lease or Lease()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
-        self.bus.publish("stack", None, event="up", services=sorted(self.selection))
+        server = None
         try:
+            for ended in await orphans.end_orphans(self.state_db, self.instance):
+                self.logger.warning(ended.describe())
+                self.bus.publish("orphan", ended.service, pid=ended.pid, message=ended.describe())
+            if control:
+                server = await self._serve()
+            self.bus.publish("stack", None, event="up", services=sorted(self.selection))
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
                 for name in graph.start_order(self.config.graph()):
                     if name in self.selection:
                         self.runners[name].start(tg)
-                if until_done:
-                    tg.create_task(self._stop_when_done())
+                watchers = [tg.create_task(self._stop_when_done())] if until_done else []
+                if self.config.settings.reload:
+                    from stackvisor.runtime.watch import watch_stack
+
+                    watchers.append(tg.create_task(watch_stack(self)))
+                if self.lease.exit_with is not None:
+                    watchers.append(tg.create_task(self._watch_pid(self.lease.exit_with)))
+                if self.lease.seconds is not None:
+                    watchers.append(tg.create_task(self._watch_lease(self.lease.seconds)))
                 await self._stop_requested.wait()
+                for watcher in watchers:
+                    watcher.cancel()
                 await self.shutdown()
         finally:
+            if server is not None:
+                await server.close()
+                self.socket_path.unlink(missing_ok=True)
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 loop.remove_signal_handler(sig)
             self.bus.publish("stack", None, event="down", reason=self._stop_reason)
             self.state_db.close()
         failed = [r.name for r in self.runners.values() if r.state is State.FAILED]
         return 1 if failed else 0
+
+    async def _serve(self) -> Any:
+        from stackvisor.control.server import ControlServer, ensure_token, parse_tcp
+
+        settings = self.config.settings.control
+        token = None
+        tcp = None
+        if settings.tcp:
+            tcp = parse_tcp(settings.tcp, allow_remote=settings.allow_remote)
+            token = ensure_token(state_dir(self.config) / "token")
+        server = ControlServer(self, token)
+        await server.start(sockets.bind_unix(self.socket_path), tcp)
+        return server
+
+    async def _watch_pid(self, pid: int) -> None:
+        """--exit-with: stop the stack when `pid` exits (a CI job that was killed)."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.request_stop(f"pid {pid} (--exit-with) is gone")
+            return
+        gone = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pidfd, gone.set)
+        try:
+            await gone.wait()
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        self.request_stop(f"pid {pid} (--exit-with) exited")
+
+    def heartbeat(self) -> float | None:
+        if self.lease.seconds is None:
+            return None
+        self._lease_deadline = time.monotonic() + self.lease.seconds
+        return self.lease.seconds
+
+    async def _watch_lease(self, seconds: float) -> None:
+        self._lease_deadline = time.monotonic() + seconds
+        while True:
+            left = self._lease_deadline - time.monotonic()
+            if left <= 0:
+                self.request_stop(f"no heartbeat for {seconds:g}s (--lease)")
+                return
+            await asyncio.sleep(left)
 
     def request_stop(self, reason: str = "") -> None:
         if not self._stop_requested.is_set():
@@ -212,6 +330,132 @@ class Supervisor:
             for name in names:
                 tg.create_task(stop_one(name))
 
+    def _check_not_stopping(self) -> None:
+        if self._stop_requested.is_set():
+            raise ActionConflict("the stack is stopping")
+        if self.tg is None:
+            raise ActionConflict("the stack is not running yet")
+
+    async def start_service(self, name: str) -> None:
+        """Start `name` and whatever it needs that is not running."""
+        self._check_not_stopping()
+        runner = self.runners[name]
+        if runner.running:
+            raise ActionConflict(f"{name} is already {runner.state}")
+        needed = graph.closure(self.config.graph(), [name])
+        self.selection |= needed
+        assert self.tg is not None
+        for dep in graph.start_order({n: list(self.config.services[n].depends_on) for n in needed}):
+            if not self.runners[dep].running and (dep == name or self.runners[dep].state is not State.COMPLETED):
+                self.runners[dep].start(self.tg)
+
+    async def stop_service(self, name: str) -> None:
+        self._check_not_stopping()
+        runner = self.runners[name]
+        if not runner.running:
+            raise ActionConflict(f"{name} is not running (it is {runner.state})")
+        await runner.stop("stopped on request")
+
+    def restart_cascade(self, names: Iterable[str]) -> set[str]:
+        """`names` plus, transitively, every dependent whose depends_on says restart: true."""
+        return restart_set(ReloadDiff(changed=tuple(names)), self.config)
+
+    async def restart_services(self, names: Iterable[str]) -> None:
+        """Stop the services (dependents first) and start them again in dependency order."""
+        self._check_not_stopping()
+        cascade = self.restart_cascade(names)
+        # Dependents that are not running stay as they are; the named ones always start.
+        named = set(names)
+        targets = {n for n in cascade if n in named or self.runners[n].running}
+        await self.stop_services(n for n in targets if self.runners[n].running)
+        assert self.tg is not None
+        for name in graph.start_order(self.config.graph()):
+            if name in targets:
+                self.runners[name].start(self.tg)
+
+    # ----- reload ----------------------------------------------------------------------
+
+    async def reload(self, *, dry_run: bool = False, source: str = "request") -> dict[str, Any]:
+        """Re-read the stack file and apply what changed; an invalid file changes nothing."""
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(load_config, self.config.path)
+            except ConfigError as exc:
+                return self._reload_failed(str(exc), dry_run, source)
+            except OSError as exc:
+                return self._reload_failed(f"{self.config.path}: {exc.strerror or exc}", dry_run, source)
+            diff = diff_configs(self.config, new)
+            restarts = sorted(restart_set(diff, new) & set(self.runners))
+            result: dict[str, Any] = {
+                "ok": True,
+                "dry_run": dry_run,
+                "source": source,
+                "time": time.time(),
+                "added": list(diff.added),
+                "removed": list(diff.removed),
+                "changed": list(diff.changed),
+                "restarted": [n for n in restarts if n in self.select_in(new)],
+                "settings_changed": list(diff.settings_changed),
+                "needs_supervisor_restart": [
+                    f for f in diff.settings_changed if f in RESTART_SETTINGS
+                ],
+                "summary": diff.describe(),
+            }
+            if dry_run:
+                return result
+            if not diff.is_empty():
+                if self._stop_requested.is_set():
+                    return self._reload_failed("the stack is stopping", dry_run, source)
+                await self._apply(new, diff, restarts)
+            self.last_reload = result
+            self.bus.publish("reload", None, **{k: v for k, v in result.items() if k != "ok"})
+            self.logger.info("reloaded: " + "; ".join(diff.describe()), source=source)
+            return result
+
+    def _reload_failed(self, error: str, dry_run: bool, source: str) -> dict[str, Any]:
+        result = {"ok": False, "dry_run": dry_run, "source": source, "time": time.time(), "error": error}
+        if not dry_run:
+            self.last_reload = result
+            self.bus.publish("reload_failed", None, error=error, source=source)
+            self.logger.error(f"reload failed, nothing changed:\n{error}", source=source)
+        return result
+
+    def select_in(self, config: StackConfig) -> set[str]:
+        """The selection under `config`: what `up` named (still there) and what it needs."""
+        if not self.requested:
+            return set(config.services)
+        names = [n for n in self.requested if n in config.services]
+        return graph.closure(config.graph(), names) if names else set()
+
+    async def _apply(self, new: StackConfig, diff: ReloadDiff, restarts: list[str]) -> None:
+        assert self.tg is not None
+        going = [n for n in (*diff.removed, *restarts) if self.runners[n].running]
+        # Stopping needs the old graph (removed services are only there).
+        await self.stop_services(going)
+        for name in diff.removed:
+            runner = self.runners.pop(name)
+            runner.log.file.close()
+            self.ports.pop(name, None)
+        self.config = new
+        for name in diff.changed:
+            runner = self.runners[name]
+            runner.config = new.services[name]
+            if isinstance(runner.config.port, int) or runner.config.port is None:
+                runner.port = runner.config.port if isinstance(runner.config.port, int) else None
+                self.ports[name] = runner.port
+        for name in diff.added:
+            svc = new.services[name]
+            self.runners[name] = self._runner(svc)
+            self.ports[name] = svc.port if isinstance(svc.port, int) else None
+        self.selection = self.select_in(new)
+        # Changed services start again even if they had failed (the edit may be the fix);
+        # one stopped by hand stays stopped.
+        by_hand = {n for n in restarts if n not in going and self.runners[n].state is State.STOPPED}
+        starting = set(diff.added) | (set(restarts) - by_hand)
+        for name in graph.start_order(new.graph()):
+            if name in starting and name in self.selection and not self.runners[name].running:
+                self.runners[name].start(self.tg)
+
     async def shutdown(self) -> None:
         await self.stop_services(self.runners)
         self._kill_leftovers()
@@ -231,12 +475,19 @@ class Supervisor:
     # ----- reporting ---------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        services = []
+        for name in graph.start_order(self.config.graph()):
+            entry = self.runners[name].status()
+            entry["selected"] = name in self.selection
+            services.append(entry)
         return {
             "name": self.config.name,
             "pid": self.pid,
             "file": str(self.config.path),
             "started_at": self.started_at,
-            "services": [self.runners[n].status() for n in graph.start_order(self.config.graph())],
+            "stopping": self._stop_requested.is_set(),
+            "reload": self.last_reload,
+            "services": services,
         }
 
     def alive_count(self) -> int:

@@ -1,0 +1,98 @@
+"""The client the CLI uses: plain HTTP/1.1 over the stack's unix socket.
+
+Synchronous and built on the standard library on purpose: a CLI command should not
+pay for starting an event loop and importing aiohttp to ask one question.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from stackvisor.control import sockets
+
+
+class NotRunning(Exception):
+    """Nobody answers on the socket: the stack is not running (exit 3)."""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+        detail = body.get("detail")
+        super().__init__(f"{body.get('error', 'error')}{': ' + detail if detail else ''}")
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = sockets.connect_unix(self.unix_path, self.timeout or 5.0)
+
+
+class Client:
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _open(self, method: str, url: str, body: Any = None, timeout: float | None = None) -> Any:
+        conn = _UnixConnection(self.path, timeout or self.timeout)
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        try:
+            conn.request(method, url, body=data, headers=headers)
+            return conn, conn.getresponse()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            conn.close()
+            raise NotRunning(str(exc)) from None
+        except (socket.timeout, OSError):
+            conn.close()
+            raise
+
+    def request(self, method: str, url: str, body: Any = None, timeout: float | None = None) -> Any:
+        conn, resp = self._open(method, url, body, timeout)
+        try:
+            raw = resp.read()
+        finally:
+            conn.close()
+        kind = resp.getheader("Content-Type", "")
+        data: Any = json.loads(raw) if "json" in kind and raw else raw.decode("utf-8", "replace")
+        if resp.status >= 400:
+            raise ApiError(resp.status, data if isinstance(data, dict) else {"error": str(data)})
+        return data
+
+    def get(self, url: str) -> Any:
+        return self.request("GET", url)
+
+    def post(self, url: str, body: Any = None) -> Any:
+        return self.request("POST", url, body if body is not None else {})
+
+    def stream(self, url: str) -> Iterator[str]:
+        """Lines of a streamed response until the server ends it."""
+        conn, resp = self._open("GET", url, timeout=None)
+        conn.sock.settimeout(None)
+        try:
+            if resp.status >= 400:
+                body = resp.read()
+                raise ApiError(resp.status, json.loads(body) if body else {})
+            while True:
+                line = resp.readline()
+                if not line:
+                    return
+                yield line.decode("utf-8", "replace").rstrip("\n")
+        finally:
+            conn.close()
+
+    def alive(self) -> bool:
+        try:
+            self.get("/v1/status")
+            return True
+        except (NotRunning, OSError, ApiError):
+            return False

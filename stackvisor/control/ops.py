@@ -1,0 +1,202 @@
+"""What the CLI does with a stack that runs in the background: detach, wait, bring down.
+
+Each function is one command's work, over the control socket and state.db, so
+the CLI stays a parser and `run` can reuse `detach`, `wait_ready` and `down`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from stackvisor.config.schema import StackConfig
+from stackvisor.control import sockets
+from stackvisor.control.client import ApiError, Client, NotRunning
+
+READY = {"healthy", "running", "completed"}
+BROKEN = {"failed", "exited"}
+
+
+def client_for(config: StackConfig, timeout: float = 30.0) -> Client:
+    return Client(sockets.socket_path(config.root, config.settings.control.socket), timeout)
+
+
+def supervisor_pid(config: StackConfig) -> int | None:
+    return sockets.StackLock(config.root).holder()
+
+
+@dataclass
+class DetachResult:
+    ok: bool
+    pid: int | None = None
+    message: str = ""
+    code: int = 0
+
+
+def detach(config: StackConfig, argv: Sequence[str], timeout: float = 30.0) -> DetachResult:
+    """Start `stackvisor _supervise ARGV` in its own session; return once its socket answers."""
+    holder = supervisor_pid(config)
+    if holder is not None:
+        return DetachResult(False, holder, f"already running (pid {holder})", 1)
+    logs = config.root / config.settings.logs_dir
+    logs.mkdir(parents=True, exist_ok=True)
+    out_path = logs / "stackvisor.out"
+    with open(out_path, "ab") as out:
+        start = out.tell()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stackvisor", "_supervise", "-f", str(config.path), *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=config.root,
+            close_fds=True,
+        )
+    client = client_for(config, timeout=2.0)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            text = out_path.read_bytes()[start:].decode("utf-8", "replace").strip()
+            return DetachResult(False, proc.pid, text or f"the supervisor exited with {code}", code or 1)
+        if client.alive():
+            return DetachResult(True, proc.pid)
+        time.sleep(0.02)
+    return DetachResult(False, proc.pid, f"the supervisor did not answer within {timeout:g}s", 1)
+
+
+@dataclass
+class WaitResult:
+    ok: bool
+    status: dict[str, Any]
+    broken: list[dict[str, Any]] = field(default_factory=list)
+    timed_out: bool = False
+
+
+def wait_ready(
+    client: Client,
+    names: Sequence[str] | None,
+    timeout: float,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> WaitResult:
+    """Until every selected service is healthy, running (no healthcheck) or completed."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while True:
+        try:
+            status = client.get("/v1/status")
+        except NotRunning:
+            return WaitResult(False, status, [], False)
+        services = [
+            s for s in status["services"] if (s["name"] in names if names else s.get("selected", True))
+        ]
+        if progress is not None:
+            progress(status)
+        broken = [s for s in services if s["state"] in BROKEN]
+        if broken:
+            return WaitResult(False, status, broken)
+        if all(s["state"] in READY for s in services):
+            return WaitResult(True, status)
+        if time.monotonic() > deadline:
+            return WaitResult(False, status, [s for s in services if s["state"] not in READY], True)
+        time.sleep(0.05)
+
+
+def failure_report(client: Client, services: list[dict[str, Any]], lines: int = 20) -> str:
+    out = []
+    for svc in services:
+        out.append(f"{svc['name']}: {svc['state']}{' - ' + svc['reason'] if svc.get('reason') else ''}")
+        try:
+            tail = client.get(f"/v1/services/{svc['name']}/logs?tail={lines}")
+        except (ApiError, NotRunning, OSError):
+            tail = ""
+        out += [f"  {svc['name']} | {line}" for line in str(tail).splitlines()]
+    return "\n".join(out)
+
+
+def port_environment(status: dict[str, Any]) -> dict[str, str]:
+    from stackvisor.config.interpolate import port_env
+
+    return port_env({s["name"]: s["port"] for s in status["services"]})
+
+
+@dataclass
+class DownResult:
+    was_running: bool
+    pid: int | None = None
+    ended: list[str] = field(default_factory=list)
+    killed: bool = False
+
+
+def down(config: StackConfig, timeout: float) -> DownResult:
+    """Stop the stack, wait for its supervisor to exit, and end what a dead one left."""
+    pid = supervisor_pid(config)
+    result = DownResult(pid is not None, pid)
+    if pid is not None and pid > 0:
+        with contextlib.suppress(NotRunning, ApiError, OSError):
+            client_for(config, timeout=5.0).post("/v1/stop")
+        if not _wait_exit(pid, timeout):
+            # Last resort: its children die with it (PDEATHSIG), the rest is ended below.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, 9)
+            result.killed = True
+            _wait_exit(pid, 5.0)
+    result.ended = end_orphans(config)
+    return result
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        proc.wait(timeout)
+        return True
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return False
+
+
+def end_orphans(config: StackConfig) -> list[str]:
+    """End what a killed supervisor left; only while holding the lock (nobody else runs)."""
+    import asyncio
+
+    from stackvisor.runtime.orphans import end_orphans as end
+    from stackvisor.runtime.state import StateDB
+
+    db_path = config.root / ".stackvisor" / "state.db"
+    if not db_path.exists():
+        return []
+    lock = sockets.StackLock(config.root)
+    try:
+        lock.acquire()
+    except sockets.AlreadyRunning:
+        return []
+    db = StateDB(db_path, os.getpid())
+    try:
+        return [e.describe() for e in asyncio.run(end(db, f"down-{os.getpid()}"))]
+    finally:
+        db.close()
+        lock.release()
+
+
+def read_log_files(config: StackConfig, names: Sequence[str], lines: int) -> list[str]:
+    """When nothing runs, `logs` reads the files the last run left."""
+    out = []
+    folder = config.root / config.settings.logs_dir
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        path = folder / f"{name}.log"
+        if not path.exists():
+            continue
+        tail = path.read_text(errors="replace").splitlines()[-lines:] if lines else []
+        out += [f"{name.ljust(width)} | {line}" for line in tail]
+    return out
+
