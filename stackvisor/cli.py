@@ -88,9 +88,120 @@ def _supervisor_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def _port_plan(config: StackConfig, strategy: str | None, names: Sequence[str]) -> list[Any]:
+    from stackvisor.ports.resolve import plan_stack
+
+    selection = graph.closure(config.graph(), names) if names else set(config.services)
+    known = _known_children(config)
+    override = Strategy(strategy) if strategy else None
+    return [a for a in plan_stack(config, override, known) if a.service in selection]
+
+
+def _known_children(config: StackConfig) -> set[tuple[int, float]]:
+    from stackvisor.runtime.state import StateDB
+
+    path = config.root / ".stackvisor" / "state.db"
+    if not path.exists():
+        return set()
+    db = StateDB(path, os.getpid())
+    try:
+        return db.known_children()
+    finally:
+        db.close()
+
+
+def cmd_ports(args: argparse.Namespace) -> int:
+    """The port plan (holder, level, action) for every service, doing nothing."""
+    from stackvisor.ports.conflicts import format_plan
+
+    config = _load(args)
+    _check_names(config, args.services)
+    plan = _port_plan(config, args.strategy, args.services)
+    if args.json:
+        print(json.dumps([a.as_dict() for a in plan], indent=2, default=str))
+    else:
+        print(format_plan(plan))
+    return EXIT_FAILURE if any(str(a.action) == "fail" for a in plan) else EXIT_OK
+
+
+def _preflight(config: StackConfig, args: argparse.Namespace) -> int | None:
+    """Conflicts that no strategy step can resolve stop `up` before anything starts."""
+    from stackvisor.control import ops
+    from stackvisor.ports.conflicts import format_plan
+
+    if ops.supervisor_pid(config) is not None:
+        return None  # the running supervisor's own ports would all look taken
+    plan = _port_plan(config, args.strategy, args.services)
+    if args.dry_run:
+        print(format_plan(plan))
+        return EXIT_FAILURE if any(str(a.action) == "fail" for a in plan) else EXIT_OK
+    failing = [a for a in plan if str(a.action) == "fail"]
+    for action in failing:
+        print(f"stackvisor: {action.service}: {action.message}", file=sys.stderr)
+    return EXIT_FAILURE if failing else None
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from stackvisor.runtime.state import StateDB
+
+    config = _load(args)
+    path = config.root / ".stackvisor" / "state.db"
+    rows: list[dict[str, Any]] = []
+    if path.exists():
+        db = StateDB(path, os.getpid())
+        try:
+            kinds = () if args.all else ("port_conflict",)
+            rows = db.events(kinds=kinds, limit=args.limit)
+        finally:
+            db.close()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    if not rows:
+        print("no port conflicts recorded" if not args.all else "no history recorded")
+        return EXIT_OK
+    print(format_history(rows, conflicts_only=not args.all))
+    return EXIT_OK
+
+
+def format_history(rows: list[dict[str, Any]], *, conflicts_only: bool) -> str:
+    if conflicts_only:
+        table = [("TIME", "SERVICE", "PORT", "HOLDER", "LEVEL", "ACTION", "OUTCOME")]
+        for r in rows:
+            d = r["data"]
+            holder = "/".join(str(d.get(k) or "?") for k in ("holder_pid", "holder_name", "holder_user"))
+            port = str(d.get("port") or "-")
+            if d.get("new_port"):
+                port += f" -> {d['new_port']}"
+            table.append(
+                (_clock(r["ts"]), r["service"] or "-", port, holder, d.get("level", "?"),
+                 d.get("action", "?"), d.get("outcome", "?"))
+            )
+    else:
+        table = [("TIME", "SERVICE", "KIND", "DETAIL")]
+        for r in rows:
+            d = r["data"]
+            detail = f"{d.get('old')} -> {d.get('new')} {d.get('reason', '')}" if r["kind"] == "state" else (
+                ", ".join(f"{k}={v}" for k, v in d.items() if k != "logs")
+            )
+            table.append((_clock(r["ts"]), r["service"] or "-", r["kind"], detail[:100]))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    return "\n".join(
+        ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]).rstrip()
+        for row in table
+    )
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     config = _load(args)
     _check_names(config, args.services)
+    stop = _preflight(config, args)
+    if stop is not None:
+        return stop
     if args.detach or args.wait:
         return _up_detached(config, args)
     return _supervise(config, args, console=True)
@@ -393,6 +504,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="with -d (implied): return once every service is ready; exit 1 if one fails",
     )
     up.add_argument("--timeout", type=_duration, default=120.0, help="for --wait (default 120s)")
+    up.add_argument("--dry-run", action="store_true", help="print the port plan and start nothing")
+
+    ports = command("ports", "show the port plan (holder, level, action) without doing anything", cmd_ports)
+    ports.add_argument("services", nargs="*", metavar="SERVICE")
+    ports.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
+    ports.add_argument("--json", action="store_true")
+
+    history = command("history", "list the port conflicts and how they were resolved", cmd_history)
+    history.add_argument("--json", action="store_true")
+    history.add_argument("--all", action="store_true", help="every recorded event, not only conflicts")
+    history.add_argument("--limit", type=int, default=1000)
 
     sup = command("_supervise", None, cmd_supervise)
     supervisor_options(sup)

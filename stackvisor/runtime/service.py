@@ -169,6 +169,7 @@ class ServiceRunner:
         stopped, ok = await self._or_stop(self._dependencies())
         if stopped or not ok:
             return
+        resolved_again = False
         while True:
             try:
                 await self._spawn()
@@ -178,6 +179,15 @@ class ServiceRunner:
             unhealthy, stopped = await self._supervise()
             if stopped:
                 return
+            if not resolved_again and not unhealthy and await self._port_taken_meanwhile():
+                # Someone took the port between our check and the child's bind: one more
+                # resolution, at once and not counted as a restart.
+                resolved_again = True
+                self._set_state(
+                    State.BACKOFF, f"port {self.port} was taken before {self.name} could bind it; resolving again",
+                    delay=0.0,
+                )
+                continue
             decision = self.tracker.decide(
                 policy=self.config.restart,
                 exit_code=self.exit_code,
@@ -209,6 +219,32 @@ class ServiceRunner:
             if stopped:
                 self._set_state(State.STOPPED, "stopped during backoff")
                 return
+
+    async def _port_taken_meanwhile(self) -> bool:
+        """Did the process fail early while somebody else now listens on its port?"""
+        if self.port is None or self.exit_code == 0 or self.health == "healthy":
+            return False
+        if self.tracker.started_at is not None and time.monotonic() - self.tracker.started_at > 10:
+            return False
+        from stackvisor.ports.scan import find_owners
+
+        owners = await asyncio.to_thread(find_owners, self.port)
+        pgid = self.child.pgid if self.child else None
+        return any(owner.pgid != pgid for owner in owners)
+
+    async def _owns_port(self, child: process.Child) -> tuple[bool, str]:
+        """Is the listener on our port this child's (its process group)? Not someone else's?"""
+        from stackvisor.ports.resolve import listener_pgid_matches
+        from stackvisor.ports.scan import find_owners
+
+        if self.port is None:
+            return True, ""
+        matches = await asyncio.to_thread(listener_pgid_matches, self.port, child.pgid)
+        if matches is not False:
+            return True, ""
+        owners = await asyncio.to_thread(find_owners, self.port)
+        who = ", ".join(f"pid {o.pid} ({o.name})" for o in owners) or "another process"
+        return False, f"port {self.port} is answered by {who}, not by {self.name}"
 
     def _fail(self, reason: str) -> None:
         self._set_state(State.FAILED, reason, logs=self.log.last(20))
@@ -331,10 +367,18 @@ class ServiceRunner:
             self._health_changed(HealthChange.HEALTHY, "log matched")
             return
         async with aiohttp.ClientSession() as session:
+            verified = False
             while child.alive:
                 ok, seen = await self._probe_once(check, variables, session)
                 if not child.alive:
                     return
+                if ok and not verified:
+                    # A probe that succeeds against somebody else's server proves nothing.
+                    ok, why = await self._owns_port(child)
+                    verified = ok
+                    if not ok:
+                        seen = why
+                        self.stack.bus.publish("port_mismatch", self.name, port=self.port, message=why)
                 change = tracker.record(ok, time.monotonic(), seen)
                 if change is not None:
                     self._health_changed(change, seen)

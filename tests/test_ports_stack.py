@@ -1,0 +1,211 @@
+"""Port conflicts as a stack meets them: migration reaching dependents, pre-flight, history."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import (
+    alive, async_wait_for, children_rows, cli, free_ports, kill_tree, running_stack, state_events, until_state,
+    write_stack,
+)
+
+from stackvisor.config.schema import Strategy
+
+pytestmark = pytest.mark.timeout(60)
+
+HOLDER = (
+    "import socket, sys, time; s = socket.socket(); "
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+    "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('ready', flush=True); time.sleep(300)"
+)
+
+
+@pytest.fixture
+def holder() -> Iterator[object]:
+    """Start an outside process holding a port; ended after the test whatever happens."""
+    started: list[subprocess.Popen[str]] = []
+
+    def hold(port: int) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(port)], stdout=subprocess.PIPE, text=True
+        )
+        started.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
+
+    yield hold
+    for proc in started:
+        kill_tree(proc.pid)
+        proc.wait()
+
+
+async def test_conservative_migrates_and_the_dependent_sees_the_new_port(tmp_path: Path, holder) -> None:
+    wanted, alternative, web_port = free_ports(3)
+    outside = holder(wanted)
+    seen = tmp_path / "seen"
+    path = write_stack(
+        tmp_path,
+        f"""
+        settings: {{strategy: conservative}}
+        services:
+          api:
+            command: python3 server.py
+            port: {wanted}
+            alternative_ports: [{alternative}]
+            healthcheck: {{tcp: "${{PORT}}"}}
+          web:
+            command: sh -c 'echo "$API_PORT" > {seen}; exec python3 server.py'
+            port: {web_port}
+            depends_on: {{api: {{condition: service_healthy}}}}
+            healthcheck: {{tcp: "${{PORT}}"}}
+        """,
+    )
+    async with running_stack(path) as sup:
+        await until_state(sup, "web", "healthy")
+        assert sup.runners["api"].port == alternative
+        assert seen.read_text().strip() == str(alternative)
+        assert alive(outside.pid)
+        conflict = next(e for e in sup.bus.backlog if e.kind == "port_conflict")
+        assert conflict.service == "api"
+        assert (conflict.data["action"], conflict.data["new_port"]) == ("migrate", alternative)
+        assert conflict.data["holder_pid"] == outside.pid
+    recorded = [e for e in state_events(tmp_path) if e["kind"] == "port_conflict"]
+    assert recorded and recorded[0]["outcome"] == "ok"
+
+
+async def test_aggressive_ends_the_holder_and_takes_the_port(tmp_path: Path, holder) -> None:
+    (wanted,) = free_ports(1)
+    outside = holder(wanted)
+    path = write_stack(
+        tmp_path,
+        f"""
+        services:
+          api:
+            command: python3 server.py
+            port: {wanted}
+            healthcheck: {{tcp: "${{PORT}}"}}
+        """,
+    )
+    async with running_stack(path, strategy=Strategy.AGGRESSIVE) as sup:
+        await until_state(sup, "api", "healthy")
+        assert sup.runners["api"].port == wanted
+        outside.wait(5)
+        conflict = next(e for e in sup.bus.backlog if e.kind == "port_conflict")
+        assert (conflict.data["action"], conflict.data["outcome"]) == ("terminate", "ok")
+
+
+def test_conservative_without_alternative_exits_1_before_starting_anything(tmp_path: Path, holder) -> None:
+    (wanted,) = free_ports(1)
+    outside = holder(wanted)
+    write_stack(
+        tmp_path,
+        f"""
+        settings: {{strategy: conservative}}
+        services:
+          api: {{command: python3 server.py, port: {wanted}}}
+          other: {{command: "python3 -c 'import time; time.sleep(60)'"}}
+        """,
+    )
+    for args in (["up"], ["up", "-d", "--wait"]):
+        result = cli(*args, cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        message = result.stderr
+        assert f"port {wanted} is held by pid {outside.pid}" in message
+        assert "python" in message and "user root" in message
+        assert "alternative_ports" in message and "--strategy aggressive" in message
+    assert children_rows(tmp_path) == []
+    assert alive(outside.pid)
+
+
+def test_ports_command_and_history(tmp_path: Path, holder) -> None:
+    wanted, alternative = free_ports(2)
+    outside = holder(wanted)
+    write_stack(
+        tmp_path,
+        f"""
+        services:
+          api:
+            command: python3 server.py
+            port: {wanted}
+            alternative_ports: [{alternative}]
+            healthcheck: {{tcp: "${{PORT}}"}}
+        """,
+    )
+    plan = cli("ports", "--json", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    (api,) = json.loads(plan.stdout)
+    assert (api["action"], api["level"], api["port"]) == ("migrate", "high", alternative)
+    assert api["holders"][0]["pid"] == outside.pid
+    table = cli("ports", "--strategy", "aggressive", cwd=tmp_path).stdout
+    assert "terminate" in table and str(outside.pid) in table
+    dry = cli("up", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0 and "migrate" in dry.stdout
+    assert children_rows(tmp_path) == []
+    up = cli("up", "-d", "--wait", cwd=tmp_path)
+    try:
+        assert up.returncode == 0, up.stderr
+    finally:
+        cli("down", cwd=tmp_path)
+    history = cli("history", cwd=tmp_path)
+    assert "migrate" in history.stdout and f"{wanted} -> {alternative}" in history.stdout
+    rows = json.loads(cli("history", "--json", cwd=tmp_path).stdout)
+    assert rows[0]["data"]["holder_pid"] == outside.pid
+    assert alive(outside.pid)
+
+
+async def test_a_listener_outside_the_service_group_does_not_make_it_healthy(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    path = write_stack(
+        tmp_path,
+        f"""
+        services:
+          sneaky:
+            command: >-
+              python3 -c "import subprocess, sys, time;
+              subprocess.Popen([sys.executable, 'server.py'], start_new_session=True); time.sleep(60)"
+            port: {port}
+            healthcheck: {{tcp: "${{PORT}}", interval: 200ms}}
+        """,
+    )
+    async with running_stack(path) as sup:
+        event = await async_wait_for(
+            lambda: next((e for e in sup.bus.backlog if e.kind == "port_mismatch"), None)
+        )
+        assert f"port {port} is answered by pid" in event.data["message"]
+        assert str(sup.runners["sneaky"].state) == "starting"
+
+
+async def test_a_port_taken_before_the_child_binds_is_resolved_once_more(tmp_path: Path) -> None:
+    wanted, alternative = free_ports(2)
+    go = tmp_path / "go"
+    path = write_stack(
+        tmp_path,
+        f"""
+        services:
+          slow:
+            command: sh -c 'while [ ! -e {go} ]; do sleep 0.02; done; exec python3 server.py'
+            port: {wanted}
+            alternative_ports: [{alternative}]
+            healthcheck: {{tcp: "${{PORT}}"}}
+        """,
+    )
+    thief = socket.socket()
+    try:
+        async with running_stack(path) as sup:
+            await until_state(sup, "slow", "starting")
+            thief.bind(("127.0.0.1", wanted))
+            thief.listen()
+            go.touch()
+            await until_state(sup, "slow", "healthy")
+            assert sup.runners["slow"].port == alternative
+            assert sup.runners["slow"].restarts_total == 0
+            reasons = [e.data["reason"] for e in sup.bus.backlog if e.kind == "state"]
+            assert any("resolving again" in r for r in reasons)
+    finally:
+        thief.close()
