@@ -38,14 +38,24 @@ def _load(args: argparse.Namespace) -> StackConfig:
     return load_config(path)
 
 
-def _check_names(config: StackConfig, names: Sequence[str]) -> None:
-    unknown = [n for n in names if n not in config.services]
+def _locate(args: argparse.Namespace) -> Any:
+    """The running stack's address; works while its file is broken mid-edit."""
+    from stackvisor.control.ops import StackRef
+
+    return StackRef.locate(Path(args.file) if args.file else find_config())
+
+
+def _check_names(config: Any, names: Sequence[str]) -> None:
+    services = config.services
+    if not services:
+        return  # the file does not parse now: the supervisor will say what it knows
+    unknown = [n for n in names if n not in services]
     if unknown:
-        known = ", ".join(sorted(config.services))
+        known = ", ".join(sorted(services))
         raise UsageError(f"unknown service {', '.join(unknown)} (the stack has: {known})")
 
 
-def _client(config: StackConfig) -> Any:
+def _client(config: Any) -> Any:
     from stackvisor.control import ops
 
     client = ops.client_for(config)
@@ -279,7 +289,7 @@ def _wait(config: StackConfig, names: Sequence[str], timeout: float) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from stackvisor.control import ops
 
-    config = _load(args)
+    config = _locate(args)
     result = ops.down(config, args.timeout)
     for line in result.ended:
         print(line, file=sys.stderr)
@@ -293,7 +303,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _locate(args)
     try:
         status = _client(config).get("/v1/status")
     except NotRunningError:
@@ -345,7 +355,7 @@ def _age(seconds: float) -> str:
 def cmd_logs(args: argparse.Namespace) -> int:
     from stackvisor.control import ops
 
-    config = _load(args)
+    config = _locate(args)
     _check_names(config, args.services)
     names = args.services or list(config.services)
     try:
@@ -356,6 +366,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         for line in ops.read_log_files(config, names, args.lines):
             print(line)
         return EXIT_OK
+    names = names or [s["name"] for s in client.get("/v1/status")["services"]]
     width = max(len(n) for n in names)
     if args.follow and len(names) == 1:
         for line in client.stream(f"/v1/services/{names[0]}/logs?tail={args.lines}&follow=true"):
@@ -386,7 +397,7 @@ def _follow_many(client: Any, names: Sequence[str], lines: int, width: int) -> i
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _locate(args)
     _check_names(config, args.services)
     status = _client(config).post("/v1/restart", {"services": args.services})
     names = args.services or [s["name"] for s in status["services"] if s.get("selected")]
@@ -396,7 +407,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 def _service_action(action: str):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
-        config = _load(args)
+        config = _locate(args)
         _check_names(config, [args.service])
         result = _client(config).post(f"/v1/services/{args.service}/{action}")
         print(f"{args.service}: {result['state']}", file=sys.stderr)
@@ -405,8 +416,28 @@ def _service_action(action: str):  # type: ignore[no-untyped-def]
     return run
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    from stackvisor.control.client import ApiError
+
+    client = _client(_locate(args))
+    try:
+        result = client.post("/v1/reload", {"dry_run": args.dry_run})
+    except ApiError as exc:
+        print(f"stackvisor: reload failed, nothing changed:\n{exc.body.get('detail', '')}", file=sys.stderr)
+        return EXIT_USAGE
+    prefix = "would apply" if args.dry_run else "applied"
+    for line in result["summary"]:
+        print(f"{prefix}: {line}" if line != "no changes" else line)
+    if result.get("restarted"):
+        print(f"{'would restart' if args.dry_run else 'restarted'}: {', '.join(result['restarted'])}")
+    if result.get("needs_supervisor_restart"):
+        fields = ", ".join(result["needs_supervisor_restart"])
+        print(f"settings that take effect only after `stackvisor down` and `up`: {fields}")
+    return EXIT_OK
+
+
 def cmd_heartbeat(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _locate(args)
     result = _client(config).post("/v1/heartbeat")
     if result.get("lease_seconds_left") is None:
         print("stackvisor: the stack has no --lease; the heartbeat changes nothing", file=sys.stderr)
@@ -539,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("service", metavar="SERVICE")
 
     command("heartbeat", "renew the lease of a stack started with --lease", cmd_heartbeat)
+
+    reload = command("reload", "apply the edits of the stack file now (it also happens by itself)", cmd_reload)
+    reload.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
 
     run = command("run", "up --wait, run a command with the stack's ports, then down", cmd_run)
     run.add_argument("services", nargs="*", metavar="SERVICE", help="(default: every service)")

@@ -13,11 +13,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import psutil
-
-from stackvisor.config.schema import StackConfig
+from stackvisor.config import ConfigError, load_config
+from stackvisor.config.schema import Settings, StackConfig
 from stackvisor.control import sockets
 from stackvisor.control.client import ApiError, Client, NotRunning
 
@@ -25,12 +25,62 @@ READY = {"healthy", "running", "completed"}
 BROKEN = {"failed", "exited"}
 
 
-def client_for(config: StackConfig, timeout: float = 30.0) -> Client:
-    return Client(sockets.socket_path(config.root, config.settings.control.socket), timeout)
+@dataclass(frozen=True)
+class StackRef:
+    """Where a stack's supervisor is found: enough to talk to it even if its file is broken.
+
+    `status`, `down`, `logs` must work while the file is mid-edit: the running
+    supervisor keeps its last good configuration, and so must we.
+    """
+
+    path: Path
+    name: str
+    socket: Path
+    logs: Path
+    services: tuple[str, ...] = ()
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @classmethod
+    def of(cls, config: StackConfig) -> StackRef:
+        return cls(
+            config.path,
+            config.name,
+            sockets.socket_path(config.root, config.settings.control.socket),
+            config.root / config.settings.logs_dir,
+            tuple(config.services),
+        )
+
+    @classmethod
+    def locate(cls, path: Path) -> StackRef:
+        path = path.resolve()
+        try:
+            return cls.of(load_config(path))
+        except ConfigError:
+            settings = Settings()
+            return cls(
+                path,
+                path.parent.name,
+                sockets.socket_path(path.parent, settings.control.socket),
+                path.parent / settings.logs_dir,
+            )
 
 
-def supervisor_pid(config: StackConfig) -> int | None:
-    return sockets.StackLock(config.root).holder()
+Stack = StackConfig | StackRef
+
+
+def _ref(stack: Stack) -> StackRef:
+    return stack if isinstance(stack, StackRef) else StackRef.of(stack)
+
+
+def client_for(stack: Stack, timeout: float = 30.0) -> Client:
+    return Client(_ref(stack).socket, timeout)
+
+
+def supervisor_pid(stack: Stack) -> int | None:
+    return sockets.StackLock(_ref(stack).root).holder()
 
 
 @dataclass
@@ -136,35 +186,34 @@ class DownResult:
     killed: bool = False
 
 
-def down(config: StackConfig, timeout: float) -> DownResult:
+def down(config: Stack, timeout: float) -> DownResult:
     """Stop the stack, wait for its supervisor to exit, and end what a dead one left."""
     pid = supervisor_pid(config)
     result = DownResult(pid is not None, pid)
     if pid is not None and pid > 0:
         with contextlib.suppress(NotRunning, ApiError, OSError):
             client_for(config, timeout=5.0).post("/v1/stop")
-        if not _wait_exit(pid, timeout):
+        if not _wait_exit(config, pid, timeout):
             # Last resort: its children die with it (PDEATHSIG), the rest is ended below.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, 9)
             result.killed = True
-            _wait_exit(pid, 5.0)
+            _wait_exit(config, pid, 5.0)
     result.ended = end_orphans(config)
     return result
 
 
-def _wait_exit(pid: int, timeout: float) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        proc.wait(timeout)
-        return True
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.TimeoutExpired:
-        return False
+def _wait_exit(config: Stack, pid: int, timeout: float) -> bool:
+    """Until the supervisor is gone: its lock is released when it exits, zombie or not."""
+    deadline = time.monotonic() + timeout
+    while supervisor_pid(config) == pid:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
-def end_orphans(config: StackConfig) -> list[str]:
+def end_orphans(config: Stack) -> list[str]:
     """End what a killed supervisor left; only while holding the lock (nobody else runs)."""
     import asyncio
 
@@ -187,10 +236,10 @@ def end_orphans(config: StackConfig) -> list[str]:
         lock.release()
 
 
-def read_log_files(config: StackConfig, names: Sequence[str], lines: int) -> list[str]:
+def read_log_files(config: Stack, names: Sequence[str], lines: int) -> list[str]:
     """When nothing runs, `logs` reads the files the last run left."""
     out = []
-    folder = config.root / config.settings.logs_dir
+    folder = _ref(config).logs
     width = max((len(n) for n in names), default=0)
     for name in names:
         path = folder / f"{name}.log"

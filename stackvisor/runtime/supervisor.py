@@ -188,7 +188,9 @@ class Supervisor:
     async def _run(
         self, selection: Iterable[str] | None, *, until_done: bool, control: bool, lease: Lease | None
     ) -> int:
-        process.become_subreaper()
+        if self.owns_process_tree:
+            # Embedded in another program, we leave its process semantics alone.
+            process.become_subreaper()
         self.requested = list(selection or [])
         self.selection = self.select(self.requested)
         self.lease = lease or Lease()
@@ -277,6 +279,14 @@ class Supervisor:
                 self.request_stop(f"no heartbeat for {seconds:g}s (--lease)")
                 return
             await asyncio.sleep(left)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_requested.is_set()
+
+    @property
+    def stop_event(self) -> asyncio.Event:
+        return self._stop_requested
 
     def request_stop(self, reason: str = "") -> None:
         if not self._stop_requested.is_set():

@@ -1,8 +1,11 @@
 """Watching files: the stack file and its env files (reload), and each service's `watch` globs.
 
-One recursive watcher on the stack's folder (so editors that save by writing a
-temporary file and renaming it are seen), debounced by watchfiles. Which changes
-matter is decided by the pure `classify_changes`; the supervisor carries it out.
+Folders are watched, not files, so editors that save by writing a temporary file
+and renaming it are seen. The folders of the stack file and its env files are
+watched flat; only the fixed start of each `watch` glob (`api/` for
+`api/**/*.py`) recursively, so a busy `logs/` or a large `node_modules/` beside
+the stack costs nothing. Which changes matter is decided by the pure
+`classify_changes`; the supervisor carries it out.
 """
 
 from __future__ import annotations
@@ -91,33 +94,133 @@ def classify_changes(config: StackConfig, paths: Iterable[Path], logs_dir: str) 
     return Changes(reload, frozenset(services))
 
 
+def glob_base(root: Path, pattern: str) -> Path:
+    """The folder a glob cannot reach outside of: its parts before the first wildcard."""
+    fixed = []
+    for part in Path(pattern.removeprefix("./")).parts[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    return root.joinpath(*fixed)
+
+
+@dataclass(frozen=True)
+class WatchTargets:
+    flat: frozenset[Path]
+    recursive: frozenset[Path]
+
+
+def watch_targets(config: StackConfig) -> WatchTargets:
+    recursive = {glob_base(config.root, p) for svc in config.services.values() for p in svc.watch}
+    # A folder inside another recursively watched one is already covered.
+    recursive = {p for p in recursive if not any(o != p and o in p.parents for o in recursive)}
+    flat = {f.parent for f in config_files(config)} - recursive
+    flat = {p for p in flat if not any(o in p.parents for o in recursive)}
+    return WatchTargets(frozenset(flat), frozenset(recursive))
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _wanted(change: watchfiles.Change, path: str) -> bool:
-    parts = Path(path).parts
-    return not ALWAYS_IGNORED.intersection(parts)
+    return not ALWAYS_IGNORED.intersection(Path(path).parts)
 
 
 async def watch_stack(sup: Supervisor) -> None:
-    """Until cancelled: reload on edits of the stack's files, restart on `watch` matches."""
-    debounce_ms = max(1, int(sup.config.settings.reload_debounce * 1000))
+    """Until the stack stops: reload on edits of its files, restart on `watch` matches.
+
+    The watched folders follow the configuration: after a reload that changes
+    them, the watchers start again on the new set.
+    """
+    while not sup.stopping:
+        targets = watch_targets(sup.config)
+        restart = asyncio.Event()
+        failed: list[str] = []
+        try:
+            async with asyncio.TaskGroup() as tg:
+                batches: asyncio.Queue[set[tuple[watchfiles.Change, str]]] = asyncio.Queue()
+                for paths, recursive in ((targets.flat, False), (targets.recursive, True)):
+                    if paths:
+                        tg.create_task(_watch(sup, paths, recursive, batches, restart))
+                tg.create_task(_handle(sup, batches, targets, restart))
+        except* OSError as group:
+            failed += [str(e) for e in group.exceptions]
+        if failed:
+            # inotify limits, a vanished folder: reload-on-edit is lost, the stack is not.
+            error = "; ".join(failed)
+            sup.logger.error(f"watching files stopped: {error}")
+            sup.bus.publish("watch_failed", None, error=error)
+            return
+
+
+async def _watch(
+    sup: Supervisor,
+    paths: frozenset[Path],
+    recursive: bool,
+    batches: asyncio.Queue[set[tuple[watchfiles.Change, str]]],
+    restart: asyncio.Event,
+) -> None:
+    debounce_ms = max(10, int(sup.config.settings.reload_debounce * 1000))
+    stop = _AnyEvent(sup.stop_event, restart)
     async for batch in watchfiles.awatch(
-        sup.config.root,
+        *sorted({_existing(p) for p in paths}),
         watch_filter=_wanted,
-        debounce=max(debounce_ms, 10),
+        debounce=debounce_ms,
         step=min(50, debounce_ms),
-        recursive=True,
+        recursive=recursive,
+        stop_event=stop,
         ignore_permission_denied=True,
     ):
-        # The path as watched (not resolved): symlinked folders are compared as given.
-        changes = classify_changes(
-            sup.config, {Path(p) for _, p in batch}, sup.config.settings.logs_dir
-        )
-        if changes.reload:
-            await sup.reload(source="watch")
-        watched = {n for n in changes.services if n in sup.runners and sup.runners[n].running}
-        if watched:
-            sup.logger.info(f"files changed: restarting {', '.join(sorted(watched))}")
-            try:
-                await sup.restart_services(sorted(watched))
-            except sup.Conflict:
+        await batches.put(batch)
+
+
+async def _handle(
+    sup: Supervisor,
+    batches: asyncio.Queue[set[tuple[watchfiles.Change, str]]],
+    targets: WatchTargets,
+    restart: asyncio.Event,
+) -> None:
+    stopped = asyncio.ensure_future(sup.stop_event.wait())
+    try:
+        while True:
+            getter = asyncio.ensure_future(batches.get())
+            await asyncio.wait({getter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                restart.set()
                 return
-        await asyncio.sleep(0)
+            changes = classify_changes(
+                sup.config, {Path(p) for _, p in getter.result()}, sup.config.settings.logs_dir
+            )
+            if changes.reload:
+                await sup.reload(source="watch")
+                if watch_targets(sup.config) != targets:
+                    restart.set()
+                    return
+            watched = {n for n in changes.services if n in sup.runners and sup.runners[n].running}
+            if watched:
+                sup.logger.info(f"files changed: restarting {', '.join(sorted(watched))}")
+                try:
+                    await sup.restart_services(sorted(watched))
+                except sup.Conflict:
+                    restart.set()
+                    return
+    finally:
+        stopped.cancel()
+
+
+class _AnyEvent:
+    """What watchfiles polls to stop: set when any of the events is set."""
+
+    def __init__(self, *events: asyncio.Event) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+    def set(self) -> None:
+        # Called by watchfiles when its task is cancelled: stop only this watcher.
+        self.events[-1].set()
