@@ -133,7 +133,10 @@ def kill_marked(root: Path) -> None:
     if not db_path.exists():
         return
     with contextlib.closing(sqlite3.connect(db_path)) as db:
-        rows = db.execute("SELECT pid, create_time FROM children").fetchall()
+        try:
+            rows = db.execute("SELECT pid, create_time FROM children").fetchall()
+        except sqlite3.OperationalError:
+            return
     for pid, started in rows:
         with contextlib.suppress(psutil.Error, ProcessLookupError):
             if abs(psutil.Process(pid).create_time() - started) < 0.05:
@@ -146,7 +149,10 @@ def children_rows(root: Path) -> list[dict[str, Any]]:
         return []
     with contextlib.closing(sqlite3.connect(db_path)) as db:
         db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM children ORDER BY id")]
+        try:
+            return [dict(r) for r in db.execute("SELECT * FROM children ORDER BY id")]
+        except sqlite3.OperationalError:  # the supervisor is still creating its tables
+            return []
 
 
 def state_events(root: Path, service: str | None = None) -> list[dict[str, Any]]:
@@ -156,7 +162,10 @@ def state_events(root: Path, service: str | None = None) -> list[dict[str, Any]]
     if not db_path.exists():
         return []
     with contextlib.closing(sqlite3.connect(db_path)) as db:
-        rows = db.execute("SELECT ts, kind, service, data FROM events ORDER BY id").fetchall()
+        try:
+            rows = db.execute("SELECT ts, kind, service, data FROM events ORDER BY id").fetchall()
+        except sqlite3.OperationalError:  # the supervisor is still creating its tables
+            return []
     out = [{"ts": ts, "kind": k, "service": s, **json.loads(d)} for ts, k, s, d in rows]
     return [e for e in out if service is None or e["service"] == service]
 
