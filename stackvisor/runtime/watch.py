@@ -169,7 +169,9 @@ async def _watch(
         *sorted({_existing(p) for p in paths}),
         watch_filter=_wanted,
         debounce=debounce_ms,
-        step=min(50, debounce_ms),
+        # watchfiles takes the GIL once per step even when nothing changes: the step is
+        # the price of idle CPU against the delay before an edit is noticed.
+        step=max(debounce_ms, 100),
         recursive=recursive,
         stop_event=stop,
         ignore_permission_denied=True,
