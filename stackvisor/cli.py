@@ -64,6 +64,12 @@ def _client(config: Any) -> Any:
     return client
 
 
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"expected a process id (got {text!r})")
+    return int(text)
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -91,6 +97,8 @@ def _supervisor_argv(args: argparse.Namespace) -> list[str]:
     argv = list(args.services)
     if args.strategy:
         argv += ["--strategy", args.strategy]
+    if getattr(args, "exit_when_done", False):
+        argv.append("--exit-when-done")
     if getattr(args, "exit_with", None):
         argv += ["--exit-with", str(args.exit_with)]
     if getattr(args, "lease", None):
@@ -233,10 +241,12 @@ def _supervise(config: StackConfig, args: argparse.Namespace, *, console: bool) 
     width = max(len(n) for n in config.services)
     lease = Lease(exit_with=args.exit_with, seconds=args.lease)
 
+    out = stdout_console(width, enabled=console)
+
     async def main() -> int:
         supervisor = Supervisor(
             config,
-            console=stdout_console(width, enabled=console),
+            console=out,
             strategy=Strategy(args.strategy) if args.strategy else None,
             owns_process_tree=True,
         )
@@ -247,6 +257,9 @@ def _supervise(config: StackConfig, args: argparse.Namespace, *, console: bool) 
     except AlreadyRunning as exc:
         print(f"stackvisor: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        out.close()
+        logsetup.flush()
 
 
 def _up_detached(config: StackConfig, args: argparse.Namespace) -> int:
@@ -452,6 +465,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("run needs a command after --, e.g. stackvisor run -- pytest")
     config = _load(args)
     _check_names(config, args.services)
+    stop = _preflight(config, args)
+    if stop is not None:
+        return stop
     # --exit-with: even a SIGKILLed `stackvisor run` leaves nothing running.
     started = ops.detach(config, _supervisor_argv(args) + ["--exit-with", str(os.getpid())])
     if not started.ok:
@@ -466,22 +482,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         status = ops.client_for(config).get("/v1/status")
         env = dict(os.environ)
         env.update(ops.port_environment(status))
-        proc = subprocess.Popen(args.cmd, env=env)
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            return 130
-        except FileNotFoundError:
-            raise
+        return ops.run_command(args.cmd, env)
     except FileNotFoundError as exc:
         print(f"stackvisor: cannot run {args.cmd[0]!r}: {exc.strerror}", file=sys.stderr)
         return 127
+    except ops.Terminated as exc:
+        return exc.code
     except KeyboardInterrupt:
         return 130
     finally:
@@ -490,7 +496,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    from stackvisor.control.ops import Terminated
+
+    raise Terminated(128 + signum)
 
 
 # ----- parser -----------------------------------------------------------------------------
@@ -519,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--exit-when-done", action="store_true",
             help="stop once every service has ended (for stacks of one-shot jobs)",
         )
-        p.add_argument("--exit-with", type=int, metavar="PID", help="stop the stack when PID exits")
+        p.add_argument("--exit-with", type=_pid, metavar="PID", help="stop the stack when PID exits")
         p.add_argument(
             "--lease", type=_duration, metavar="DURATION",
             help="stop the stack unless `stackvisor heartbeat` comes within every DURATION",
@@ -578,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("services", nargs="*", metavar="SERVICE", help="(default: every service)")
     run.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
     run.add_argument("--timeout", type=_duration, default=120.0, help="for the stack to be ready")
+    run.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     return parser
 
@@ -607,7 +616,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOT_RUNNING
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # a refused API call: say it, no traceback
+    except Exception as exc:  # a refused or broken API call: say it, no traceback
+        import http.client
+
         from stackvisor.control.client import ApiError, NotRunning
 
         if isinstance(exc, NotRunning):
@@ -616,6 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, ApiError):
             print(f"stackvisor: {exc}", file=sys.stderr)
             return EXIT_USAGE if exc.status in (400, 404) else EXIT_FAILURE
+        if isinstance(exc, (OSError, http.client.HTTPException, ValueError)):
+            print(f"stackvisor: the supervisor did not answer properly: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
         raise
 
 

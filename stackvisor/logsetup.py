@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from stackvisor.runtime.logs import colour_enabled
+from stackvisor.runtime.logs import BackgroundWriter, TextWriter, colour_enabled
 
 
 class _JsonTee:
@@ -33,7 +33,11 @@ class _JsonTee:
 
 
 def configure(log_file: Path | None, *, stream: TextIO | None = None, quiet: bool = False) -> None:
-    stream = stream or sys.stderr
+    """`stream` defaults to stderr, written from a thread (see `BackgroundWriter`)."""
+    global _writer
+    if stream is None:
+        _writer = BackgroundWriter(sys.stderr.buffer)
+        stream = TextWriter(_writer, sys.stderr.isatty())  # type: ignore[assignment]
     renderer: Any
     if quiet:
         renderer = _Drop()
@@ -51,6 +55,15 @@ def configure(log_file: Path | None, *, stream: TextIO | None = None, quiet: boo
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+
+
+_writer: BackgroundWriter | None = None
+
+
+def flush() -> None:
+    """Before exit: let the last log lines reach the terminal."""
+    if _writer is not None:
+        _writer.close()
 
 
 def _strip_for_console(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -185,17 +185,23 @@ def test_run_exits_with_the_command_code_and_leaves_nothing(tmp_path: Path) -> N
 def test_run_goes_down_when_interrupted(tmp_path: Path) -> None:
     simple_stack(tmp_path)
     marker = tmp_path / "started"
+    command = (
+        "import subprocess, sys, time; "
+        "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True); "
+        f"open({str(marker)!r}, 'w').write(str(kid.pid)); time.sleep(300)"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stackvisor", "run", "--", sys.executable, "-c",
-         f"import time; open({str(marker)!r}, 'w').close(); time.sleep(300)"],
+        [sys.executable, "-m", "stackvisor", "run", "--", sys.executable, "-c", command],
         cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(marker.exists, timeout=30)
+        wait_for(lambda: marker.exists() and marker.read_text(), timeout=30)
+        background = int(marker.read_text())
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) != 0
+        assert proc.wait(30) == 143
         assert supervisor_pid(tmp_path) is None
         assert not any(alive(r["pid"]) for r in children_rows(tmp_path))
+        wait_for(lambda: not alive(background), timeout=3)
     finally:
         kill_tree(proc.pid)
         kill_marked(tmp_path)
@@ -312,6 +318,14 @@ def test_api_errors_are_json_4xx(tmp_path: Path) -> None:
         with pytest.raises(ApiError) as err:
             c.request("POST", "/v1/restart", body=["not", "an", "object"])
         assert err.value.status == 400
+        deep = sockets.connect_unix(c.path)
+        payload = b"[" * 200_000  # nested too deeply for json
+        deep.sendall(
+            b"POST /v1/restart HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+        )
+        assert deep.recv(100).startswith(b"HTTP/1.1 400")
+        deep.close()
         assert c.get("/v1/status")["pid"] == supervisor_pid(tmp_path)
         metrics = c.get("/metrics")
         assert 'stackvisor_service_up{service="api"} 1' in metrics

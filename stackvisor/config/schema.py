@@ -232,6 +232,26 @@ class ControlSettings(_Model):
     tcp: str | None = None
     allow_remote: bool = False
 
+    @model_validator(mode="after")
+    def _tcp_address(self) -> ControlSettings:
+        if self.tcp is None:
+            return self
+        import ipaddress
+
+        host, sep, port = self.tcp.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"tcp: expected host:port like 127.0.0.1:7070 (got {self.tcp!r})")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback and not self.allow_remote:
+            raise ValueError(
+                f"tcp: {host} is not a loopback address; set allow_remote: true to listen on it"
+            )
+        return self
+
 
 class Settings(_Model):
     strategy: Strategy = Strategy.INTELLIGENT

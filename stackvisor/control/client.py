@@ -34,7 +34,8 @@ class _UnixConnection(http.client.HTTPConnection):
         self.unix_path = path
 
     def connect(self) -> None:
-        self.sock = sockets.connect_unix(self.unix_path, self.timeout or 5.0)
+        self.sock = sockets.connect_unix(self.unix_path, 5.0)
+        self.sock.settimeout(self.timeout)
 
 
 class Client:
@@ -42,8 +43,9 @@ class Client:
         self.path = path
         self.timeout = timeout
 
-    def _open(self, method: str, url: str, body: Any = None, timeout: float | None = None) -> Any:
-        conn = _UnixConnection(self.path, timeout or self.timeout)
+    def _open(self, method: str, url: str, body: Any = None, timeout: float | None = 0.0) -> Any:
+        """`timeout` 0 means the client's default, None no timeout at all."""
+        conn = _UnixConnection(self.path, self.timeout if timeout == 0.0 else timeout)
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
         try:
@@ -56,7 +58,7 @@ class Client:
             conn.close()
             raise
 
-    def request(self, method: str, url: str, body: Any = None, timeout: float | None = None) -> Any:
+    def request(self, method: str, url: str, body: Any = None, timeout: float | None = 0.0) -> Any:
         conn, resp = self._open(method, url, body, timeout)
         try:
             raw = resp.read()
@@ -72,12 +74,12 @@ class Client:
         return self.request("GET", url)
 
     def post(self, url: str, body: Any = None) -> Any:
-        return self.request("POST", url, body if body is not None else {})
+        # Actions last as long as the services take to stop (stop_timeout): no client timeout.
+        return self.request("POST", url, body if body is not None else {}, timeout=None)
 
     def stream(self, url: str) -> Iterator[str]:
         """Lines of a streamed response until the server ends it."""
         conn, resp = self._open("GET", url, timeout=None)
-        conn.sock.settimeout(None)
         try:
             if resp.status >= 400:
                 body = resp.read()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -172,6 +173,48 @@ def failure_report(client: Client, services: list[dict[str, Any]], lines: int = 
     return "\n".join(out)
 
 
+def run_command(cmd: Sequence[str], env: dict[str, str], grace: float = 10.0) -> int:
+    """Run `cmd` to its end; on Ctrl-C or SIGTERM pass it on, and leave nothing of it behind.
+
+    The command stays in our process group (Ctrl-C reaches it as usual); what it
+    starts is found afterwards by the marker in its environment, even in the
+    background or in a session of its own. Exit codes follow the shell: 128+N
+    for a death by signal N.
+    """
+    from stackvisor.runtime import process
+
+    marker = f"run-{os.getpid()}"
+    env = {**env, process.MARKER: marker}
+    proc = subprocess.Popen(list(cmd), env=env)
+    try:
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt as exc:
+            sig = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+            for member in [proc.pid] + [p.pid for p in process.marked(marker)]:
+                process.send(member, sig, ours=True)
+            try:
+                code = proc.wait(grace)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.kill()
+                code = proc.wait()
+            raise Terminated(128 + int(sig)) from None
+    finally:
+        process.kill_all(process.marked(marker))
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return 128 - code if code < 0 else code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during `run`, carried like Ctrl-C; `code` is the exit status to use."""
+
+    def __init__(self, code: int = 143) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 def port_environment(status: dict[str, Any]) -> dict[str, str]:
     from stackvisor.config.interpolate import port_env
 
@@ -193,14 +236,25 @@ def down(config: Stack, timeout: float) -> DownResult:
     if pid is not None and pid > 0:
         with contextlib.suppress(NotRunning, ApiError, OSError):
             client_for(config, timeout=5.0).post("/v1/stop")
-        if not _wait_exit(config, pid, timeout):
+        if not _wait_exit(config, pid, timeout) and _is_our_supervisor(pid, config):
             # Last resort: its children die with it (PDEATHSIG), the rest is ended below.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, 9)
-            result.killed = True
+            from stackvisor.runtime import process
+
+            result.killed = process.send(pid, signal.SIGKILL)
             _wait_exit(config, pid, 5.0)
     result.ended = end_orphans(config)
     return result
+
+
+def _is_our_supervisor(pid: int, config: Stack) -> bool:
+    """The lock file's pid is a stackvisor supervisor still holding this stack's lock."""
+    import psutil
+
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+    return "stackvisor" in cmdline and supervisor_pid(config) == pid
 
 
 def _wait_exit(config: Stack, pid: int, timeout: float) -> bool:

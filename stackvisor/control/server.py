@@ -69,12 +69,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """TCP needs the bearer token; the unix socket is guarded by its 0600 mode."""
-    peer = request.transport.get_extra_info("sockname") if request.transport else None
-    if isinstance(peer, tuple):
+    local = request.transport is not None and isinstance(
+        request.transport.get_extra_info("sockname"), str
+    )
+    if not local:  # TCP, or a connection we cannot tell: the token is required
         token = request.app[TOKEN]
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {token}" if token else None
-        if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        expected = f"Bearer {token}".encode() if token else None
+        if expected is None or not hmac.compare_digest(given, expected):
             return error_response(401, "unauthorized", "send Authorization: Bearer <token>")
     return await handler(request)
 
@@ -122,6 +124,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "malformed body", "nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed body", f"expected a JSON object: {exc}") from None
     if not isinstance(data, dict):
@@ -190,7 +194,11 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def reload(request: web.Request) -> web.Response:
     body = await _body(request)
     dry_run = bool(body.get("dry_run")) or _bool_query(request, "dry_run")
-    result = await _sup(request).reload(dry_run=dry_run)
+    sup = _sup(request)
+    try:
+        result = await sup.reload(dry_run=dry_run)
+    except sup.Conflict as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
     if not result["ok"]:
         raise ApiError(400, "invalid stack file, nothing changed", result["error"])
     return web.json_response(result)
@@ -259,13 +267,22 @@ async def events(request: web.Request) -> web.StreamResponse:
         try:
             for item in replay:
                 await resp.write(_sse(item))
-            while not closing.is_set():
-                try:
-                    event = await asyncio.wait_for(sub.get(), 15.0)
-                except TimeoutError:
-                    await resp.write(b": keep-alive\n\n")
+            while True:
+                getter = asyncio.ensure_future(sub.get())
+                closer = asyncio.ensure_future(closing.wait())
+                done, _ = await asyncio.wait({getter, closer}, timeout=15.0, return_when=asyncio.FIRST_COMPLETED)
+                closer.cancel()
+                if getter in done:
+                    await resp.write(_sse(getter.result().as_dict()))
                     continue
-                await resp.write(_sse(event.as_dict()))
+                getter.cancel()
+                if closer in done:
+                    # The stack is down: deliver what is still queued, then end the stream cleanly.
+                    while not sub.queue.empty():
+                        await resp.write(_sse(sub.queue.get_nowait().as_dict()))
+                    await resp.write_eof()
+                    break
+                await resp.write(b": keep-alive\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
     return resp
@@ -307,14 +324,20 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     try:
                         data = json.loads(msg.data)
                         kind = data["type"]
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError, RecursionError):
                         await ws.send_json({"type": "error", "error": "expected {\"type\": ...}"})
                         continue
                     if kind == "ping":
                         await ws.send_json({"type": "pong", "ts": time.time()})
                     elif kind == "subscribe":
-                        kinds = set(data.get("kinds") or []) or None
-                        services = set(data.get("services") or []) or None
+                        wanted = {k: data.get(k) or [] for k in ("kinds", "services")}
+                        if not all(
+                            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in wanted.values()
+                        ):
+                            await ws.send_json({"type": "error", "error": "kinds and services: lists of names"})
+                            continue
+                        kinds = set(wanted["kinds"]) or None
+                        services = set(wanted["services"]) or None
                         subscribed = True
                         await ws.send_json({"type": "subscribed"})
                     elif kind == "unsubscribe":
@@ -421,23 +444,10 @@ class ControlServer:
         await self.runner.cleanup()
 
 
-def parse_tcp(address: str, *, allow_remote: bool) -> tuple[str, int]:
-    """`127.0.0.1:7070` -> ("127.0.0.1", 7070); a non-loopback host only with allow_remote."""
-    import ipaddress
-
-    host, sep, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"settings.control.tcp: expected host:port (got {address!r})")
-    loopback = host == "localhost"
-    with contextlib.suppress(ValueError):
-        loopback = loopback or ipaddress.ip_address(host).is_loopback
-    if not loopback and not allow_remote:
-        raise ValueError(
-            f"settings.control.tcp: {host} is not a loopback address; "
-            "set settings.control.allow_remote: true to listen on it"
-        )
-    return host, int(port)
+def parse_tcp(address: str) -> tuple[str, int]:
+    """`127.0.0.1:7070` -> ("127.0.0.1", 7070); the schema has checked the address."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def ensure_token(path: os.PathLike[str] | str) -> str:

@@ -41,9 +41,12 @@ def reachable(path: Path) -> Iterator[str]:
 
 
 def bind_unix(path: Path) -> socket.socket:
-    """A listening unix socket that is mode 0600 from the moment it exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    """A listening unix socket that is mode 0600 from the moment it exists.
+
+    A folder we create for it is 0700; an existing one is left as its owner made it.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-import signal
 from collections.abc import Mapping
 
 import aiohttp
@@ -63,13 +62,21 @@ async def probe_exec(
     except OSError as exc:
         return False, f"exec {shlex.join(argv)}: {exc}"
     chunks: list[bytes] = []
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(pump(child.output_fd, chunks.append))
-        try:
-            code = await asyncio.wait_for(asyncio.shield(child.wait()), timeout)
-        except TimeoutError:
-            # The probe's whole group goes, or a stuck grandchild would hold the pipe open.
-            await child.stop(signal.SIGKILL, 0)
-            return False, f"exec: timed out after {timeout:g}s"
+    reader = asyncio.ensure_future(pump(child.output_fd, chunks.append))
+    try:
+        code = await asyncio.wait_for(asyncio.shield(child.wait()), timeout)
+        # A background process of the probe may hold the pipe: read briefly, then stop.
+        await asyncio.wait({reader}, timeout=0.5)
+    except TimeoutError:
+        return False, f"exec: timed out after {timeout:g}s"
+    finally:
+        # Whatever happened (timeout, cancellation at stop), the probe and all it
+        # started are gone before we return.
+        if child.alive or not reader.done():
+            child.kill_now()
+            await asyncio.wait({asyncio.ensure_future(child.wait())}, timeout=1.0)
+        if not reader.done():
+            reader.cancel()
+            await asyncio.wait({reader})
     output = b"".join(chunks).decode("utf-8", "replace").strip()[-500:]
     return code == 0, output or f"exit {code}"

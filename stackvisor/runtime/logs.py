@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import sys
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -33,10 +35,78 @@ def colour_enabled(stream: object) -> bool:
     return bool(isatty and isatty())
 
 
+class BackgroundWriter:
+    """Writes to a stream from a thread, so a terminal nobody reads never stalls the loop.
+
+    `less` paused, Ctrl-S, a slow CI log collector: the stream blocks, this
+    queue fills, and further output is dropped here (and counted) instead of
+    freezing health checks, the control socket and signal handling. The log
+    files still get every line.
+    """
+
+    def __init__(self, stream: BinaryIO, max_chunks: int = 2048) -> None:
+        self.stream: BinaryIO | None = stream
+        self._queue: queue.Queue[bytes | None] = queue.Queue(max_chunks)
+        self._dropped = 0
+        self._thread = threading.Thread(target=self._run, name="console", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> None:
+        if self.stream is None:
+            return
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            self._dropped += max(1, data.count(b"\n"))
+
+    def _run(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None or self.stream is None:
+                return
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                data = f"[stackvisor] {dropped} lines not shown (console too slow; see logs/)\n".encode() + data
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                # A closed terminal must not take the stack down; the log files have it all.
+                self.stream = None
+                return
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Let what is queued reach the terminal (the last words of a stop), briefly."""
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+
+class TextWriter:
+    """A text stream (for structlog) over a `BackgroundWriter`."""
+
+    def __init__(self, writer: BackgroundWriter, isatty: bool) -> None:
+        self.writer = writer
+        self._isatty = isatty
+
+    def write(self, text: str) -> int:
+        self.writer.write(text.encode("utf-8", "replace"))
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+    def isatty(self) -> bool:
+        return self._isatty
+
+
 class Console:
     """Where `name | line` goes: the supervisor's stdout, or nowhere when detached."""
 
     def __init__(self, stream: BinaryIO | None, *, colour: bool, width: int = 0) -> None:
+        self.writer = BackgroundWriter(stream) if stream is not None else None
         self.stream = stream
         self.colour = colour
         self.width = width
@@ -49,14 +119,12 @@ class Console:
         return f"{label} | ".encode()
 
     def write(self, data: bytes) -> None:
-        if self.stream is None:
-            return
-        try:
-            self.stream.write(data)
-            self.stream.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            # A closed terminal must not take the stack down; the log files still have it all.
-            self.stream = None
+        if self.writer is not None:
+            self.writer.write(data)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class RotatingFile:

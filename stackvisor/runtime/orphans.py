@@ -33,24 +33,32 @@ class Ended:
         return f"ended orphaned {self.service} (pid {self.pid}){more} left by a killed supervisor"
 
 
-def _group(record: ChildRecord) -> list[psutil.Process]:
-    """Members of the child's process group, if the group is still the one we made."""
-    leader_ok = process.is_same_process(record.pid, record.create_time)
-    try:
-        psutil.Process(record.pgid)
-        leader_exists = True
-    except psutil.Error:
-        leader_exists = False
-    if leader_exists and not leader_ok:
-        return []  # the number now belongs to someone else's process
-    out = []
-    for proc in psutil.process_iter():
+def _family(record: ChildRecord) -> list[psutil.Process]:
+    """What is provably left of one recorded child.
+
+    Its group's members count only while the leader is alive and is the very
+    process we recorded: then the group's number is still its own. Without a
+    verified leader, only processes carrying the child's marker are taken — a
+    group number alone may by now belong to somebody else's job.
+    """
+    found: dict[int, psutil.Process] = {}
+    if process.is_same_process(record.pid, record.create_time):
         try:
-            if os.getpgid(proc.pid) == record.pgid:
-                out.append(proc)
-        except (ProcessLookupError, psutil.Error, OSError):
+            leader = psutil.Process(record.pid)
+            found[leader.pid] = leader
+            found.update((p.pid, p) for p in leader.children(recursive=True))
+        except psutil.Error:
             pass
-    return out
+        for proc in psutil.process_iter():
+            try:
+                if os.getpgid(proc.pid) == record.pgid:
+                    found.setdefault(proc.pid, proc)
+            except (ProcessLookupError, psutil.Error, OSError):
+                pass
+    if record.marker:
+        found.update((p.pid, p) for p in process.marked(record.marker))
+    found.pop(os.getpid(), None)
+    return list(found.values())
 
 
 def find_orphans(db: StateDB, instance: str) -> list[tuple[ChildRecord, list[psutil.Process]]]:
@@ -63,11 +71,7 @@ def find_orphans(db: StateDB, instance: str) -> list[tuple[ChildRecord, list[psu
     for record in db.live_children():
         if record.marker.startswith(instance + "/"):
             continue
-        procs = {p.pid: p for p in _group(record)}
-        if record.marker:
-            procs.update((p.pid, p) for p in process.marked(record.marker))
-        procs.pop(os.getpid(), None)
-        found.append((record, list(procs.values())))
+        found.append((record, _family(record)))
     return found
 
 
@@ -76,7 +80,7 @@ async def end_orphans(db: StateDB, instance: str, grace: float = 5.0) -> list[En
     found = find_orphans(db, instance)
     victims = [p for _, procs in found for p in procs]
     for proc in victims:
-        process.send(proc.pid, signal.SIGTERM)
+        process.send(proc.pid, signal.SIGTERM, ours=True)
     await _wait_gone(victims, grace)
     process.kill_all(victims)
     await _wait_gone(victims, 2.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ PR_SET_CHILD_SUBREAPER = 36
 MARKER = "STACKVISOR_CHILD"
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_KILL_WAIT = 5.0  # how long a SIGKILLed child may take to be reaped
 # Pids we spawned and have not reaped yet: the orphan reaper must leave them alone.
 _spawned: set[int] = set()
 
@@ -41,10 +43,10 @@ def become_subreaper() -> bool:
         return False
 
 
-def _child_setup() -> None:  # runs in the child between fork and exec
+def _child_setup(parent: int) -> None:  # runs in the child between fork and exec
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     # The parent may have died before prctl took effect; then we are orphaned already.
-    if os.getppid() == 1:
+    if os.getppid() != parent:
         os._exit(1)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -74,10 +76,18 @@ def protected_pids() -> set[int]:
     return _SUPERVISOR_ANCESTORS | {0, 1}
 
 
-def may_signal(pid: int) -> bool:
-    """The last gate before any signal: ours to end, and nobody's we must spare."""
-    if pid in protected_pids() or pid <= 1:
+def may_signal(pid: int, *, ours: bool = False) -> bool:
+    """The last gate before any signal: ours to end, and nobody's we must spare.
+
+    `ours` says the caller proved the process is one of ours (we spawned it, it
+    carries our marker, or it is below a child we verified): then a descendant
+    that switched to another user (su, gosu) can still be ended. pid 1, the
+    supervisor and its ancestors are refused whatever the caller says.
+    """
+    if pid <= 1 or pid in protected_pids():
         return False
+    if ours:
+        return True
     try:
         uids = psutil.Process(pid).uids()
     except psutil.Error:
@@ -85,21 +95,20 @@ def may_signal(pid: int) -> bool:
     return uids.real == os.getuid()
 
 
-def send(pid: int, sig: int) -> bool:
-    if not may_signal(pid):
+def send(pid: int, sig: int, *, ours: bool = False) -> bool:
+    if not may_signal(pid, ours=ours):
         return False
     try:
         os.kill(pid, sig)
         return True
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
 
 
-def send_group(pgid: int, sig: int) -> bool:
-    """Signal a process group, unless it holds a process we must never signal."""
-    if pgid <= 1 or pgid in protected_pids():
-        return False
-    if os.getpgrp() == pgid:
+def _send_group(pgid: int, sig: int) -> bool:
+    """Signal a process group we lead. Only `Child` calls it, while its leader is unreaped,
+    so the group's number cannot have been handed to anyone else."""
+    if pgid <= 1 or pgid in protected_pids() or os.getpgrp() == pgid:
         return False
     try:
         os.killpg(pgid, sig)
@@ -215,10 +224,10 @@ class Child:
         return True
 
     def signal(self, sig: int) -> None:
-        """The stop signal goes to the whole group; the leader too in case it left it."""
+        """A signal to the whole group, while the leader still holds the group's number."""
         if self.exit_code is None:
-            send(self.pid, sig)
-        send_group(self.pgid, sig)
+            send(self.pid, sig, ours=True)
+            _send_group(self.pgid, sig)
 
     def descendants(self) -> list[psutil.Process]:
         """Everything this child started, in its group or not, alive now."""
@@ -232,32 +241,60 @@ class Child:
             found.setdefault(proc.pid, proc)
         found.pop(self.pid, None)
         found.pop(os.getpid(), None)
-        return list(found.values())
+        return [p for p in found.values() if _running(p)]
 
     async def stop(self, sig: int, timeout: float) -> int:
-        """Stop signal to the group, SIGKILL after `timeout`, then every straggler."""
-        stragglers = self.descendants()
+        """The stop signal to the group and every descendant that left it; after
+        `timeout`, SIGKILL to whatever of them is left. The grace period is for
+        all of them, so `sh -c "app; cleanup"` lets `app` finish its own shutdown."""
+        deadline = time.monotonic() + timeout
+        family = self.descendants()
         self.signal(sig)
+        for proc in family:
+            send(proc.pid, sig, ours=True)
+        while time.monotonic() < deadline:
+            family = [p for p in family if _running(p)]
+            if self.exit_code is not None and not family:
+                break
+            await asyncio.sleep(0.02)
+        self.kill_now(family)
         try:
-            await asyncio.wait_for(asyncio.shield(self.wait()), timeout)
-        except TimeoutError:
-            self.signal(signal.SIGKILL)
-        kill_all(stragglers + self.descendants())
-        send_group(self.pgid, signal.SIGKILL)
-        return await self.wait()
+            return await asyncio.wait_for(asyncio.shield(self.wait()), _KILL_WAIT)
+        except TimeoutError:  # stuck in the kernel (D state): do not hang the stack on it
+            return self.exit_code if self.exit_code is not None else -int(signal.SIGKILL)
 
-    def kill_now(self) -> None:
-        stragglers = self.descendants()
+    async def cleanup(self, sig: int, timeout: float) -> None:
+        """After the leader exited by itself: end what it left behind, gracefully first."""
+        family = self.descendants()
+        if not family:
+            return
+        for proc in family:
+            send(proc.pid, sig, ours=True)
+        deadline = time.monotonic() + timeout
+        while family and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            family = [p for p in family if _running(p)]
+        kill_all(family)
+
+    def kill_now(self, known: Iterable[psutil.Process] = ()) -> None:
+        family = list(known) + self.descendants()
         self.signal(signal.SIGKILL)
-        kill_all(stragglers)
+        kill_all(family)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def kill_all(procs: Iterable[psutil.Process]) -> None:
-    """SIGKILL each process that is still the one we saw (never a recycled pid)."""
+    """SIGKILL each of our processes that is still the one we saw (never a recycled pid)."""
     for proc in procs:
         try:
             if proc.is_running():
-                send(proc.pid, signal.SIGKILL)
+                send(proc.pid, signal.SIGKILL, ours=True)
         except psutil.Error:
             pass
 
@@ -284,7 +321,7 @@ async def spawn(
             cwd=cwd,
             env=full_env,
             start_new_session=True,
-            preexec_fn=_child_setup,
+            preexec_fn=functools.partial(_child_setup, os.getpid()),
             pass_fds=pass_fds,
             close_fds=True,
         )

@@ -109,8 +109,8 @@ class ServiceRunner:
     # ----- control -----------------------------------------------------------------
 
     def start(self, tg: asyncio.TaskGroup) -> None:
-        if self.running:
-            return
+        if self.running or self.stack.stopping:
+            return  # a start that raced a stop of the stack must not outlive it
         self._stop = asyncio.Event()
         self.spawned = False
         self.exit_code = None
@@ -155,15 +155,21 @@ class ServiceRunner:
         try:
             await self._lifecycle()
         except asyncio.CancelledError:
-            if self.child is not None and self.child.alive:
-                self.child.kill_now()
+            self._abandon()
             raise
         except Exception as exc:  # a bug must fail this service, not the whole stack
             self.stack.logger.exception("service crashed", service=self.name)
-            if self.child is not None and self.child.alive:
-                self.child.kill_now()
+            self._abandon()
             if State.FAILED in ALLOWED[self.state]:
                 self._set_state(State.FAILED, f"internal error: {exc!r}")
+
+    def _abandon(self) -> None:
+        """Leave nothing behind, and nothing unrecorded, when the lifecycle ends abnormally."""
+        if self.child is not None and self.child.alive:
+            self.child.kill_now()
+        if self._db_row is not None:
+            self.stack.state_db.child_exited(self._db_row, self.child.exit_code if self.child else None)
+            self._db_row = None
 
     async def _lifecycle(self) -> None:
         stopped, ok = await self._or_stop(self._dependencies())
@@ -335,6 +341,9 @@ class ServiceRunner:
                     break
             if self.config.healthcheck is not None:
                 prober.cancel()
+            if not stopped and not unhealthy.is_set():
+                # It exited by itself: what it started must not outlive it (ports, files).
+                await child.cleanup(self.config.signal_number, self.stack.config.stop_timeout(self.config))
             # Let the pump read what the child wrote before it died, then stop waiting
             # for a grandchild that may still hold the pipe open.
             done, _ = await asyncio.wait({drained}, timeout=_DRAIN_GRACE)
@@ -344,6 +353,7 @@ class ServiceRunner:
         self.exit_code = child.exit_code
         if self._db_row is not None:
             self.stack.state_db.child_exited(self._db_row, child.exit_code)
+            self._db_row = None
         if stopped:
             if self.state is not State.STOPPING:
                 self._set_state(State.STOPPING, "stop requested")

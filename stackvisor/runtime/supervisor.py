@@ -80,6 +80,8 @@ class Supervisor:
         # embedded (tests, tools), only what carries its marker.
         self.owns_process_tree = owns_process_tree
         self.logger = logger or structlog.get_logger("stackvisor")
+        state_dir(config).mkdir(mode=0o700, exist_ok=True)
+        os.chmod(state_dir(config), 0o700)  # ours: lock, state, socket, token
         self.state_db = StateDB(state_dir(config) / "state.db", self.pid)
         self.bus = EventBus(record=self.state_db.record_event)
         self.console = console
@@ -225,12 +227,15 @@ class Supervisor:
                     watcher.cancel()
                 await self.shutdown()
         finally:
+            # Whatever ended the run (also an error), nothing of ours stays behind.
+            self._kill_leftovers()
+            # Published while the socket still serves, so event streams see the end.
+            self.bus.publish("stack", None, event="down", reason=self._stop_reason)
             if server is not None:
                 await server.close()
                 self.socket_path.unlink(missing_ok=True)
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 loop.remove_signal_handler(sig)
-            self.bus.publish("stack", None, event="down", reason=self._stop_reason)
             self.state_db.close()
         failed = [r.name for r in self.runners.values() if r.state is State.FAILED]
         return 1 if failed else 0
@@ -242,7 +247,7 @@ class Supervisor:
         token = None
         tcp = None
         if settings.tcp:
-            tcp = parse_tcp(settings.tcp, allow_remote=settings.allow_remote)
+            tcp = parse_tcp(settings.tcp)
             token = ensure_token(state_dir(self.config) / "token")
         server = ControlServer(self, token)
         await server.start(sockets.bind_unix(self.socket_path), tcp)
@@ -252,7 +257,7 @@ class Supervisor:
         """--exit-with: stop the stack when `pid` exits (a CI job that was killed)."""
         try:
             pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        except OSError:
             self.request_stop(f"pid {pid} (--exit-with) is gone")
             return
         gone = asyncio.Event()
@@ -378,6 +383,8 @@ class Supervisor:
         named = set(names)
         targets = {n for n in cascade if n in named or self.runners[n].running}
         await self.stop_services(n for n in targets if self.runners[n].running)
+        if self.stopping:
+            raise ActionConflict("the stack began stopping during the restart")
         assert self.tg is not None
         for name in graph.start_order(self.config.graph()):
             if name in targets:
@@ -388,6 +395,8 @@ class Supervisor:
     async def reload(self, *, dry_run: bool = False, source: str = "request") -> dict[str, Any]:
         """Re-read the stack file and apply what changed; an invalid file changes nothing."""
         async with self._reload_lock:
+            if self.stopping:
+                raise ActionConflict("the stack is stopping")
             try:
                 new = await asyncio.to_thread(load_config, self.config.path)
             except ConfigError as exc:
@@ -414,8 +423,6 @@ class Supervisor:
             if dry_run:
                 return result
             if not diff.is_empty():
-                if self._stop_requested.is_set():
-                    return self._reload_failed("the stack is stopping", dry_run, source)
                 await self._apply(new, diff, restarts)
             self.last_reload = result
             self.bus.publish("reload", None, **{k: v for k, v in result.items() if k != "ok"})

@@ -198,7 +198,10 @@ async def _handle(
                 sup.config, {Path(p) for _, p in getter.result()}, sup.config.settings.logs_dir
             )
             if changes.reload:
-                await sup.reload(source="watch")
+                try:
+                    await sup.reload(source="watch")
+                except sup.Conflict:
+                    return
                 if watch_targets(sup.config) != targets:
                     restart.set()
                     return
