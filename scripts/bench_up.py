@@ -115,7 +115,12 @@ def one_run(services: int, depth: int, idle: float, seed: int) -> dict[str, floa
             up_at = None
             while len(healthy) < services:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit(f"stack did not become healthy ({len(healthy)}/{services})")
+                    last: dict[str, str] = {}
+                    for _, kind, svc, data in events(folder):
+                        if kind == "state" and svc:
+                            last[svc] = f"{data.get('new')} ({data.get('reason')})"
+                    stuck = {k: v for k, v in last.items() if k not in healthy}
+                    raise SystemExit(f"stack did not become healthy ({len(healthy)}/{services}): {stuck}")
                 for ts, kind, svc, data in events(folder):
                     if kind == "stack" and data.get("event") == "up" and up_at is None:
                         up_at = ts

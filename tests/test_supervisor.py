@@ -52,8 +52,10 @@ async def test_dependency_order_and_service_healthy_gate(tmp_path: Path) -> None
     async with running_stack(path) as sup:
         await until_state(sup, "web", "running")
         await until_state(sup, "api", "healthy")
-        starts = started_at(tmp_path)
-        assert starts["db"] < starts["api"] < starts["web"]
+        starts = started_at(tmp_path)  # process start times, in clock ticks
+        assert starts["db"] <= starts["api"] <= starts["web"]
+        assert event_time(sup, "db", "starting") < event_time(sup, "api", "starting")
+        assert event_time(sup, "api", "starting") < event_time(sup, "web", "starting")
         # api was not started before db was healthy
         assert event_time(sup, "api", "starting") >= event_time(sup, "db", "healthy")
         assert transitions(sup, "db")[:3] == ["pending", "starting", "healthy"]

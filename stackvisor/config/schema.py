@@ -92,7 +92,7 @@ class HealthCheck(_Model):
     retries: int = Field(default=3, ge=1)
     start_period: Duration = 0.0
     # Until the first success, probe this often: dependents wait on it (Compose's field).
-    start_interval: Duration = 0.05
+    start_interval: Duration = 0.02
 
     @model_validator(mode="after")
     def _one_probe(self) -> HealthCheck:

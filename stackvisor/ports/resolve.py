@@ -236,9 +236,12 @@ async def secure_port(service: Service, ctx: PortContext) -> PortResolution:
     name = service.name or "service"
     if service.port is None:
         return PortResolution(name, None, None, None)
+    requested = service.port
+    if isinstance(requested, int) and requested not in ctx.taken and scan.is_free(requested):
+        # The common case, answered by one netlink query (tens of microseconds).
+        return PortResolution(name, requested, requested, None)
     strategy = ctx.strategy_for(service)
     policy = await asyncio.to_thread(ctx.policy)
-    requested = service.port
     if isinstance(requested, int):
         holders = await asyncio.to_thread(scan.find_owners, requested, _holder_hints(ctx))
     else:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -307,21 +309,31 @@ async def spawn(
     marker: str,
     pass_fds: tuple[int, ...] = (),
 ) -> Child:
-    """Start `argv` in a new session with stdout and stderr on one pipe we drain."""
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
+    """Start `argv` in a new session with stdout and stderr on one pipe we drain.
+
+    The child must die with us (PR_SET_PDEATHSIG). Setting that in a `preexec_fn`
+    forces a full fork of the supervisor (about 5 ms, blocking the event loop);
+    util-linux's `setpriv --pdeathsig` sets it in the child instead, and lets
+    Python use vfork (0.2 ms). The preexec_fn stays as the fallback.
+    """
     full_env = dict(env)
     full_env[MARKER] = marker
+    launcher = _pdeathsig_launcher()
+    if launcher and shutil.which(argv[0], path=full_env.get("PATH", os.defpath)) is None:
+        # Without the launcher, Popen says so; with it, say it the same way.
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
     try:
         popen = subprocess.Popen(
-            argv,
+            [*launcher, *argv] if launcher else argv,
             stdin=subprocess.DEVNULL,
             stdout=write_fd,
             stderr=write_fd,
             cwd=cwd,
             env=full_env,
             start_new_session=True,
-            preexec_fn=functools.partial(_child_setup, os.getpid()),
+            preexec_fn=None if launcher else functools.partial(_child_setup, os.getpid()),
             pass_fds=pass_fds,
             close_fds=True,
         )
@@ -342,6 +354,18 @@ async def spawn(
     )
     _watch_exit(child)
     return child
+
+
+@functools.cache
+def _pdeathsig_launcher() -> tuple[str, ...]:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    try:
+        helptext = subprocess.run([setpriv, "--help"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (setpriv, "--pdeathsig", "KILL", "--") if "--pdeathsig" in helptext else ()
 
 
 def _watch_exit(child: Child) -> None:

@@ -103,6 +103,8 @@ class Supervisor:
         self._lease_deadline: float | None = None
         self.last_reload: dict[str, Any] | None = None
         self.requested: list[str] = []  # what `up` named; [] = everything
+        # Children recorded by earlier runs: a holder among them is a stale copy (level low).
+        self.earlier_children = self.state_db.known_children()
         self._reload_lock = asyncio.Lock()
 
     Conflict = ActionConflict
@@ -128,15 +130,10 @@ class Supervisor:
             return None
         from stackvisor.ports.resolve import PortConflictError, PortContext, secure_port
 
-        ours = {
-            (r.child.pid, r.child.started)
-            for r in self.runners.values()
-            if r.child is not None and r.child.alive
-        }
         ctx = PortContext.from_config(
             self.config,
             strategy_override=self.strategy,
-            known_children=self.state_db.known_children() - ours,
+            known_children=self.earlier_children,
             taken={p for n, p in self.ports.items() if n != runner.name and p is not None},
         )
         ctx.grace = self.config.stop_timeout(svc)
