@@ -198,11 +198,12 @@ async def _handle(
                 sup.config, {Path(p) for _, p in getter.result()}, sup.config.settings.logs_dir
             )
             if changes.reload:
+                debounce = sup.config.settings.reload_debounce
                 try:
                     await sup.reload(source="watch")
                 except sup.Conflict:
                     return
-                if watch_targets(sup.config) != targets:
+                if watch_targets(sup.config) != targets or sup.config.settings.reload_debounce != debounce:
                     restart.set()
                     return
             watched = {n for n in changes.services if n in sup.runners and sup.runners[n].running}
