@@ -24,13 +24,9 @@ Usage: python scripts/bench_api.py [--services 50] [--tcp 5] [--rate 200] [--sec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,11 +34,10 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
-STACKVISOR = [sys.executable, "-m", "stackvisor"]
+from benchkit import IDLE, cli, end_everything, free_ports, pct
+
 TARGET_P99_MS = 5.0
 
-IDLE = "import time\ntime.sleep(10**6)\n"
 
 SERVER = """\
 import os, socket
@@ -53,18 +48,6 @@ while True:
 """
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on right now (the kernel's pick, held until all are chosen)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def make_stack(folder: Path, services: int, tcp: int) -> Path:
@@ -89,33 +72,8 @@ def make_stack(folder: Path, services: int, tcp: int) -> Path:
     return path
 
 
-def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), NO_COLOR="1")
-    return subprocess.run(
-        [*STACKVISOR, *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
-def end_everything(folder: Path, stack_file: Path, known: list[psutil.Process]) -> None:
-    """`stackvisor down`, then SIGKILL whatever of ours is still there."""
-    try:
-        done = cli("down", "-f", str(stack_file), "--timeout", "30", timeout=90)
-        if done.returncode != 0:
-            print(f"  down exited {done.returncode}: {done.stderr.strip()}", file=sys.stderr)
-    except subprocess.TimeoutExpired:
-        print("  down timed out", file=sys.stderr)
-    left = {p.pid: p for p in known}
-    for proc in psutil.process_iter(["cwd"]):
-        with contextlib.suppress(psutil.Error, TypeError, ValueError):
-            if proc.info["cwd"] and Path(proc.info["cwd"]).is_relative_to(folder):
-                left[proc.pid] = proc
-    left.pop(os.getpid(), None)
-    for proc in left.values():
-        with contextlib.suppress(psutil.Error):
-            if proc.is_running():  # is_running also checks the pid was not recycled
-                print(f"  killing leftover pid {proc.pid} {proc.name()}", file=sys.stderr)
-                proc.send_signal(signal.SIGKILL)
-    psutil.wait_procs(list(left.values()), timeout=5)
 
 
 class UnixHTTP:
@@ -201,11 +159,6 @@ def wait_until(when: float) -> None:
         pass
 
 
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of `values`, in the values' unit."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
 
 
 def load(client: UnixHTTP, rate: float, seconds: float, services: int) -> dict[str, float]:

@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import socket
 import sqlite3
 import statistics
@@ -48,8 +47,8 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
-STACKVISOR = [sys.executable, "-m", "stackvisor"]
+from benchkit import IDLE, cli, cpu_and_rss, end_everything, free_ports, pct
+
 TARGET_OVERHEAD_MS = 300.0
 TARGET_CPU = 0.5
 
@@ -75,7 +74,6 @@ while True:
     c.close()
 """
 
-IDLE = "import time\ntime.sleep(10**6)\n"
 
 SERVER = """\
 import os, socket
@@ -86,17 +84,6 @@ while True:
 """
 
 
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def stack_text(target_port: int, server_port: int, delay: float, gen: int) -> str:
@@ -134,11 +121,6 @@ def write_programs(folder: Path) -> None:
     (folder / "idle.py").write_text(IDLE)
 
 
-def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), NO_COLOR="1")
-    return subprocess.run(
-        [*STACKVISOR, *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def status(stack_file: Path) -> dict:
@@ -156,26 +138,6 @@ def up(stack_file: Path) -> float:
     return time.monotonic() - t0
 
 
-def end_everything(folder: Path, stack_file: Path, known: list[psutil.Process]) -> None:
-    """`stackvisor down`, then SIGKILL whatever of ours is still there."""
-    try:
-        done = cli("down", "-f", str(stack_file), "--timeout", "30", timeout=90)
-        if done.returncode != 0:
-            print(f"  down exited {done.returncode}: {done.stderr.strip()}", file=sys.stderr)
-    except subprocess.TimeoutExpired:
-        print("  down timed out", file=sys.stderr)
-    left = {p.pid: p for p in known}
-    for proc in psutil.process_iter(["cwd"]):
-        with contextlib.suppress(psutil.Error, TypeError, ValueError):
-            if proc.info["cwd"] and Path(proc.info["cwd"]).is_relative_to(folder):
-                left[proc.pid] = proc
-    left.pop(os.getpid(), None)
-    for proc in left.values():
-        with contextlib.suppress(psutil.Error):
-            if proc.is_running():  # also checks the pid was not recycled
-                print(f"  killing leftover pid {proc.pid} {proc.name()}", file=sys.stderr)
-                proc.send_signal(signal.SIGKILL)
-    psutil.wait_procs(list(left.values()), timeout=5)
 
 
 @dataclass
@@ -250,22 +212,8 @@ def target_events(folder: Path, since: float) -> list[tuple[float, str]]:
     return [(ts, json.loads(data).get("new")) for ts, data in rows]
 
 
-def idle_cpu(pid: int, seconds: float) -> tuple[float, float]:
-    """(% of one core, RSS in MB) of `pid` over `seconds`."""
-    proc = psutil.Process(pid)
-    c0 = proc.cpu_times()
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    c1 = proc.cpu_times()
-    elapsed = time.monotonic() - t0
-    cpu = (c1.user + c1.system - c0.user - c0.system) / elapsed * 100
-    return cpu, proc.memory_info().rss / 2**20
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
 
 
 def wait_healthy(stack_file: Path, name: str, timeout: float = 10.0) -> dict:
@@ -302,7 +250,7 @@ def part_reload(args: argparse.Namespace) -> dict[str, float]:
             known = [sup, *sup.children(recursive=True)]
             pids = {s["name"]: s["pid"] for s in doc["services"]}
             time.sleep(1.0)
-            base_cpu, base_rss = idle_cpu(doc["pid"], args.idle)
+            base_cpu, base_rss = cpu_and_rss(doc["pid"], args.idle)
             print(
                 f"supervisor at rest, {len(pids)} services, no extra files: CPU {base_cpu:.3f}% of a core, "
                 f"RSS {base_rss:.1f} MB",
@@ -405,7 +353,7 @@ def part_watch(args: argparse.Namespace) -> dict[str, float]:
             sup = psutil.Process(doc["pid"])
             known = [sup, *sup.children(recursive=True)]
             time.sleep(args.settle)
-            cpu, rss = idle_cpu(doc["pid"], args.idle)
+            cpu, rss = cpu_and_rss(doc["pid"], args.idle)
             threads = sup.num_threads()
         finally:
             end_everything(folder, stack_file, known)

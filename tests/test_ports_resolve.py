@@ -21,7 +21,6 @@ from stackvisor.ports import (
     ConflictLevel,
     PortConflictError,
     PortContext,
-    PortRegistry,
     format_plan,
     plan_stack,
     secure_port,
@@ -226,17 +225,6 @@ async def test_strategy_precedence(spawn) -> None:
     assert (await secure_port(service, ctx)).port == holder.port
     assert holder.proc.wait(timeout=5) is not None
 
-
-async def test_registry_keeps_concurrent_migrations_apart(spawn) -> None:
-    holder = spawn()
-    alternatives = [free_port(), free_port()]
-    web = Service(name="web", command="x", port=holder.port, alternative_ports=alternatives)
-    admin = Service(name="admin", command="x", port=holder.port, alternative_ports=alternatives)
-    registry = PortRegistry({"web": holder.port, "admin": holder.port})
-    ctx = context(Strategy.CONSERVATIVE)
-    first, second = await asyncio.gather(registry.secure(web, ctx), registry.secure(admin, ctx))
-    assert {first.port, second.port} == set(alternatives)
-    assert registry.leases() == {"web": first.port, "admin": second.port}
 
 
 def test_plan_stack_does_nothing_and_keeps_targets_apart(spawn, tmp_path: Path) -> None:

@@ -100,6 +100,33 @@ async def test_aggressive_ends_the_holder_and_takes_the_port(tmp_path: Path, hol
         assert (conflict.data["action"], conflict.data["outcome"]) == ("terminate", "ok")
 
 
+async def test_services_migrating_at_once_get_different_ports(tmp_path: Path, holder) -> None:
+    web_port, admin_port, first, second = free_ports(4)
+    holders = [holder(web_port), holder(admin_port)]
+    path = write_stack(
+        tmp_path,
+        f"""
+        settings: {{strategy: conservative}}
+        services:
+          web:
+            command: python3 server.py
+            port: {web_port}
+            alternative_ports: [{first}, {second}]
+            healthcheck: {{tcp: "${{PORT}}"}}
+          admin:
+            command: python3 server.py
+            port: {admin_port}
+            alternative_ports: [{first}, {second}]
+            healthcheck: {{tcp: "${{PORT}}"}}
+        """,
+    )
+    async with running_stack(path) as sup:
+        await until_state(sup, "web", "healthy")
+        await until_state(sup, "admin", "healthy")
+        assert {sup.runners["web"].port, sup.runners["admin"].port} == {first, second}
+        assert all(alive(h.pid) for h in holders)
+
+
 def test_conservative_without_alternative_exits_1_before_starting_anything(tmp_path: Path, holder) -> None:
     (wanted,) = free_ports(1)
     outside = holder(wanted)

@@ -2,8 +2,7 @@
 
 `scan` reads the system (listeners and their processes), `conflicts` decides (pure:
 levels, strategies, the plan), `resolve` acts (terminate, migrate, fail) and is what
-the supervisor calls before starting a service; `registry` tracks the ports a running
-stack holds. The names below are the public surface.
+the supervisor calls before starting a service. The names below are the public surface.
 """
 
 from stackvisor.ports.conflicts import (
@@ -20,7 +19,6 @@ from stackvisor.ports.conflicts import (
     plan_port,
     plan_services,
 )
-from stackvisor.ports.registry import PortRegistry
 from stackvisor.ports.resolve import (
     PortContext,
     PortResolution,
@@ -42,7 +40,6 @@ __all__ = [
     "PortAction",
     "PortConflictError",
     "PortContext",
-    "PortRegistry",
     "PortResolution",
     "classify",
     "find_owner",

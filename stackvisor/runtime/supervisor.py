@@ -33,7 +33,7 @@ from stackvisor.runtime.events import EventBus
 from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
 from stackvisor.runtime.service import ServiceRunner, StartError
 from stackvisor.runtime.state import StateDB
-from stackvisor.runtime.states import ALIVE, State
+from stackvisor.runtime.states import State
 
 
 _instances = itertools.count(1)
@@ -106,6 +106,7 @@ class Supervisor:
         # Children recorded by earlier runs: a holder among them is a stale copy (level low).
         self.earlier_children = self.state_db.known_children()
         self._reload_lock = asyncio.Lock()
+        self._port_lock = asyncio.Lock()
 
     Conflict = ActionConflict
 
@@ -130,20 +131,23 @@ class Supervisor:
             return None
         from stackvisor.ports.resolve import PortConflictError, PortContext, secure_port
 
-        ctx = PortContext.from_config(
-            self.config,
-            strategy_override=self.strategy,
-            known_children=self.earlier_children,
-            taken={p for n, p in self.ports.items() if n != runner.name and p is not None},
-        )
-        ctx.grace = self.config.stop_timeout(svc)
-        try:
-            resolution = await secure_port(svc, ctx)
-        except PortConflictError as exc:
-            self._record_conflict(runner.name, getattr(exc, "record", None))
-            raise StartError(str(exc)) from None
+        # One resolution at a time: two services migrating at once must not both pick
+        # the same free port. (A free port is answered without suspending at all.)
+        async with self._port_lock:
+            ctx = PortContext.from_config(
+                self.config,
+                strategy_override=self.strategy,
+                known_children=self.earlier_children,
+                taken={p for n, p in self.ports.items() if n != runner.name and p is not None},
+            )
+            ctx.grace = self.config.stop_timeout(svc)
+            try:
+                resolution = await secure_port(svc, ctx)
+            except PortConflictError as exc:
+                self._record_conflict(runner.name, getattr(exc, "record", None))
+                raise StartError(str(exc)) from None
+            self.ports[runner.name] = resolution.port
         self._record_conflict(runner.name, resolution.conflict)
-        self.ports[runner.name] = resolution.port
         return resolution.port
 
     def _record_conflict(self, name: str, record: Any) -> None:
@@ -182,7 +186,10 @@ class Supervisor:
         try:
             return await self._run(selection, until_done=until_done, control=control, lease=lease)
         finally:
-            self.lock.release()
+            # In its own process the lock goes with the process, so `down`, which waits
+            # for it, returns only once the supervisor is really gone.
+            if not self.owns_process_tree:
+                self.lock.release()
 
     async def _run(
         self, selection: Iterable[str] | None, *, until_done: bool, control: bool, lease: Lease | None
@@ -503,6 +510,3 @@ class Supervisor:
             "reload": self.last_reload,
             "services": services,
         }
-
-    def alive_count(self) -> int:
-        return sum(1 for r in self.runners.values() if r.state in ALIVE)
