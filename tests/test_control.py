@@ -331,3 +331,65 @@ def test_api_errors_are_json_4xx(tmp_path: Path) -> None:
         assert 'stackvisor_service_up{service="api"} 1' in metrics
         assert 'stackvisor_service_state{service="db",state="healthy"} 1' in metrics
         assert "process_resident_memory_bytes" in metrics
+
+
+def test_tcp_needs_the_bearer_token(tmp_path: Path) -> None:
+    import http.client
+
+    (port,) = free_ports(1)
+    write_stack(
+        tmp_path,
+        f"""
+        settings:
+          control: {{tcp: "127.0.0.1:{port}"}}
+        services:
+          a: {{command: "{PY} -c 'import time; time.sleep(300)'"}}
+        """,
+    )
+    with detached(tmp_path) as up:
+        assert up.returncode == 0, up.stderr
+        token_file = tmp_path / ".stackvisor" / "token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+
+        def get(headers: dict[str, str]) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("GET", "/v1/status", headers=headers)
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        assert get({}) == 401
+        assert get({"Authorization": "Bearer wrong"}) == 401
+        assert get({"Authorization": "Bearer " + "\u00e9" * 10}) == 401
+        assert get({"Authorization": f"Bearer {token}"}) == 200
+        # the unix socket needs no token: its 0600 mode is the guard
+        assert client(tmp_path).get("/v1/status")["services"][0]["name"] == "a"
+
+
+async def test_events_over_websocket(tmp_path: Path) -> None:
+    import asyncio
+
+    import aiohttp
+
+    simple_stack(tmp_path)
+    with detached(tmp_path) as up:
+        assert up.returncode == 0, up.stderr
+        connector = aiohttp.UnixConnector(path=str(tmp_path / ".stackvisor" / "control.sock"))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.ws_connect("http://stack/v1/ws") as ws:
+                await ws.send_json({"type": "ping"})
+                assert (await ws.receive_json(timeout=5))["type"] == "pong"
+                await ws.send_json({"type": "subscribe", "kinds": 5})
+                assert (await ws.receive_json(timeout=5))["type"] == "error"
+                await ws.send_json({"type": "subscribe", "kinds": ["state"], "services": ["worker"]})
+                assert (await ws.receive_json(timeout=5))["type"] == "subscribed"
+                restart = asyncio.create_task(asyncio.to_thread(cli, "restart", "worker", cwd=tmp_path))
+                seen = []
+                while "running" not in seen:
+                    message = await ws.receive_json(timeout=10)
+                    assert message["type"] == "event" and message["event"]["service"] == "worker"
+                    seen.append(message["event"]["data"]["new"])
+                assert seen[:2] == ["stopping", "stopped"]
+                assert (await restart).returncode == 0

@@ -257,3 +257,34 @@ def test_unknown_service_on_the_command_line(tmp_path: Path) -> None:
     result = cli("up", "apii", cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown service apii" in result.stderr
+
+
+def test_a_second_interrupt_kills_at_once(tmp_path: Path) -> None:
+    write_program(
+        tmp_path,
+        "stubborn.py",
+        """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("ignoring", flush=True)
+        while True:
+            time.sleep(1)
+        """,
+    )
+    write_stack(
+        tmp_path,
+        f"services:\n  stubborn:\n    command: {PY} stubborn.py\n    stop_timeout: 60s\n"
+        "    healthcheck: {log: ignoring}\n",
+    )
+    with supervisor_process(tmp_path) as sup:
+        pid = service_pid(tmp_path, "stubborn")
+        wait_for(lambda: any(e.get("new") == "healthy" for e in state_events(tmp_path, "stubborn")))
+        sup.send_signal(signal.SIGINT)
+        wait_for(lambda: any(e.get("new") == "stopping" for e in state_events(tmp_path, "stubborn")))
+        assert alive(pid)  # the first interrupt waits for the 60 s grace period
+        sent = time.monotonic()
+        sup.send_signal(signal.SIGINT)
+        sup.wait(10)
+        assert time.monotonic() - sent < 5
+        wait_for(lambda: not alive(pid), timeout=2)
