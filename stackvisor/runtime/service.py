@@ -121,9 +121,11 @@ class ServiceRunner:
     async def stop(self, reason: str = "stopped") -> None:
         """Stop the service and wait until it has stopped. Safe to call in any state."""
         self._stop.set()
-        if self.task is not None:
-            await asyncio.shield(self.task)
-        if self.state in (State.PENDING, State.BACKOFF):
+        task = self.task
+        if task is not None:
+            await asyncio.shield(task)
+        # A start that came while we waited owns the service now: leave its state alone.
+        if self.task is task and self.state in (State.PENDING, State.BACKOFF):
             self._set_state(State.STOPPED, reason)
 
     def kill_now(self) -> None:
