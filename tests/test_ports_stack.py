@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from support import (
 )
 
 from stackvisor.config.schema import Strategy
+from stackvisor.ports.scan import is_free
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -236,3 +238,52 @@ async def test_a_port_taken_before_the_child_binds_is_resolved_once_more(tmp_pat
             assert any("resolving again" in r for r in reasons)
     finally:
         thief.close()
+
+
+INHERITING = """
+import os, socket
+assert os.environ["LISTEN_PID"] == str(os.getpid()) and os.environ["LISTEN_FDS"] == "1"
+s = socket.socket(fileno=3)
+print("serving on the inherited socket", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(str(os.getpid()).encode())
+    c.close()
+"""
+
+
+async def test_socket_inherit_hands_over_the_port_and_keeps_it_across_restarts(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    (tmp_path / "inherit.py").write_text(INHERITING)
+    path = write_stack(
+        tmp_path,
+        f"""
+        services:
+          api:
+            command: python3 inherit.py
+            port: {port}
+            socket: inherit
+            healthcheck: {{tcp: "${{PORT}}"}}
+        """,
+    )
+
+    def answer() -> int:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            return int(conn.recv(32))
+
+    async with running_stack(path) as sup:
+        await until_state(sup, "api", "healthy")
+        first = sup.runners["api"].child.pid
+        assert await asyncio.to_thread(answer) == first
+        await sup.restart_services(["api"])
+        # Between the two processes nobody could take the port: the supervisor held it.
+        thief = socket.socket()
+        with pytest.raises(OSError):
+            thief.bind(("127.0.0.1", port))
+        thief.close()
+        await until_state(sup, "api", "healthy")
+        second = sup.runners["api"].child.pid
+        assert second != first
+        assert await asyncio.to_thread(answer) == second
+        assert not [e for e in sup.bus.backlog if e.kind == "port_conflict"]
+    assert is_free(port)  # the stack is down: nobody listens there any more

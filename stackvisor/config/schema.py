@@ -144,6 +144,16 @@ class Service(_Model):
     stop_timeout: Duration | None = None
     watch: list[str] = []
     conflict_strategy: Strategy | None = None
+    # "inherit": the supervisor binds the port and hands the listening socket over
+    # (systemd's LISTEN_FDS protocol, fd 3), so nobody can take it between our check
+    # and the child's bind, and a restart never meets a conflict.
+    socket: Literal["inherit"] | None = None
+
+    @model_validator(mode="after")
+    def _inherit_needs_a_port(self) -> Service:
+        if self.socket == "inherit" and not isinstance(self.port, int):
+            raise ValueError("socket: inherit needs a fixed port (a number)")
+        return self
 
     @field_validator("command")
     @classmethod

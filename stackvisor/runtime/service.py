@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
+import sys
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,14 @@ if TYPE_CHECKING:
 # A shell is needed only for these; otherwise `exec` makes the service the direct child.
 _SHELL_SYNTAX = re.compile(r"[;&|<>()`\n]|^\s*(if|for|while|until|case|\{|!)\b")
 _DRAIN_GRACE = 1.0
+_HAND_OVER = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "if fd != 3:\n    os.dup2(fd, 3)\n    os.close(fd)\n"
+    "os.set_inheritable(3, True)\n"
+    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES=sys.argv[2])\n"
+    "os.execvp(sys.argv[3], sys.argv[3:])\n"
+)
 
 
 def shell_argv(command: str) -> list[str]:
@@ -63,6 +73,8 @@ class ServiceRunner:
         self._stop = asyncio.Event()
         self._spawn_count = 0
         self._db_row: int | None = None
+        self.listener: socket.socket | None = None  # kept across restarts with socket: inherit
+        self.keep_listener = False  # set while a restart stops and starts the service
 
     # ----- state -------------------------------------------------------------------
 
@@ -156,6 +168,8 @@ class ServiceRunner:
     async def lifecycle(self) -> None:
         try:
             await self._lifecycle()
+            if self.state in SETTLED and not self.keep_listener:
+                self.close_listener()  # it ended for good: the port is free again
         except asyncio.CancelledError:
             self._abandon()
             raise
@@ -167,6 +181,7 @@ class ServiceRunner:
 
     def _abandon(self) -> None:
         """Leave nothing behind, and nothing unrecorded, when the lifecycle ends abnormally."""
+        self.close_listener()
         if self.child is not None and self.child.alive:
             self.child.kill_now()
         if self._db_row is not None:
@@ -245,8 +260,8 @@ class ServiceRunner:
         from stackvisor.ports.resolve import listener_pgid_matches
         from stackvisor.ports.scan import find_owners
 
-        if self.port is None:
-            return True, ""
+        if self.port is None or self.listener is not None:
+            return True, ""  # an inherited socket is the supervisor's and the child's both
         matches = await asyncio.to_thread(listener_pgid_matches, self.port, child.pgid)
         if matches is not False:
             return True, ""
@@ -283,11 +298,16 @@ class ServiceRunner:
     # ----- one process ------------------------------------------------------------
 
     async def _spawn(self) -> None:
-        self.port = await self.stack.secure_port(self)
+        if self.listener is None or self.listener.getsockname()[1] != self.port:
+            self.close_listener()
+            self.port = await self.stack.secure_port(self)
         variables = self.stack.port_env(self.name)
         cfg = self.config
         command = interpolate_value(cfg.command, variables)
         argv = shell_argv(command) if isinstance(command, str) else command
+        pass_fds: tuple[int, ...] = ()
+        if cfg.socket == "inherit" and self.port is not None:
+            argv, pass_fds = self._inherit(argv)
         env = dict(os.environ)
         env.update({k: interpolate(v, variables) for k, v in cfg.env.items()})
         env.update(variables)
@@ -297,7 +317,7 @@ class ServiceRunner:
         self.exit_code = None
         self.health = None
         try:
-            self.child = await process.spawn(argv, env=env, cwd=cwd, marker=marker)
+            self.child = await process.spawn(argv, env=env, cwd=cwd, marker=marker, pass_fds=pass_fds)
         except OSError as exc:
             raise StartError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
         self.started_at = time.time()
@@ -307,6 +327,30 @@ class ServiceRunner:
             self.name, self.child.pid, self.child.pgid, self.child.started, self.port, marker
         )
         self._set_state(State.STARTING, port=self.port)
+
+    def _inherit(self, argv: list[str]) -> tuple[list[str], tuple[int, ...]]:
+        """Bind the port (once; kept across restarts) and wrap `argv` to receive it as fd 3."""
+        if self.listener is None:
+            assert self.port is not None
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", self.port))
+                sock.listen(128)
+            except OSError as exc:
+                sock.close()
+                raise StartError(f"cannot bind port {self.port} to hand it over: {exc.strerror}") from None
+            self.listener = sock
+        fd = self.listener.fileno()
+        # A few lines of Python move the socket to fd 3 and set LISTEN_PID to their own
+        # pid, which `exec` passes on to the service: the systemd protocol, done after
+        # fork without a preexec_fn (the shell cannot: dash knows fds 0-9 only).
+        return [sys.executable, "-S", "-c", _HAND_OVER, str(fd), self.name, *argv], (fd,)
+
+    def close_listener(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
 
     async def _supervise(self) -> tuple[bool, bool]:
         """Run until the process exits: (was it unhealthy, was it a stop request)."""

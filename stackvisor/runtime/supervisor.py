@@ -386,8 +386,16 @@ class Supervisor:
         # Dependents that are not running stay as they are; the named ones always start.
         named = set(names)
         targets = {n for n in cascade if n in named or self.runners[n].running}
-        await self.stop_services(n for n in targets if self.runners[n].running)
+        for name in targets:
+            self.runners[name].keep_listener = True  # a restart keeps an inherited socket
+        try:
+            await self.stop_services(n for n in targets if self.runners[n].running)
+        finally:
+            for name in targets:
+                self.runners[name].keep_listener = False
         if self.stopping:
+            for name in targets:
+                self.runners[name].close_listener()
             raise ActionConflict("the stack began stopping during the restart")
         assert self.tg is not None
         for name in graph.start_order(self.config.graph()):
@@ -455,11 +463,13 @@ class Supervisor:
         await self.stop_services(going)
         for name in diff.removed:
             runner = self.runners.pop(name)
+            runner.close_listener()
             runner.log.file.close()
             self.ports.pop(name, None)
         self.config = new
         for name in diff.changed:
             runner = self.runners[name]
+            runner.close_listener()  # the new config may move or drop the port
             runner.config = new.services[name]
             if isinstance(runner.config.port, int) or runner.config.port is None:
                 runner.port = runner.config.port if isinstance(runner.config.port, int) else None
@@ -479,6 +489,8 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         await self.stop_services(self.runners)
+        for runner in self.runners.values():
+            runner.close_listener()
         self._kill_leftovers()
 
     def _kill_leftovers(self) -> None:
