@@ -90,9 +90,16 @@ class TextWriter:
     def __init__(self, writer: BackgroundWriter, isatty: bool) -> None:
         self.writer = writer
         self._isatty = isatty
+        self._partial = ""
 
     def write(self, text: str) -> int:
-        self.writer.write(text.encode("utf-8", "replace"))
+        # print() writes the line and its newline apart: pass on whole lines only, so
+        # they cannot interleave with the services' output on a shared terminal.
+        text = self._partial + text
+        cut = text.rfind("\n") + 1
+        self._partial = text[cut:]
+        if cut:
+            self.writer.write(text[:cut].encode("utf-8", "replace"))
         return len(text)
 
     def flush(self) -> None:
