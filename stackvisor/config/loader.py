@@ -1,10 +1,12 @@
 """Finding and loading services.yaml into a validated `StackConfig`.
 
-Lives here: locating the file, reading YAML while remembering the line and column of
-every node, `.env` and `env_file` parsing, interpolation of the document, turning
-pydantic's errors into lines people can act on, and the checks that need the whole
-stack (dependencies, cycles, ports, folders). Not here: the shape of the file (see
-`schema`), graph algorithms (see `stackvisor.graph`), comparing two stacks (`diff`).
+Lives here: locating the file, the report that collects problems and `ConfigError`,
+interpolation of the document, turning pydantic's errors into lines people can act on,
+putting each service's `env_file`s into its environment, and the checks that need the
+whole stack (dependencies, cycles, ports, folders). Not here: reading YAML with the
+position of every node (see `yamlpos`), the dotenv format and reading `.env` (see
+`envfiles`), the shape of the file (`schema`), graph algorithms (`stackvisor.graph`),
+comparing two stacks (`diff`).
 
 Every problem becomes one line `FILE:LINE:COL: dotted.path: message`, and every problem
 found is reported at once in a `ConfigError`; a bad file never produces a traceback.
@@ -31,18 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
-from yaml.composer import Composer
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from yaml.parser import Parser
-from yaml.reader import Reader
-from yaml.resolver import Resolver
-from yaml.scanner import Scanner
 
+from stackvisor.config.envfiles import EnvEntry, EnvProblem, read_dotenv, read_env_file
 from stackvisor.config.interpolate import InterpolationError, interpolate, port_variables
 from stackvisor.config.schema import Condition, Service, StackConfig
+from stackvisor.config.yamlpos import Document, Loc, parse_yaml
 from stackvisor.graph import find_cycle
 
 CONFIG_NAMES = ("services.yaml", "services.yml", "stackvisor.yaml")
@@ -52,8 +48,6 @@ _DEFERRED = frozenset({"command", "env", "healthcheck"})
 
 # Fields the loader fills in; written in the file they are unknown fields.
 _HIDDEN = {StackConfig: {"path"}, Service: {"name"}}
-
-Loc = tuple[str | int, ...]
 
 
 class ConfigError(Exception):
@@ -124,7 +118,7 @@ class _Report:
     """Problems collected so far; each knows where it is for sorting and printing."""
 
     file: str
-    document: _Document | None = None
+    document: Document | None = None
     problems: list[tuple[tuple[int, str, int, int], str]] = field(default_factory=list)
 
     def add(
@@ -211,295 +205,27 @@ def _read_text(path: Path, report: _Report) -> str:
     return ""
 
 
-# --- YAML with positions ---------------------------------------------------------------
+# --- YAML and env files ----------------------------------------------------------------
 
 
-class _Resolver(Resolver):
-    """YAML 1.2 scalars where 1.1 surprises people.
-
-    With YAML 1.1, `restart: no` would be the boolean false and `on`/`yes` would be
-    booleans too; Compose files mean the strings. Dates stay strings as well.
-    """
-
-
-_Resolver.yaml_implicit_resolvers = {
-    first: [
-        (tag, regexp)
-        for tag, regexp in resolvers
-        if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")
-    ]
-    for first, resolvers in Resolver.yaml_implicit_resolvers.items()
-}
-_Resolver.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-@dataclass
-class _Document:
-    """The plain data of a YAML file, and where each part of it was written."""
-
-    data: Any
-    values: dict[Loc, tuple[int, int]]
-    keys: dict[Loc, tuple[int, int]]
-
-    def locate(self, path: Loc, *, key: bool = False) -> tuple[int, int]:
-        """Line and column (1-based) of `path`, or of its nearest written ancestor.
-
-        `key` asks for the position of the key itself (for unknown or duplicate
-        fields) rather than of its value.
-        """
-        marks = self.keys if key else self.values
-        for length in range(len(path), -1, -1):
-            prefix = path[:length]
-            if prefix in marks:
-                return marks[prefix]
-            if prefix in self.values:
-                return self.values[prefix]
-        return (1, 1)
-
-
-class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
-    """PyYAML's safe loader, building plain data itself to keep positions and catch duplicates."""
-
-    def __init__(self, text: str) -> None:
-        Reader.__init__(self, text)
-        Scanner.__init__(self)
-        Parser.__init__(self)
-        Composer.__init__(self)
-        SafeConstructor.__init__(self)
-        _Resolver.__init__(self)
-        self.values: dict[Loc, tuple[int, int]] = {}
-        self.keys: dict[Loc, tuple[int, int]] = {}
-        self.problems: list[tuple[int, int, Loc, str]] = []
-        self.checked: set[int] = set()
-
-    def problem(self, node: Node, path: Loc, message: str) -> None:
-        self.problems.append((node.start_mark.line + 1, node.start_mark.column + 1, path, message))
-
-    def build(self, node: Node, path: Loc, active: frozenset[int]) -> Any:
-        if id(node) in active:
-            self.problem(node, path, "an alias refers to itself; expected a finite value")
-            return None
-        if isinstance(node, MappingNode):
-            return self.build_mapping(node, path, active | {id(node)})
-        if isinstance(node, SequenceNode):
-            inner = active | {id(node)}
-            out = []
-            for index, item in enumerate(node.value):
-                self.values[path + (index,)] = _mark(item)
-                out.append(self.build(item, path + (index,), inner))
-            return out
-        try:
-            return self.construct_object(node)
-        except yaml.YAMLError as exc:
-            self.problem(node, path, f"cannot read this value: {getattr(exc, 'problem', None) or exc}")
-            return None
-
-    def build_mapping(self, node: MappingNode, path: Loc, active: frozenset[int]) -> dict[str, Any]:
-        # Duplicates are looked for among the keys written here, before merge keys
-        # (`<<: *defaults`) are folded in: overriding a merged key is the point of them.
-        # An anchored mapping is visited again through each alias; check it once.
-        if id(node) not in self.checked:
-            self.checked.add(id(node))
-            seen: dict[str, Node] = {}
-            for key_node, _ in node.value:
-                if not isinstance(key_node, ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                if key_node.value in seen:
-                    first = seen[key_node.value].start_mark.line + 1
-                    self.problem(key_node, path + (key_node.value,), f"duplicate key (first written on line {first})")
-                else:
-                    seen[key_node.value] = key_node
-        try:
-            self.flatten_mapping(node)
-        except yaml.YAMLError as exc:
-            self.problem(node, path, f"cannot merge: {getattr(exc, 'problem', None) or exc}")
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode):
-                self.problem(key_node, path, "expected a plain key, not a list or mapping")
-                continue
-            # The key as written: `1:` names the service "1", and `on:` stays "on".
-            key = key_node.value
-            child = path + (key,)
-            self.keys[child] = _mark(key_node)
-            empty = isinstance(value_node, ScalarNode) and value_node.value == "" and value_node.style is None
-            scalar = isinstance(value_node, ScalarNode) and not empty
-            # A scalar is pointed at where it is written; a nested block (or nothing)
-            # at its key, which is where the reader looks for it.
-            self.values[child] = _mark(value_node) if scalar else _mark(key_node)
-            out[key] = self.build(value_node, child, active)
-        return out
-
-
-def _mark(node: Node) -> tuple[int, int]:
-    return (node.start_mark.line + 1, node.start_mark.column + 1)
-
-
-def _parse_yaml(text: str, report: _Report) -> _Document | None:
-    loader: _Loader | None = None
-    try:
-        loader = _Loader(text)
-        root = loader.get_single_node()
-        if root is None:
-            report.add_at(1, 1, "the file is empty; expected a mapping with services")
-            return None
-        if not isinstance(root, MappingNode):
-            kind = "a list" if isinstance(root, SequenceNode) else "a single value"
-            line, column = _mark(root)
-            report.add_at(line, column, f"expected a mapping with services at the top level (got {kind})")
-            return None
-        loader.values[()] = _mark(root)
-        data = loader.build(root, (), frozenset())
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        detail = exc.problem or str(exc)
-        if exc.context:
-            detail = f"{detail} ({exc.context})"
-        report.add_at(line, column, f"invalid YAML: {detail}")
-        return None
-    except yaml.reader.ReaderError as exc:
-        line = text[: exc.position].count("\n") + 1
-        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        report.add_at(line, column, f"invalid YAML: {exc.reason} (character U+{exc.character:04X})")
-        return None
-    except yaml.YAMLError as exc:
-        report.add_at(1, 1, f"invalid YAML: {exc}")
-        return None
-    finally:
-        if loader is not None:
-            loader.dispose()
-    document = _Document(data, loader.values, loader.keys)
+def _parse_yaml(text: str, report: _Report) -> Document | None:
+    """The document, its problems reported; one about the whole file has no field label."""
+    document, problems = parse_yaml(text)
     report.document = document
-    for line, column, path, message in loader.problems:
-        report.add(path, message, position=(line, column))
+    for problem in problems:
+        report.add(problem.path, problem.message, position=(problem.line, problem.column))
     return document
 
 
-# --- .env and env_file -----------------------------------------------------------------
-
-
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-
-
-@dataclass(frozen=True)
-class _EnvEntry:
-    """One `KEY=VALUE` line. `value` None: a bare `KEY`, taken from the environment."""
-
-    key: str
-    value: str | None
-    literal: bool
-    line: int
-
-
-def _parse_env_text(text: str) -> tuple[list[_EnvEntry], list[tuple[int, str]]]:
-    """Entries and (line, message) problems of a dotenv file.
-
-    The format Compose reads: `KEY=VALUE`, `export KEY=VALUE`, `#` comments (also after
-    an unquoted value, following a space), 'single quotes' taken literally, "double
-    quotes" with backslash escapes, and quoted values that span lines.
-    """
-    entries: list[_EnvEntry] = []
-    problems: list[tuple[int, str]] = []
-    lines = text.splitlines()
-    index = 0
-    while index < len(lines):
-        number = index + 1
-        content = lines[index].strip()
-        index += 1
-        if not content or content.startswith("#"):
-            continue
-        if content.startswith("export "):
-            content = content[len("export ") :].lstrip()
-        key, equals, rest = content.partition("=")
-        key = key.strip()
-        if not _ENV_KEY.fullmatch(key):
-            problems.append((number, f"expected KEY=VALUE (got {_show(content)})"))
-            continue
-        if not equals:
-            entries.append(_EnvEntry(key, None, False, number))
-            continue
-        rest = rest.lstrip()
-        if rest[:1] not in ("'", '"'):
-            value = re.split(r"\s#", rest, maxsplit=1)[0].strip()
-            entries.append(_EnvEntry(key, value, False, number))
-            continue
-        quote, body = rest[0], rest[1:]
-        end = _closing_quote(body, quote)
-        while end < 0 and index < len(lines):
-            body += "\n" + lines[index]
-            index += 1
-            end = _closing_quote(body, quote)
-        if end < 0:
-            problems.append((number, f"{key}: the {quote} quote is never closed"))
-            continue
-        after = body[end + 1 :].strip()
-        if after and not after.startswith("#"):
-            problems.append((number, f"{key}: unexpected text after the closing quote: {_show(after)}"))
-            continue
-        value = body[:end]
-        if quote == '"':
-            value = _unescape(value)
-        entries.append(_EnvEntry(key, value, quote == "'", number))
-    return entries, problems
-
-
-def _closing_quote(body: str, quote: str) -> int:
-    index = 0
-    while index < len(body):
-        if quote == '"' and body[index] == "\\":
-            index += 2
-            continue
-        if body[index] == quote:
-            return index
-        index += 1
-    return -1
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
-
-
-def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), value, flags=re.DOTALL)
-
-
-def _read_env_entries(path: Path, report: _Report) -> list[_EnvEntry] | None:
-    """Entries of an env file, or None (with the problem reported) when it cannot be read."""
+def _add_env_problems(report: _Report, path: Path, problems: Iterable[EnvProblem]) -> None:
     name = _display(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        report.add_at(1, 1, f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=name)
-        return None
-    entries, problems = _parse_env_text(text)
-    for line, message in problems:
-        report.add_at(line, 1, message, file=name)
-    return entries
+    for line, column, message in problems:
+        report.add_at(line, column, message, file=name)
 
 
 def _read_dotenv(path: Path, environ: Mapping[str, str], report: _Report) -> dict[str, str]:
-    """The stack's `.env`: variables for interpolation (the process environment wins)."""
-    if not path.exists():
-        return {}
-    try:
-        entries = _read_env_entries(path, report)
-    except OSError as exc:
-        report.add_at(1, 1, f"cannot read: {exc.strerror or exc}", file=_display(path))
-        return {}
-    values: dict[str, str] = {}
-    for entry in entries or ():
-        if entry.value is None:
-            continue
-        if entry.literal:
-            values[entry.key] = entry.value
-            continue
-        try:
-            # A value may use the environment and the lines above it, like a shell would.
-            values[entry.key] = interpolate(entry.value, ChainMap(dict(environ), values))
-        except InterpolationError as exc:
-            report.add_at(entry.line, 1, f"{entry.key}: {exc}", file=_display(path))
+    values, problems = read_dotenv(path, environ)
+    _add_env_problems(report, path, problems)
     return values
 
 
@@ -835,14 +561,15 @@ def _apply_env_files(
             where: Loc = ("services", name, "env_file") + ((index,) if isinstance(written, list) else ())
             file = root / relative
             try:
-                entries = _read_env_entries(file, report)
+                entries, problems = read_env_file(file)
             except FileNotFoundError:
                 report.add(where, f"env file not found: {relative}")
                 continue
             except OSError as exc:
                 report.add(where, f"cannot read env file {relative}: {exc.strerror or exc}")
                 continue
-            for entry in entries or ():
+            _add_env_problems(report, file, problems)
+            for entry in entries:
                 value = _env_file_value(entry, variables, kept, file, report)
                 if value is not None:
                     merged[entry.key] = value
@@ -852,7 +579,7 @@ def _apply_env_files(
 
 
 def _env_file_value(
-    entry: _EnvEntry, variables: Mapping[str, str], kept: set[str], file: Path, report: _Report
+    entry: EnvEntry, variables: Mapping[str, str], kept: set[str], file: Path, report: _Report
 ) -> str | None:
     # `env` values are templates for the start-time pass (see the module docstring),
     # so what comes from an env file is made one too.

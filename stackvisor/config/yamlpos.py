@@ -1,0 +1,201 @@
+"""Reading YAML into plain data while remembering where every part of it was written.
+
+Lives here: the loader that builds dicts, lists and scalars itself so it can keep the
+line and column of every key and value, the YAML 1.2 scalar rules (`no` and `on` stay
+strings), duplicate keys, aliases that refer to themselves, and turning PyYAML's syntax
+errors into a position and a message. Not here: what the data should look like (see
+`schema`), interpolation and env files (`loader`, `envfiles`), and formatting problems
+into report lines (`loader` owns the report; this module only says where and what).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import Resolver
+from yaml.scanner import Scanner
+
+# A place in the document: mapping keys and list indexes from the top.
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class YamlProblem:
+    """Something wrong at `line`:`column` (1-based); `path` is the field, () for the file."""
+
+    line: int
+    column: int
+    path: Loc
+    message: str
+
+
+class _Resolver(Resolver):
+    """YAML 1.2 scalars where 1.1 surprises people.
+
+    With YAML 1.1, `restart: no` would be the boolean false and `on`/`yes` would be
+    booleans too; Compose files mean the strings. Dates stay strings as well.
+    """
+
+
+_Resolver.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")
+    ]
+    for first, resolvers in Resolver.yaml_implicit_resolvers.items()
+}
+_Resolver.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+@dataclass
+class Document:
+    """The plain data of a YAML file, and where each part of it was written."""
+
+    data: Any
+    values: dict[Loc, tuple[int, int]]
+    keys: dict[Loc, tuple[int, int]]
+
+    def locate(self, path: Loc, *, key: bool = False) -> tuple[int, int]:
+        """Line and column (1-based) of `path`, or of its nearest written ancestor.
+
+        `key` asks for the position of the key itself (for unknown or duplicate
+        fields) rather than of its value.
+        """
+        marks = self.keys if key else self.values
+        for length in range(len(path), -1, -1):
+            prefix = path[:length]
+            if prefix in marks:
+                return marks[prefix]
+            if prefix in self.values:
+                return self.values[prefix]
+        return (1, 1)
+
+
+class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
+    """PyYAML's safe loader, building plain data itself to keep positions and catch duplicates."""
+
+    def __init__(self, text: str) -> None:
+        Reader.__init__(self, text)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        _Resolver.__init__(self)
+        self.values: dict[Loc, tuple[int, int]] = {}
+        self.keys: dict[Loc, tuple[int, int]] = {}
+        self.problems: list[YamlProblem] = []
+        self.checked: set[int] = set()
+
+    def problem(self, node: Node, path: Loc, message: str) -> None:
+        line, column = _mark(node)
+        self.problems.append(YamlProblem(line, column, path, message))
+
+    def build(self, node: Node, path: Loc, active: frozenset[int]) -> Any:
+        if id(node) in active:
+            self.problem(node, path, "an alias refers to itself; expected a finite value")
+            return None
+        if isinstance(node, MappingNode):
+            return self.build_mapping(node, path, active | {id(node)})
+        if isinstance(node, SequenceNode):
+            inner = active | {id(node)}
+            out = []
+            for index, item in enumerate(node.value):
+                self.values[path + (index,)] = _mark(item)
+                out.append(self.build(item, path + (index,), inner))
+            return out
+        try:
+            return self.construct_object(node)
+        except yaml.YAMLError as exc:
+            self.problem(node, path, f"cannot read this value: {getattr(exc, 'problem', None) or exc}")
+            return None
+
+    def build_mapping(self, node: MappingNode, path: Loc, active: frozenset[int]) -> dict[str, Any]:
+        # Duplicates are looked for among the keys written here, before merge keys
+        # (`<<: *defaults`) are folded in: overriding a merged key is the point of them.
+        # An anchored mapping is visited again through each alias; check it once.
+        if id(node) not in self.checked:
+            self.checked.add(id(node))
+            seen: dict[str, Node] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if key_node.value in seen:
+                    first = seen[key_node.value].start_mark.line + 1
+                    self.problem(key_node, path + (key_node.value,), f"duplicate key (first written on line {first})")
+                else:
+                    seen[key_node.value] = key_node
+        try:
+            self.flatten_mapping(node)
+        except yaml.YAMLError as exc:
+            self.problem(node, path, f"cannot merge: {getattr(exc, 'problem', None) or exc}")
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode):
+                self.problem(key_node, path, "expected a plain key, not a list or mapping")
+                continue
+            # The key as written: `1:` names the service "1", and `on:` stays "on".
+            key = key_node.value
+            child = path + (key,)
+            self.keys[child] = _mark(key_node)
+            empty = isinstance(value_node, ScalarNode) and value_node.value == "" and value_node.style is None
+            scalar = isinstance(value_node, ScalarNode) and not empty
+            # A scalar is pointed at where it is written; a nested block (or nothing)
+            # at its key, which is where the reader looks for it.
+            self.values[child] = _mark(value_node) if scalar else _mark(key_node)
+            out[key] = self.build(value_node, child, active)
+        return out
+
+
+def _mark(node: Node) -> tuple[int, int]:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def parse_yaml(text: str) -> tuple[Document | None, list[YamlProblem]]:
+    """The document with its positions, and every problem found while reading it.
+
+    The document is None when the text is not YAML or its top level is not a mapping;
+    the problems then say why. Otherwise they are the problems within the data
+    (duplicate keys, unreadable values, bad merges), in the order they were met.
+    """
+    loader: _Loader | None = None
+    try:
+        loader = _Loader(text)
+        root = loader.get_single_node()
+        if root is None:
+            return None, [YamlProblem(1, 1, (), "the file is empty; expected a mapping with services")]
+        if not isinstance(root, MappingNode):
+            kind = "a list" if isinstance(root, SequenceNode) else "a single value"
+            line, column = _mark(root)
+            message = f"expected a mapping with services at the top level (got {kind})"
+            return None, [YamlProblem(line, column, (), message)]
+        loader.values[()] = _mark(root)
+        data = loader.build(root, (), frozenset())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        detail = exc.problem or str(exc)
+        if exc.context:
+            detail = f"{detail} ({exc.context})"
+        return None, [YamlProblem(line, column, (), f"invalid YAML: {detail}")]
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        message = f"invalid YAML: {exc.reason} (character U+{exc.character:04X})"
+        return None, [YamlProblem(line, column, (), message)]
+    except yaml.YAMLError as exc:
+        return None, [YamlProblem(1, 1, (), f"invalid YAML: {exc}")]
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return Document(data, loader.values, loader.keys), loader.problems
