@@ -3,7 +3,7 @@
 Lives here: the expander for `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
 `${VAR:?message}`, `${VAR?message}`, `${VAR:+alt}`, `${VAR+alt}` and `$$`, plus the
 names and values of the port variables (`PORT`, `DB_PORT`, ...). Not here: where the
-variables come from (`.env`, the process environment: see `loader`) and which fields
+variables come from (`.env`, the process environment: see `envfiles` and `loader`) and which fields
 are expanded when.
 
 Interpolation happens in two passes. Loading expands everything except the port

@@ -1,7 +1,8 @@
 """The services.yaml schema as pydantic models.
 
-Only the shape and the per-field rules live here. Reading YAML, line numbers,
-`${VAR}` interpolation and env files are in `loader`; cross-service rules that need
+Only the shape and the per-field rules live here. Reading YAML with line numbers is
+in `yamlpos`, env files in `envfiles`, `${VAR}` interpolation and putting it all
+together in `loader`; cross-service rules that need
 the whole stack (unknown dependencies, cycles, `service_healthy` without a
 healthcheck) are checked by `loader` with `stackvisor.graph`.
 
