@@ -435,6 +435,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
     try:
         result = client.post("/v1/reload", {"dry_run": args.dry_run})
     except ApiError as exc:
+        if exc.status == 409:
+            print(f"stackvisor: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
         print(f"stackvisor: reload failed, nothing changed:\n{exc.body.get('detail', '')}", file=sys.stderr)
         return EXIT_USAGE
     prefix = "would apply" if args.dry_run else "applied"

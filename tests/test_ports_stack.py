@@ -188,13 +188,50 @@ def test_ports_command_and_history(tmp_path: Path, holder) -> None:
     assert alive(outside.pid)
 
 
-async def test_a_listener_outside_the_service_group_does_not_make_it_healthy(tmp_path: Path) -> None:
+async def test_a_listener_that_was_there_first_does_not_make_the_service_healthy(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    (tmp_path / "patient.py").write_text(
+        "import os, socket, time\n"
+        "while True:\n"
+        "    try:\n"
+        "        s = socket.socket(); s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(); break\n"
+        "    except OSError:\n"
+        "        s.close(); time.sleep(0.1)\n"
+        "time.sleep(300)\n"
+    )
+    path = write_stack(
+        tmp_path,
+        f"""
+        services:
+          patient:
+            command: python3 patient.py
+            port: {port}
+            healthcheck: {{tcp: "${{PORT}}", interval: 200ms}}
+        """,
+    )
+    thief = socket.socket()
+    try:
+        async with running_stack(path) as sup:
+            await until_state(sup, "patient", "starting")
+            # Taken after the check, by a process older than the service (this test).
+            thief.bind(("127.0.0.1", port))
+            thief.listen()
+            event = await async_wait_for(
+                lambda: next((e for e in sup.bus.backlog if e.kind == "port_mismatch"), None)
+            )
+            assert f"port {port} is answered by pid" in event.data["message"]
+            assert str(sup.runners["patient"].state) == "starting"
+    finally:
+        thief.close()
+
+
+async def test_a_server_that_daemonised_is_still_the_service(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     path = write_stack(
         tmp_path,
         f"""
         services:
-          sneaky:
+          daemon:
             command: >-
               python3 -c "import subprocess, sys, time;
               subprocess.Popen([sys.executable, 'server.py'], start_new_session=True); time.sleep(60)"
@@ -203,11 +240,8 @@ async def test_a_listener_outside_the_service_group_does_not_make_it_healthy(tmp
         """,
     )
     async with running_stack(path) as sup:
-        event = await async_wait_for(
-            lambda: next((e for e in sup.bus.backlog if e.kind == "port_mismatch"), None)
-        )
-        assert f"port {port} is answered by pid" in event.data["message"]
-        assert str(sup.runners["sneaky"].state) == "starting"
+        await until_state(sup, "daemon", "healthy")
+        assert not [e for e in sup.bus.backlog if e.kind == "port_mismatch"]
 
 
 async def test_a_port_taken_before_the_child_binds_is_resolved_once_more(tmp_path: Path) -> None:

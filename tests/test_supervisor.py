@@ -256,3 +256,29 @@ async def test_port_variables_reach_command_env_and_dependents(tmp_path: Path) -
             str(api_port), str(db_port), f"redis://127.0.0.1:{db_port}", str(api_port)
         ]
         assert str(sup.runners["api"].state) == "running"
+
+
+async def test_programs_are_found_from_the_working_dir_and_missing_ones_fail_clearly(tmp_path: Path) -> None:
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    script = sub / "run.sh"
+    script.write_text("#!/bin/sh\necho ran from $(pwd)\nsleep 60\n")
+    script.chmod(0o755)
+    (sub / "notexec.sh").write_text("#!/bin/sh\n")
+    path = write_stack(
+        tmp_path,
+        """
+        services:
+          relative: {command: ["./run.sh"], working_dir: sub}
+          missing: {command: ["no-such-program-here"]}
+          denied: {command: ["./notexec.sh"], working_dir: sub}
+        """,
+    )
+    async with running_stack(path) as sup:
+        await until_state(sup, "relative", "running")
+        await until_state(sup, "missing", "failed")
+        await until_state(sup, "denied", "failed")
+        assert "cannot start 'no-such-program-here': No such file or directory" in sup.runners["missing"].reason
+        assert "Permission denied" in sup.runners["denied"].reason
+        await async_wait_for(lambda: any("ran from" in line for line in sup.runners["relative"].log.last(5)))
+        assert sup.runners["missing"].restarts_total == 0

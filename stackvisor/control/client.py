@@ -73,9 +73,9 @@ class Client:
     def get(self, url: str) -> Any:
         return self.request("GET", url)
 
-    def post(self, url: str, body: Any = None) -> Any:
-        # Actions last as long as the services take to stop (stop_timeout): no client timeout.
-        return self.request("POST", url, body if body is not None else {}, timeout=None)
+    def post(self, url: str, body: Any = None, timeout: float | None = None) -> Any:
+        """Actions last as long as the services take to stop: no timeout unless given."""
+        return self.request("POST", url, body if body is not None else {}, timeout=timeout)
 
     def stream(self, url: str) -> Iterator[str]:
         """Lines of a streamed response until the server ends it."""

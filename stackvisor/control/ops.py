@@ -191,7 +191,12 @@ def run_command(cmd: Sequence[str], env: dict[str, str], grace: float = 10.0) ->
             code = proc.wait()
         except KeyboardInterrupt as exc:
             sig = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-            for member in [proc.pid] + [p.pid for p in process.marked(marker)]:
+            members = [proc.pid] + [p.pid for p in process.marked(marker)]
+            if sig == signal.SIGINT:
+                # The terminal's Ctrl-C already reached our own process group: a second
+                # SIGINT would abort the command's own teardown. Only the others get it.
+                members = [m for m in members if _pgid(m) != os.getpgrp()]
+            for member in members:
                 process.send(member, sig, ours=True)
             try:
                 code = proc.wait(grace)
@@ -205,6 +210,13 @@ def run_command(cmd: Sequence[str], env: dict[str, str], grace: float = 10.0) ->
             proc.kill()
             proc.wait()
     return 128 - code if code < 0 else code
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 class Terminated(KeyboardInterrupt):
@@ -234,8 +246,9 @@ def down(config: Stack, timeout: float) -> DownResult:
     pid = supervisor_pid(config)
     result = DownResult(pid is not None, pid)
     if pid is not None and pid > 0:
+        # A stopped or stuck supervisor may accept and never answer: do not wait on it.
         with contextlib.suppress(NotRunning, ApiError, OSError):
-            client_for(config, timeout=5.0).post("/v1/stop")
+            client_for(config).post("/v1/stop", timeout=min(timeout, 5.0))
         if not _wait_exit(config, pid, timeout) and _is_our_supervisor(pid, config):
             # Last resort: its children die with it (PDEATHSIG), the rest is ended below.
             from stackvisor.runtime import process

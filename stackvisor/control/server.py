@@ -164,7 +164,7 @@ async def service_action(request: web.Request) -> web.Response:
 async def restart_many(request: web.Request) -> web.Response:
     body = await _body(request)
     sup = _sup(request)
-    names = body.get("services") or []
+    names = body.get("services", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ApiError(400, "malformed body", "services: expected a list of service names")
     unknown = [n for n in names if n not in sup.runners]
@@ -304,15 +304,27 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     subscribed = False
 
     async def forward(sub: Any) -> None:
-        while True:
-            event = await sub.get()
-            if not subscribed:
-                continue
-            if kinds and event.kind not in kinds:
-                continue
-            if services and event.service not in services:
-                continue
-            await ws.send_json({"type": "event", "event": event.as_dict()}, dumps=_dumps)
+        closing = request.app[CLOSING]
+        try:
+            while not closing.is_set():
+                getter = asyncio.ensure_future(sub.get())
+                closer = asyncio.ensure_future(closing.wait())
+                done, _ = await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
+                closer.cancel()
+                if getter not in done:
+                    getter.cancel()
+                    break
+                event = getter.result()
+                if not subscribed:
+                    continue
+                if kinds and event.kind not in kinds:
+                    continue
+                if services and event.service not in services:
+                    continue
+                await ws.send_json({"type": "event", "event": event.as_dict()}, dumps=_dumps)
+            await ws.close(code=1001, message=b"the stack is down")
+        except (ConnectionResetError, RuntimeError):
+            pass  # the client went away: nothing to tell it
 
     with sup.bus.subscribe() as sub:
         async with asyncio.TaskGroup() as tg:

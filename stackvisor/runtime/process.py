@@ -234,11 +234,12 @@ class Child:
     def descendants(self) -> list[psutil.Process]:
         """Everything this child started, in its group or not, alive now."""
         found: dict[int, psutil.Process] = {}
-        try:
-            for proc in psutil.Process(self.pid).children(recursive=True):
-                found[proc.pid] = proc
-        except psutil.Error:
-            pass
+        if self.exit_code is None:  # once reaped, the pid may be somebody else's
+            try:
+                for proc in psutil.Process(self.pid).children(recursive=True):
+                    found[proc.pid] = proc
+            except psutil.Error:
+                pass
         for proc in marked(self.marker):
             found.setdefault(proc.pid, proc)
         found.pop(self.pid, None)
@@ -319,9 +320,10 @@ async def spawn(
     full_env = dict(env)
     full_env[MARKER] = marker
     launcher = _pdeathsig_launcher()
-    if launcher and shutil.which(argv[0], path=full_env.get("PATH", os.defpath)) is None:
-        # Without the launcher, Popen says so; with it, say it the same way.
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+    if launcher:
+        # Popen would have said "not found" or "permission denied" itself; through the
+        # launcher the child would just exit 127. Find the program as exec would.
+        argv = [resolve_program(argv[0], cwd, full_env.get("PATH", os.defpath)), *argv[1:]]
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     try:
@@ -354,6 +356,24 @@ async def spawn(
     )
     _watch_exit(child)
     return child
+
+
+def resolve_program(name: str, cwd: str | None, path: str) -> str:
+    """The file `execvp(name)` would run from `cwd`, or FileNotFoundError / PermissionError."""
+    base = cwd or os.getcwd()
+    if "/" in name:
+        candidates = [os.path.join(base, name)]
+    else:
+        candidates = [os.path.join(base, entry or ".", name) for entry in path.split(os.pathsep)]
+    denied = None
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                return os.path.normpath(candidate)
+            denied = candidate
+    if denied is not None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 
 
 @functools.cache

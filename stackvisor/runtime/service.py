@@ -239,13 +239,13 @@ class ServiceRunner:
                 reason=decision.reason,
             )
             stopped, _ = await self._or_stop(asyncio.sleep(decision.delay))
-            if stopped:
+            if stopped or self.stack.stopping:
                 self._set_state(State.STOPPED, "stopped during backoff")
                 return
 
     async def _port_taken_meanwhile(self) -> bool:
         """Did the process fail early while somebody else now listens on its port?"""
-        if self.port is None or self.exit_code == 0 or self.health == "healthy":
+        if self.port is None or self.exit_code == 0 or self.health == "healthy" or self.listener:
             return False
         if self.tracker.started_at is not None and time.monotonic() - self.tracker.started_at > 10:
             return False
@@ -256,17 +256,28 @@ class ServiceRunner:
         return any(owner.pgid != pgid for owner in owners)
 
     async def _owns_port(self, child: process.Child) -> tuple[bool, str]:
-        """Is the listener on our port this child's (its process group)? Not someone else's?"""
-        from stackvisor.ports.resolve import listener_pgid_matches
+        """Is the listener on our port this child's, and not someone else's?
+
+        Ours: in the child's process group, below it, or carrying its marker (a server
+        that daemonised, `setsid -w`). Someone else's: a holder that was already
+        there before the child started, answering the probes in its place.
+        """
         from stackvisor.ports.scan import find_owners
 
         if self.port is None or self.listener is not None:
             return True, ""  # an inherited socket is the supervisor's and the child's both
-        matches = await asyncio.to_thread(listener_pgid_matches, self.port, child.pgid)
-        if matches is not False:
-            return True, ""
         owners = await asyncio.to_thread(find_owners, self.port)
-        who = ", ".join(f"pid {o.pid} ({o.name})" for o in owners) or "another process"
+        if not owners:
+            return True, ""
+        family = {child.pid, *(p.pid for p in await asyncio.to_thread(child.descendants))}
+        foreign = [
+            o for o in owners
+            if o.pgid != child.pgid and o.pid not in family
+            and o.create_time is not None and o.create_time < child.started
+        ]
+        if not foreign or len(foreign) < len(owners):
+            return True, ""
+        who = ", ".join(f"pid {o.pid} ({o.name})" for o in foreign)
         return False, f"port {self.port} is answered by {who}, not by {self.name}"
 
     def _fail(self, reason: str) -> None:
@@ -306,12 +317,16 @@ class ServiceRunner:
         command = interpolate_value(cfg.command, variables)
         argv = shell_argv(command) if isinstance(command, str) else command
         pass_fds: tuple[int, ...] = ()
+        cwd = str(self.stack.root / cfg.working_dir) if cfg.working_dir else str(self.stack.root)
         if cfg.socket == "inherit" and self.port is not None:
+            try:
+                argv[0] = process.resolve_program(argv[0], cwd, os.environ.get("PATH", os.defpath))
+            except OSError as exc:
+                raise StartError(f"cannot start {argv[0]!r}: {exc.strerror}") from None
             argv, pass_fds = self._inherit(argv)
         env = dict(os.environ)
         env.update({k: interpolate(v, variables) for k, v in cfg.env.items()})
         env.update(variables)
-        cwd = str(self.stack.root / cfg.working_dir) if cfg.working_dir else str(self.stack.root)
         self._spawn_count += 1
         marker = f"{self.stack.instance}/{self.name}/{self._spawn_count}"
         self.exit_code = None
@@ -387,8 +402,9 @@ class ServiceRunner:
                     break
             if self.config.healthcheck is not None:
                 prober.cancel()
-            if not stopped and not unhealthy.is_set():
-                # It exited by itself: what it started must not outlive it (ports, files).
+            if not unhealthy.is_set():
+                # What it started must not outlive it (ports, files): also when it exited
+                # by itself, or just as a stop came in.
                 await child.cleanup(self.config.signal_number, self.stack.config.stop_timeout(self.config))
             # Let the pump read what the child wrote before it died, then stop waiting
             # for a grandchild that may still hold the pipe open.

@@ -105,7 +105,8 @@ class Supervisor:
         self.requested: list[str] = []  # what `up` named; [] = everything
         # Children recorded by earlier runs: a holder among them is a stale copy (level low).
         self.earlier_children = self.state_db.known_children()
-        self._reload_lock = asyncio.Lock()
+        # One action at a time (start, stop, restart, reload): each sees the others' result.
+        self._actions = asyncio.Lock()
         self._port_lock = asyncio.Lock()
 
     Conflict = ActionConflict
@@ -329,7 +330,8 @@ class Supervisor:
 
     async def stop_services(self, names: Iterable[str]) -> None:
         """Stop `names`, each after every running dependent of it among `names`."""
-        names = set(names)
+        runners = {n: self.runners[n] for n in names if n in self.runners}
+        names = set(runners)
         dependents: dict[str, set[str]] = {n: set() for n in names}
         for name in names:
             for dep in self.config.services[name].depends_on:
@@ -341,7 +343,7 @@ class Supervisor:
             for dependent in dependents[name]:
                 await done[dependent].wait()
             try:
-                await self.runners[name].stop()
+                await runners[name].stop()
             finally:
                 done[name].set()
 
@@ -357,7 +359,13 @@ class Supervisor:
 
     async def start_service(self, name: str) -> None:
         """Start `name` and whatever it needs that is not running."""
+        async with self._actions:
+            self._start_service(name)
+
+    def _start_service(self, name: str) -> None:
         self._check_not_stopping()
+        if name not in self.runners:
+            raise ActionConflict(f"{name} is no longer a service of this stack")
         runner = self.runners[name]
         if runner.running:
             raise ActionConflict(f"{name} is already {runner.state}")
@@ -369,11 +377,13 @@ class Supervisor:
                 self.runners[dep].start(self.tg)
 
     async def stop_service(self, name: str) -> None:
-        self._check_not_stopping()
-        runner = self.runners[name]
-        if not runner.running:
-            raise ActionConflict(f"{name} is not running (it is {runner.state})")
-        await runner.stop("stopped on request")
+        async with self._actions:
+            self._check_not_stopping()
+            runner = self.runners.get(name)
+            if runner is None or not runner.running:
+                state = runner.state if runner else "gone"
+                raise ActionConflict(f"{name} is not running (it is {state})")
+            await runner.stop("stopped on request")
 
     def restart_cascade(self, names: Iterable[str]) -> set[str]:
         """`names` plus, transitively, every dependent whose depends_on says restart: true."""
@@ -381,7 +391,14 @@ class Supervisor:
 
     async def restart_services(self, names: Iterable[str]) -> None:
         """Stop the services (dependents first) and start them again in dependency order."""
+        async with self._actions:
+            await self._restart_services(list(names))
+
+    async def _restart_services(self, names: list[str]) -> None:
         self._check_not_stopping()
+        missing = [n for n in names if n not in self.runners]
+        if missing:
+            raise ActionConflict(f"{', '.join(missing)}: no longer a service of this stack")
         cascade = self.restart_cascade(names)
         # Dependents that are not running stay as they are; the named ones always start.
         named = set(names)
@@ -406,7 +423,7 @@ class Supervisor:
 
     async def reload(self, *, dry_run: bool = False, source: str = "request") -> dict[str, Any]:
         """Re-read the stack file and apply what changed; an invalid file changes nothing."""
-        async with self._reload_lock:
+        async with self._actions:
             if self.stopping:
                 raise ActionConflict("the stack is stopping")
             try:

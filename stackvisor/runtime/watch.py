@@ -11,6 +11,7 @@ the stack costs nothing. Which changes matter is decided by the pure
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,6 +54,11 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """`logs_dir: ./logs` and `logs` are one folder: compare normalised paths."""
+    return Path(os.path.normpath(path)).is_relative_to(os.path.normpath(folder))
+
+
 def config_files(config: StackConfig) -> set[Path]:
     """The files whose edit means a reload: the stack file, `.env`, every `env_file`."""
     root = config.root
@@ -83,7 +89,7 @@ def classify_changes(config: StackConfig, paths: Iterable[Path], logs_dir: str) 
         except ValueError:
             continue
         parts = rel.parts
-        if not parts or ALWAYS_IGNORED.intersection(parts) or parts[0] == logs_dir.strip("/"):
+        if not parts or ALWAYS_IGNORED.intersection(parts) or _inside(path, root / logs_dir):
             continue
         if _TEMPORARY.search(parts[-1]):
             continue
@@ -146,8 +152,8 @@ async def watch_stack(sup: Supervisor) -> None:
                     if paths:
                         tg.create_task(_watch(sup, paths, recursive, batches, restart))
                 tg.create_task(_handle(sup, batches, targets, restart))
-        except* OSError as group:
-            failed += [str(e) for e in group.exceptions]
+        except* Exception as group:  # noqa: BLE001 - file watching must never take the stack down
+            failed += [f"{type(e).__name__}: {e}" for e in group.exceptions]
         if failed:
             # inotify limits, a vanished folder: reload-on-edit is lost, the stack is not.
             error = "; ".join(failed)
@@ -197,16 +203,19 @@ async def _handle(
             changes = classify_changes(
                 sup.config, {Path(p) for _, p in getter.result()}, sup.config.settings.logs_dir
             )
+            debounce = sup.config.settings.reload_debounce
             if changes.reload:
-                debounce = sup.config.settings.reload_debounce
                 try:
                     await sup.reload(source="watch")
                 except sup.Conflict:
                     return
-                if watch_targets(sup.config) != targets or sup.config.settings.reload_debounce != debounce:
-                    restart.set()
-                    return
-            watched = {n for n in changes.services if n in sup.runners and sup.runners[n].running}
+            # Services whose watched files changed in the same batch (a `git pull`) restart
+            # even when the reload changed what is watched; unless the reload restarted them.
+            restarted = set((sup.last_reload or {}).get("restarted", [])) if changes.reload else set()
+            watched = {
+                n for n in changes.services
+                if n in sup.runners and sup.runners[n].running and n not in restarted
+            }
             if watched:
                 sup.logger.info(f"files changed: restarting {', '.join(sorted(watched))}")
                 try:
@@ -214,6 +223,9 @@ async def _handle(
                 except sup.Conflict:
                     restart.set()
                     return
+            if watch_targets(sup.config) != targets or sup.config.settings.reload_debounce != debounce:
+                restart.set()
+                return
     finally:
         stopped.cancel()
 
