@@ -54,7 +54,9 @@ def make_stack(folder: Path, services: int, depth: int, seed: int) -> tuple[floa
     """Write the stack; return its critical path in seconds and the first port used."""
     rng = random.Random(seed)
     per_level = services // depth
-    base = 20000 + rng.randrange(0, 20000)
+    # Below the kernel's ephemeral range (32768+), where a client connection's local
+    # port could make a bind fail although nobody listens there.
+    base = 20000 + rng.randrange(0, 12000)
     names: list[list[str]] = []
     delays: dict[str, float] = {}
     deps: dict[str, list[str]] = {}

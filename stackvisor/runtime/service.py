@@ -22,6 +22,7 @@ import aiohttp
 
 from stackvisor.config.interpolate import interpolate
 from stackvisor.config.schema import Condition, HealthCheck, RestartPolicy, Service
+from stackvisor.ports.scan import find_owners
 from stackvisor.runtime import health, process
 from stackvisor.runtime.logs import ServiceLog, pump
 from stackvisor.runtime.policy import HealthChange, HealthTracker, RestartTracker, Verdict
@@ -249,8 +250,6 @@ class ServiceRunner:
             return False
         if self.tracker.started_at is not None and time.monotonic() - self.tracker.started_at > 10:
             return False
-        from stackvisor.ports.scan import find_owners
-
         owners = await asyncio.to_thread(find_owners, self.port)
         pgid = self.child.pgid if self.child else None
         return any(owner.pgid != pgid for owner in owners)
@@ -262,13 +261,11 @@ class ServiceRunner:
         that daemonised, `setsid -w`). Someone else's: a holder that was already
         there before the child started, answering the probes in its place.
         """
-        from stackvisor.ports.scan import find_owners
-
         if self.port is None or self.listener is not None:
             return True, ""  # an inherited socket is the supervisor's and the child's both
-        owners = await asyncio.to_thread(find_owners, self.port)
-        if not owners:
-            return True, ""
+        owners = await asyncio.to_thread(find_owners, self.port, [child.pid])
+        if not owners or any(o.pgid == child.pgid for o in owners):
+            return True, ""  # the common case, decided without looking for descendants
         family = {child.pid, *(p.pid for p in await asyncio.to_thread(child.descendants))}
         foreign = [
             o for o in owners

@@ -28,11 +28,13 @@ from stackvisor.config import ConfigError, ReloadDiff, diff_configs, load_config
 from stackvisor.config.interpolate import port_env
 from stackvisor.config.schema import StackConfig, Strategy
 from stackvisor.control import sockets
+from stackvisor.ports.resolve import PortConflictError, PortContext, secure_port
 from stackvisor.runtime import orphans, process
 from stackvisor.runtime.events import EventBus
 from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
 from stackvisor.runtime.service import ServiceRunner, StartError
 from stackvisor.runtime.state import StateDB
+from stackvisor.runtime.watch import watch_stack
 from stackvisor.runtime.states import State
 
 
@@ -130,8 +132,6 @@ class Supervisor:
         svc = runner.config
         if svc.port is None:
             return None
-        from stackvisor.ports.resolve import PortConflictError, PortContext, secure_port
-
         # One resolution at a time: two services migrating at once must not both pick
         # the same free port. (A free port is answered without suspending at all.)
         async with self._port_lock:
@@ -220,8 +220,6 @@ class Supervisor:
                         self.runners[name].start(tg)
                 watchers = [tg.create_task(self._stop_when_done())] if until_done else []
                 if self.config.settings.reload:
-                    from stackvisor.runtime.watch import watch_stack
-
                     watchers.append(tg.create_task(watch_stack(self)))
                 if self.lease.exit_with is not None:
                     watchers.append(tg.create_task(self._watch_pid(self.lease.exit_with)))
