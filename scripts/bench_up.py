@@ -31,9 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
+from benchkit import REPO, cpu_and_rss
 
-REPO = Path(__file__).resolve().parent.parent
 
 # The delay is counted from the moment the process was created (from /proc), so the
 # interpreter's own start-up is part of the known delay rather than of the overhead.
@@ -131,15 +130,8 @@ def one_run(services: int, depth: int, idle: float, seed: int) -> dict[str, floa
                 time.sleep(0.05)
             assert up_at is not None
             all_healthy = max(healthy.values()) - up_at
-            me = psutil.Process(proc.pid)
             time.sleep(1.0)  # let start-up work settle before measuring idle
-            cpu0 = me.cpu_times()
-            t0 = time.monotonic()
-            time.sleep(idle)
-            cpu1 = me.cpu_times()
-            elapsed = time.monotonic() - t0
-            cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / elapsed * 100
-            rss = me.memory_info().rss / 2**20
+            cpu, rss = cpu_and_rss(proc.pid, idle)
             startup = up_at - launched
         finally:
             proc.send_signal(signal.SIGTERM)
