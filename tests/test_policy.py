@@ -149,3 +149,21 @@ def test_a_quick_success_after_fast_failures_is_healthy() -> None:
     tracker = HealthTracker(retries=1, start_period=0.0, started_at=0.0, interval=1.0)
     assert tracker.record(False, 0.05) is None
     assert tracker.record(True, 0.10) is HealthChange.HEALTHY
+
+
+def test_the_history_is_pruned_but_live_children_are_kept(tmp_path) -> None:  # noqa: ANN001
+    from stackvisor.runtime.events import Event
+    from stackvisor.runtime.state import StateDB
+
+    db = StateDB(tmp_path / "state.db", 1)
+    live = db.child_started("api", 10, 10, 1.0, None, "m/api/1")
+    for i in range(30):
+        row = db.child_started("job", 100 + i, 100 + i, 2.0 + i, None, f"m/job/{i}")
+        db.child_exited(row, 0)
+    for i in range(50):
+        db.record_event(Event(i, float(i), "state", "api", {"n": i}))
+    db.prune(keep_events=10, keep_children=5)
+    assert [e["data"]["n"] for e in db.events()] == list(range(40, 50))
+    assert [r.id for r in db.live_children()] == [live]
+    assert len(db.known_children()) == 1 + 5
+    db.close()

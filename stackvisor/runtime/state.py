@@ -70,12 +70,27 @@ class StateDB:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
+        self.prune()
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(children)")}
         if "marker" not in columns:  # a state.db written before markers were recorded
             self.db.execute("ALTER TABLE children ADD COLUMN marker TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self.db.close()
+
+    def prune(self, keep_events: int = 100_000, keep_children: int = 10_000) -> None:
+        """Keep the history bounded: the newest events, and the newest exited children.
+
+        Children with no recorded exit are always kept: they may be orphans to end.
+        """
+        self.db.execute(
+            "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (keep_events,)
+        )
+        self.db.execute(
+            "DELETE FROM children WHERE exited_at IS NOT NULL"
+            " AND id <= (SELECT MAX(id) FROM children) - ?",
+            (keep_children,),
+        )
 
     def child_started(
         self, service: str, pid: int, pgid: int, create_time: float, port: int | None, marker: str
