@@ -67,6 +67,8 @@ def flush() -> None:
 
 
 def _strip_for_console(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    if method == "debug":
+        raise structlog.DropEvent  # written to the JSON file above, kept off the terminal
     # The console line already says "api: healthy"; the raw fields are in the JSON file.
     for key in ("old", "new", "service"):
         event.pop(key, None)

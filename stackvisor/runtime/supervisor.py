@@ -160,7 +160,9 @@ class Supervisor:
         self.logger.warning("port conflict", service=name, **data)
 
     def log_event(self, name: str, old: State, new: State, reason: str) -> None:
-        self.logger.info(f"{name}: {new}", service=name, old=str(old), new=str(new), reason=reason)
+        # "pending" is bookkeeping: in the JSON log, not on the terminal.
+        log = self.logger.debug if new is State.PENDING else self.logger.info
+        log(f"{name}: {new}", service=name, old=str(old), new=str(new), reason=reason)
 
     # ----- running ---------------------------------------------------------------------
 
