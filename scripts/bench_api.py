@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from benchkit import IDLE, cli, end_everything, free_ports, pct
 
 TARGET_P99_MS = 5.0
@@ -46,8 +45,6 @@ s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen(16)
 while True:
     c, _ = s.accept(); c.close()
 """
-
-
 
 
 def make_stack(folder: Path, services: int, tcp: int) -> Path:
@@ -70,10 +67,6 @@ def make_stack(folder: Path, services: int, tcp: int) -> Path:
     (folder / "idle.py").write_text(IDLE)
     (folder / "server.py").write_text(SERVER)
     return path
-
-
-
-
 
 
 class UnixHTTP:
@@ -159,8 +152,6 @@ def wait_until(when: float) -> None:
         pass
 
 
-
-
 def load(client: UnixHTTP, rate: float, seconds: float, services: int) -> dict[str, float]:
     count = int(rate * seconds)
     from_slot: list[float] = []
@@ -216,7 +207,7 @@ def one_run(services: int, tcp: int, rate: float, seconds: float) -> dict[str, f
             if up.returncode != 0:
                 raise SystemExit(f"up failed ({up.returncode}): {up.stderr.strip()}")
             up_seconds = time.monotonic() - t0
-            status, body = client.get("/v1/status")
+            _, body = client.get("/v1/status")
             doc = json.loads(body)
             sup = psutil.Process(doc["pid"])
             known = [sup, *sup.children(recursive=True)]
@@ -249,11 +240,14 @@ def describe(r: dict[str, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     parser.add_argument("--services", type=int, default=50, help="services in the stack (default 50)")
-    parser.add_argument("--tcp", type=int, default=5, help="of which TCP servers with a healthcheck (default 5)")
+    parser.add_argument(
+        "--tcp", type=int, default=5, help="of which TCP servers with a healthcheck (default 5)"
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second (default 200)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the load (default 10)")
     parser.add_argument("--runs", type=int, default=3, help="fresh stack per run (default 3)")
@@ -280,8 +274,10 @@ def main() -> None:
             f"{med(key + '_p99'):7.2f} {med(key + '_max'):7.2f}"
         )
     p99 = med("slot_p99")
-    print(f"p99 (from scheduled)   {p99:7.2f} ms  target <= {TARGET_P99_MS:g} ms: "
-          f"{'ok' if p99 <= TARGET_P99_MS else 'MISSED'}")
+    print(
+        f"p99 (from scheduled)   {p99:7.2f} ms  target <= {TARGET_P99_MS:g} ms: "
+        f"{'ok' if p99 <= TARGET_P99_MS else 'MISSED'}"
+    )
     print(f"achieved rate          {med('rate'):7.1f} req/s (asked {args.rate:g})")
     errors = sum(r["errors"] for r in results)
     total = sum(r["requests"] for r in results)

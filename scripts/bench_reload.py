@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-
 from benchkit import IDLE, cli, cpu_and_rss, end_everything, free_ports, pct
 
 TARGET_OVERHEAD_MS = 300.0
@@ -84,8 +83,6 @@ while True:
 """
 
 
-
-
 def stack_text(target_port: int, server_port: int, delay: float, gen: int) -> str:
     py = sys.executable
     return f"""\
@@ -121,8 +118,6 @@ def write_programs(folder: Path) -> None:
     (folder / "idle.py").write_text(IDLE)
 
 
-
-
 def status(stack_file: Path) -> dict:
     done = cli("status", "--json", "-f", str(stack_file), timeout=30)
     if done.returncode != 0:
@@ -136,8 +131,6 @@ def up(stack_file: Path) -> float:
     if done.returncode != 0:
         raise SystemExit(f"up failed ({done.returncode}): {done.stderr.strip()}")
     return time.monotonic() - t0
-
-
 
 
 @dataclass
@@ -205,15 +198,10 @@ def target_events(folder: Path, since: float) -> list[tuple[float, str]]:
     db = folder / ".stackvisor" / "state.db"
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         rows = conn.execute(
-            "SELECT ts, data FROM events WHERE kind = 'state' AND service = 'target' AND ts >= ? "
-            "ORDER BY id",
+            "SELECT ts, data FROM events WHERE kind = 'state' AND service = 'target' AND ts >= ? ORDER BY id",
             (since,),
         ).fetchall()
     return [(ts, json.loads(data).get("new")) for ts, data in rows]
-
-
-
-
 
 
 def wait_healthy(stack_file: Path, name: str, timeout: float = 10.0) -> dict:
@@ -296,9 +284,10 @@ def part_reload(args: argparse.Namespace) -> dict[str, float]:
                         f"detect {detects[-1] * 1000:6.1f}, stop+spawn {respawns[-1] * 1000:6.1f}, "
                         f"new process to accepted {comes_up[-1] * 1000:6.1f}"
                     )
+                pids = " pids: " + ", ".join(moved) if moved else ""
                 print(
                     f"edit {edit:2d}: new server accepted {total * 1000:7.1f} ms after the write, "
-                    f"overhead {(total - own) * 1000:+7.1f} ms ({parts}){' pids: ' + ', '.join(moved) if moved else ''}",
+                    f"overhead {(total - own) * 1000:+7.1f} ms ({parts}){pids}",
                     flush=True,
                 )
                 time.sleep(args.gap)
@@ -362,18 +351,31 @@ def part_watch(args: argparse.Namespace) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     parser.add_argument("--edits", type=int, default=10, help="edits of the target's env (default 10)")
-    parser.add_argument("--delay", type=float, default=0.0, help="the server binds DELAY s after its start (default 0)")
-    parser.add_argument("--direct", type=int, default=10, help="direct starts to time the server (default 10)")
-    parser.add_argument("--poll", type=float, default=0.002, help="seconds between connect attempts (default 0.002)")
-    parser.add_argument("--gap", type=float, default=0.5, help="seconds between an edit's end and the next (default 0.5)")
+    parser.add_argument(
+        "--delay", type=float, default=0.0, help="the server binds DELAY s after its start (default 0)"
+    )
+    parser.add_argument(
+        "--direct", type=int, default=10, help="direct starts to time the server (default 10)"
+    )
+    parser.add_argument(
+        "--poll", type=float, default=0.002, help="seconds between connect attempts (default 0.002)"
+    )
+    parser.add_argument(
+        "--gap", type=float, default=0.5, help="seconds between an edit's end and the next (default 0.5)"
+    )
     parser.add_argument("--files", type=int, default=10_000, help="files in the watched tree (default 10000)")
     parser.add_argument("--dirs", type=int, default=100, help="folders they are spread over (default 100)")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds before measuring at rest (default 5)")
-    parser.add_argument("--idle", type=float, default=10.0, help="seconds of CPU measurement at rest (default 10)")
+    parser.add_argument(
+        "--settle", type=float, default=5.0, help="seconds before measuring at rest (default 5)"
+    )
+    parser.add_argument(
+        "--idle", type=float, default=10.0, help="seconds of CPU measurement at rest (default 10)"
+    )
     parser.add_argument("--skip-reload", action="store_true", help="only part (b)")
     parser.add_argument("--skip-watch", action="store_true", help="only part (a)")
     args = parser.parse_args()
@@ -384,15 +386,20 @@ def main() -> None:
         ms = 1000
         print()
         print(f"edits measured           {r['edits']} of {args.edits}")
-        print(f"write -> new server      median {r['total_p50'] * ms:7.1f} ms  p90 {r['total_p90'] * ms:7.1f} ms")
+        print(
+            f"write -> new server      median {r['total_p50'] * ms:7.1f} ms  "
+            f"p90 {r['total_p90'] * ms:7.1f} ms"
+        )
         print(f"server's own start       median {r['own'] * ms:7.1f} ms (direct starts)")
         print(
-            f"overhead                 median {r['over_p50'] * ms:7.1f} ms  p90 {r['over_p90'] * ms:7.1f} ms  "
+            f"overhead                 median {r['over_p50'] * ms:7.1f} ms  "
+            f"p90 {r['over_p90'] * ms:7.1f} ms  "
             f"max {r['over_max'] * ms:7.1f} ms  target <= {TARGET_OVERHEAD_MS:.0f} ms: "
             f"{'ok' if r['over_p50'] * ms <= TARGET_OVERHEAD_MS else 'MISSED'}"
         )
         print(
-            f"  of which (medians)     detect {r['detect'] * ms:.1f} ms, stop+spawn {r['respawn'] * ms:.1f} ms, "
+            f"  of which (medians)     detect {r['detect'] * ms:.1f} ms, "
+            f"stop+spawn {r['respawn'] * ms:.1f} ms, "
             f"new process to accepted {r['comes_up'] * ms:.1f} ms"
         )
         if r["failures"]:
@@ -401,7 +408,10 @@ def main() -> None:
                 print(f"  {line}")
         else:
             print("other services' pids     unchanged after every edit, target got a new pid each time: ok")
-        print(f"at rest without the tree CPU {r['base_cpu']:.3f}% of a core, RSS {r['base_rss']:.1f} MB", flush=True)
+        print(
+            f"at rest without the tree CPU {r['base_cpu']:.3f}% of a core, RSS {r['base_rss']:.1f} MB",
+            flush=True,
+        )
     if not args.skip_watch:
         print()
         print(f"(b) watching {args.files} files in {args.dirs} folders at rest", flush=True)

@@ -33,7 +33,6 @@ from pathlib import Path
 
 from benchkit import REPO, cpu_and_rss
 
-
 # The delay is counted from the moment the process was created (from /proc), so the
 # interpreter's own start-up is part of the known delay rather than of the overhead.
 SERVER = """\
@@ -184,9 +183,14 @@ def main() -> None:
         f"target <= 5% ({med('critical') * 50:.0f} ms) or <= 150 ms: "
         f"{'ok' if overhead <= max(0.15, 0.05 * med('critical')) else 'MISSED'}"
     )
-    print(f"idle CPU             {med('cpu'):8.3f} % of a core  target <= 0.2%: "
-          f"{'ok' if med('cpu') <= 0.2 else 'MISSED'}")
-    print(f"RSS                  {med('rss'):8.1f} MB  target <= 60 MB: {'ok' if med('rss') <= 60 else 'MISSED'}")
+    print(
+        f"idle CPU             {med('cpu'):8.3f} % of a core  target <= 0.2%: "
+        f"{'ok' if med('cpu') <= 0.2 else 'MISSED'}"
+    )
+    print(
+        f"RSS                  {med('rss'):8.1f} MB  target <= 60 MB: "
+        f"{'ok' if med('rss') <= 60 else 'MISSED'}"
+    )
     print(f"interpreter start    {med('startup') * 1000:8.0f} ms (before the supervisor's first event)")
 
 

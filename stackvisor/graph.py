@@ -1,9 +1,12 @@
-"""The dependency graph of a stack: cycles, start and stop order, closures, dependents.
+"""The dependency graph of a stack: cycles, start order, closures, depth.
 
 Pure functions over plain data: a graph is a mapping from each node to the nodes it
 depends on (`StackConfig.graph()` gives one). Nothing here knows about services,
-processes or configuration files; the loader turns a `GraphError` into a config
-error with a line number, the supervisor uses the orders.
+processes or configuration files: the loader reports each cycle `find_cycle` finds as
+a config error with a line number; the CLI and the supervisor use the start order, the
+closures and the depths; a `GraphError` names an unknown node (`stackvisor up apii`)
+or a cycle in a graph that did not come through the loader. The order of stopping is
+the supervisor's own (dependents first, independent services together).
 
 Every result is deterministic (ties broken by name), so two runs of the same stack
 start in the same order and tests can compare exact lists.
@@ -95,11 +98,6 @@ def start_order(graph: Graph) -> list[str]:
     return order
 
 
-def stop_order(graph: Graph) -> list[str]:
-    """The reverse of `start_order`: every node before the nodes it depends on."""
-    return start_order(graph)[::-1]
-
-
 def closure(graph: Graph, names: Iterable[str]) -> set[str]:
     """`names` and everything they depend on, directly or not (what `up api` starts)."""
     adjacency = _normalise(graph)
@@ -116,27 +114,6 @@ def closure(graph: Graph, names: Iterable[str]) -> set[str]:
         result.add(node)
         stack.extend((dep, node) for dep in adjacency[node])
     return result
-
-
-def dependents(graph: Graph, name: str, *, transitive: bool = True) -> set[str]:
-    """The nodes that depend on `name` (directly, or also through others); not `name`."""
-    adjacency = _normalise(graph)
-    if name not in adjacency:
-        raise GraphError(f"unknown node {name}")
-    users: dict[str, set[str]] = {}
-    for node, deps in adjacency.items():
-        for dep in deps:
-            users.setdefault(dep, set()).add(node)
-    found: set[str] = set()
-    frontier = [name]
-    while frontier:
-        for user in users.get(frontier.pop(), ()):
-            if user not in found:
-                found.add(user)
-                if transitive:
-                    frontier.append(user)
-    found.discard(name)
-    return found
 
 
 def levels(graph: Graph) -> dict[str, int]:

@@ -241,7 +241,9 @@ def test_env_files_are_merged_under_env(tmp_path: Path) -> None:
     assert config.services["api"].env_file == ["config/base.env", "config/local.env"]
 
 
-def test_env_file_is_relative_to_the_stack_not_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_file_is_relative_to_the_stack_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stack = tmp_path / "project"
     write(stack, "A=1\n", "app.env")
     path = write(stack, "services: {a: {command: run, env_file: app.env}}\n")
@@ -269,16 +271,18 @@ def test_bad_line_in_env_file(tmp_path: Path) -> None:
     errors = errors_of(
         tmp_path,
         "services: {api: {command: run, env_file: api.env}}\n",
-        files={"api.env": "GOOD=1\nnot a variable line\nQ=\"open\n"},
+        files={"api.env": 'GOOD=1\nnot a variable line\nQ="open\n'},
     )
     assert errors == [
         'api.env:2:1: expected KEY=VALUE (got "not a variable line")',
-        "api.env:3:1: Q: the \" quote is never closed",
+        'api.env:3:1: Q: the " quote is never closed',
     ]
 
 
 def test_dotenv_error_names_the_dotenv(tmp_path: Path) -> None:
-    errors = errors_of(tmp_path, "services: {a: {command: run}}\n", files={".env": "X=${NEEDED:?set NEEDED}\n"})
+    errors = errors_of(
+        tmp_path, "services: {a: {command: run}}\n", files={".env": "X=${NEEDED:?set NEEDED}\n"}
+    )
     assert errors == [".env:1:1: X: required variable NEEDED is missing a value: set NEEDED"]
 
 
@@ -358,11 +362,13 @@ BAD_FILES = [
     ),
     pytest.param(
         "services:\n  api:\n    command: run\n    healthcheck: {}\n",
-        "services.yaml:4:5: services.api.healthcheck: expected exactly one of http, tcp, exec, log (got none)",
+        "services.yaml:4:5: services.api.healthcheck: "
+        "expected exactly one of http, tcp, exec, log (got none)",
         id="healthcheck-without-probe",
     ),
     pytest.param(
-        "services:\n  api:\n    command: run\n    depends_on:\n      db: {restart: maybe}\n  db: {command: x}\n",
+        "services:\n  api:\n    command: run\n    depends_on:\n      db: {restart: maybe}\n"
+        "  db: {command: x}\n",
         'services.yaml:5:21: services.api.depends_on.db.restart: expected true or false (got "maybe")',
         id="boolean",
     ),
@@ -378,7 +384,8 @@ BAD_FILES = [
     ),
     pytest.param(
         "settings:\n  strategy: smart\nservices: {a: {command: run}}\n",
-        'services.yaml:2:13: settings.strategy: expected one of conservative, aggressive, intelligent (got "smart")',
+        "services.yaml:2:13: settings.strategy: "
+        'expected one of conservative, aggressive, intelligent (got "smart")',
         id="settings",
     ),
     pytest.param(
@@ -581,7 +588,7 @@ def test_file_in_a_subfolder_is_shown_relative(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="services.yaml: file not found"):
+    with pytest.raises(ConfigError, match=r"services.yaml: file not found"):
         load_config(tmp_path / "services.yaml", {})
 
 
@@ -592,22 +599,29 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 
 _KEYS = st.sampled_from(
-    ["services", "settings", "api", "db", "command", "port", "depends_on", "condition", "restart", "healthcheck",
-     "tcp", "env", "env_file", "working_dir", "backoff", "port_range", "strategy", "control", "x-a", "comand"]
+    ["services", "settings", "api", "db", "command", "port", "depends_on", "condition", "restart",
+     "healthcheck", "tcp", "env", "env_file", "working_dir", "backoff", "port_range", "strategy", "control",
+     "x-a", "comand"]
 )  # fmt: skip
 _SCALARS = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-5, 70000),
-    st.sampled_from(["x", "", "${PORT}", "${A:?no}", "service_healthy", "api", "db", "1-5", "auto", "2s", "${"]),
+    st.sampled_from(
+        ["x", "", "${PORT}", "${A:?no}", "service_healthy", "api", "db", "1-5", "auto", "2s", "${"]
+    ),
 )
 _TREES = st.recursive(
-    _SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=4)), max_leaves=20
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=4)),
+    max_leaves=20,
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.dictionaries(st.sampled_from(["api", "db"]), st.dictionaries(_KEYS, _TREES, max_size=5), max_size=2))
+@given(
+    st.dictionaries(st.sampled_from(["api", "db"]), st.dictionaries(_KEYS, _TREES, max_size=5), max_size=2)
+)
 def test_any_file_loads_or_gives_config_error_lines(tmp_path: Path, services: dict[str, object]) -> None:
     (tmp_path / "services.yaml").write_text(yaml.safe_dump({"services": services}))
     try:

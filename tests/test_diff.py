@@ -57,21 +57,24 @@ def old(tmp_path: Path) -> StackConfig:
         (('tcp: "127.0.0.1:${PORT}"', 'tcp: "localhost:${PORT}"'), ("db",)),
         # only the restart flag of a dependency: still a change of the dependent itself
         (("api: {restart: false}", "api: {restart: true}"), ("worker",)),
+        # and so is `required` (whether the dependency may be missing)
+        (("api: {restart: false}", "api: {restart: false, required: false}"), ("worker",)),
         (("command: python -m http.server", "command: python -m http.server\n    watch: [docs/]"), ("docs",)),
     ],
 )
-def test_changed_services(tmp_path: Path, old: StackConfig, edit: tuple[str, str], changed: tuple[str, ...]) -> None:
+def test_changed_services(
+    tmp_path: Path, old: StackConfig, edit: tuple[str, str], changed: tuple[str, ...]
+) -> None:
     new = stack(tmp_path / "new", BASE.replace(*edit))
     diff = diff_configs(old, new)
     assert diff.changed == changed
     assert diff.added == diff.removed == diff.settings_changed == ()
-    assert set(diff.unchanged) == set(old.services) - set(changed)
 
 
 def test_identical_stacks(tmp_path: Path, old: StackConfig) -> None:
     diff = diff_configs(old, stack(tmp_path / "new"))
     assert diff.is_empty()
-    assert diff.unchanged == ("api", "db", "docs", "web", "worker")
+    assert diff.changed == ()
     assert diff.describe() == ["no changes"]
     assert restart_set(diff, old) == set()
 
@@ -95,7 +98,9 @@ def test_added_and_removed(tmp_path: Path, old: StackConfig) -> None:
 
 
 def test_settings_change(tmp_path: Path, old: StackConfig) -> None:
-    new = stack(tmp_path / "new", BASE.replace("strategy: intelligent", "strategy: aggressive\n  stop_timeout: 3s"))
+    new = stack(
+        tmp_path / "new", BASE.replace("strategy: intelligent", "strategy: aggressive\n  stop_timeout: 3s")
+    )
     diff = diff_configs(old, new)
     assert diff.settings_changed == ("strategy", "stop_timeout")
     assert diff.changed == ()
@@ -121,11 +126,15 @@ def test_restart_cascades_only_through_restart_true(
     new = stack(tmp_path / "new", BASE.replace(*edit))
     diff = diff_configs(old, new)
     assert restart_set(diff, new) == restarted
-    assert set(diff.unchanged) >= restarted - set(diff.changed)
+    # the followers are services whose own configuration did not change
+    assert (restarted - set(diff.changed)).isdisjoint((*diff.added, *diff.removed))
 
 
 def test_restart_set_leaves_out_added_services(tmp_path: Path, old: StackConfig) -> None:
-    text = BASE.replace("port: 6379", "port: 6380") + "  cache:\n    command: x\n    depends_on:\n      db: {restart: true}\n"
+    text = (
+        BASE.replace("port: 6379", "port: 6380")
+        + "  cache:\n    command: x\n    depends_on:\n      db: {restart: true}\n"
+    )
     new = stack(tmp_path / "new", text)
     diff = diff_configs(old, new)
     assert diff.added == ("cache",)
@@ -133,5 +142,5 @@ def test_restart_set_leaves_out_added_services(tmp_path: Path, old: StackConfig)
 
 
 def test_describe_lists_each_kind() -> None:
-    diff = ReloadDiff(added=("a",), removed=("b",), changed=("c", "d"), unchanged=("e",), settings_changed=("reload",))
+    diff = ReloadDiff(added=("a",), removed=("b",), changed=("c", "d"), settings_changed=("reload",))
     assert diff.describe() == ["added: a", "removed: b", "changed: c, d", "settings changed: reload"]

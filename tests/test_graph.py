@@ -1,12 +1,14 @@
-"""The dependency graph: cycles, orders, closures, dependents, levels."""
+"""The dependency graph: cycles, start order, closures, levels."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stackvisor.graph import GraphError, closure, dependents, find_cycle, levels, start_order, stop_order
+from stackvisor.graph import GraphError, closure, find_cycle, levels, start_order
 
 STACK = {
     "web": ["api"],
@@ -38,7 +40,6 @@ def test_find_cycle(graph: dict[str, list[str]], cycle: list[str] | None) -> Non
 
 def test_start_order_dependencies_first_ties_by_name() -> None:
     assert start_order(STACK) == ["cache", "db", "docs", "migrate", "api", "web"]
-    assert stop_order(STACK) == ["web", "api", "migrate", "docs", "db", "cache"]
 
 
 def test_start_order_does_not_depend_on_insertion_order() -> None:
@@ -80,25 +81,6 @@ def test_closure_of_unknown_name() -> None:
         closure(STACK, ["apii"])
 
 
-@pytest.mark.parametrize(
-    ("name", "transitive", "expected"),
-    [
-        ("db", True, {"migrate", "api", "web"}),
-        ("db", False, {"migrate", "api"}),
-        ("api", True, {"web"}),
-        ("web", True, set()),
-        ("docs", False, set()),
-    ],
-)
-def test_dependents(name: str, transitive: bool, expected: set[str]) -> None:
-    assert dependents(STACK, name, transitive=transitive) == expected
-
-
-def test_dependents_of_unknown_name() -> None:
-    with pytest.raises(GraphError):
-        dependents(STACK, "nope")
-
-
 def test_levels() -> None:
     assert levels(STACK) == {"db": 0, "cache": 0, "docs": 0, "migrate": 1, "api": 2, "web": 3}
 
@@ -134,7 +116,7 @@ def test_a_back_edge_makes_a_cycle_that_is_reported(graph: dict[str, list[str]],
     graph[dep] = [*graph[dep], node]
     cycle = find_cycle(graph)
     assert cycle is not None and cycle[0] == cycle[-1]
-    for a, b in zip(cycle, cycle[1:]):
+    for a, b in itertools.pairwise(cycle):
         assert b in graph[a]
     with pytest.raises(GraphError, match="dependency cycle"):
         start_order(graph)

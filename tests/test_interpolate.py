@@ -139,7 +139,9 @@ def _template(depth: int = 2) -> st.SearchStrategy[str]:
     )
     if depth == 0:
         return leaf
-    braced = st.builds(lambda n, op, arg: "${" + n + op + (arg if op else "") + "}", _names, _ops, _template(depth - 1))
+    braced = st.builds(
+        lambda n, op, arg: "${" + n + op + (arg if op else "") + "}", _names, _ops, _template(depth - 1)
+    )
     return st.lists(st.one_of(leaf, braced), max_size=4).map("".join)
 
 

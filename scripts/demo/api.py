@@ -9,7 +9,7 @@ DB = os.environ.get("DEMO_DB", ".stackvisor/demo.db")
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         if self.path == "/health":
             self._send(200, {"ok": True})
         elif self.path == "/items":

@@ -7,7 +7,8 @@ supervisor's job.
 Services are compared by their effective configuration as loaded: `env` already holds
 the contents of the `env_file`s, so editing an env file changes the service even
 though `services.yaml` did not change. The rule is deliberately simple: any field that
-differs makes the service changed, including `watch` and a `depends_on.*.restart` flag.
+differs makes the service changed, including `watch` and a `depends_on` entry's
+`restart` or `required` flag.
 A service whose own configuration is equal stays unchanged even when one of its
 dependencies changed; `restart_set` adds the dependents that asked to follow
 (`depends_on: {db: {restart: true}}`).
@@ -27,7 +28,6 @@ class ReloadDiff:
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
-    unchanged: tuple[str, ...] = ()
     settings_changed: tuple[str, ...] = ()
 
     def is_empty(self) -> bool:
@@ -61,7 +61,6 @@ def diff_configs(old: StackConfig, new: StackConfig) -> ReloadDiff:
         added=tuple(sorted(after.keys() - before.keys())),
         removed=tuple(sorted(before.keys() - after.keys())),
         changed=tuple(name for name in common if before[name] != after[name]),
-        unchanged=tuple(name for name in common if before[name] == after[name]),
         settings_changed=tuple(
             field for field in Settings.model_fields if old_settings[field] != new_settings[field]
         ),

@@ -3,8 +3,8 @@
 Lives here: the format Compose reads (`KEY=VALUE`, `export `, comments, quotes, escapes,
 values that span lines), reading a file into entries, and turning `.env` into the
 variables the stack file is interpolated with. Not here: putting env files into a
-service's environment (`loader`, which knows the stack and the start-time pass) and
-report lines; problems come back as (line, column, message) for the caller to place
+service's environment (`checks`, which knows the stack and the start-time pass) and
+report lines (`report`); problems come back as (line, column, message) for the caller to place
 under the file's name.
 """
 

@@ -3,8 +3,8 @@
 Lives here: the expander for `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
 `${VAR:?message}`, `${VAR?message}`, `${VAR:+alt}`, `${VAR+alt}` and `$$`, plus the
 names and values of the port variables (`PORT`, `DB_PORT`, ...). Not here: where the
-variables come from (`.env`, the process environment: see `envfiles` and `loader`) and which fields
-are expanded when.
+variables come from (`.env`, the process environment: see `envfiles` and `loader`) and
+which fields are expanded when (`loader`).
 
 Interpolation happens in two passes. Loading expands everything except the port
 variables, which are known only once ports are resolved; the runtime expands those at
@@ -100,7 +100,8 @@ class _Expander:
         match = _NAME.match(body)
         if match is None:
             raise InterpolationError(
-                f"invalid variable name in ${{{body}}}: expected a letter or _ followed by letters, digits or _"
+                f"invalid variable name in ${{{body}}}: "
+                "expected a letter or _ followed by letters, digits or _"
             )
         name, rest = match.group(), body[match.end() :]
         if not rest:

@@ -2,9 +2,9 @@
 
 Only the shape and the per-field rules live here. Reading YAML with line numbers is
 in `yamlpos`, env files in `envfiles`, `${VAR}` interpolation and putting it all
-together in `loader`; cross-service rules that need
-the whole stack (unknown dependencies, cycles, `service_healthy` without a
-healthcheck) are checked by `loader` with `stackvisor.graph`.
+together in `loader`, the syntax of `host:port` in `address`; cross-service rules that
+need the whole stack (unknown dependencies, cycles, `service_healthy` without a
+healthcheck) are checked by `checks` with `stackvisor.graph`.
 
 Durations are stored as float seconds. Port variables (`${PORT}`, `${DB_PORT}`) are
 still unexpanded here: they are known only once ports are resolved at start time.
@@ -12,6 +12,7 @@ still unexpanded here: they are known only once ports are resolved at start time
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import signal
 from enum import StrEnum
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from stackvisor.config.address import split_host_port
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -114,8 +117,16 @@ class HealthCheck(_Model):
 
 
 class Dependency(_Model):
+    """One `depends_on` entry, with Compose's fields (the short form's list gives defaults)."""
+
+    # What the dependency must reach before this service starts.
     condition: Condition = Condition.STARTED
+    # Restart this service too whenever the dependency is restarted (`stackvisor
+    # restart`, or a reload that changed the dependency).
     restart: bool = False
+    # Compose's `required`: false means the dependency does not block this service
+    # when it is not in the selection (`up` of a subset) or cannot start; this service
+    # then starts without it. True (the default) makes both a hard requirement.
     required: bool = True
 
 
@@ -208,12 +219,10 @@ class Service(_Model):
         if isinstance(value, (list, tuple)) and len(value) == 2:
             if not all(_whole_number(end) for end in value):
                 raise ValueError("expected two port numbers like [6380, 6399]")
-            low, high = int(value[0]), int(value[1])
-            _port_number(low)
-            _port_number(high)
-            if low > high:
-                raise ValueError(f"expected the low end first (got {low}-{high})")
-            return (low, high)
+            first, last = _port_number(int(value[0])), _port_number(int(value[1]))
+            if first > last:
+                raise ValueError(f"expected the low end first (got {first}-{last})")
+            return (first, last)
         return value
 
     @field_validator("stop_signal")
@@ -243,24 +252,24 @@ class ControlSettings(_Model):
     tcp: str | None = None
     allow_remote: bool = False
 
+    @field_validator("tcp")
+    @classmethod
+    def _tcp_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
     @model_validator(mode="after")
-    def _tcp_address(self) -> ControlSettings:
+    def _tcp_on_loopback(self) -> ControlSettings:
         if self.tcp is None:
             return self
-        import ipaddress
-
-        host, sep, port = self.tcp.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"tcp: expected host:port like 127.0.0.1:7070 (got {self.tcp!r})")
+        host, _ = split_host_port(self.tcp)
         try:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = False
         if not loopback and not self.allow_remote:
-            raise ValueError(
-                f"tcp: {host} is not a loopback address; set allow_remote: true to listen on it"
-            )
+            raise ValueError(f"tcp: {host} is not a loopback address; set allow_remote: true to listen on it")
         return self
 
 

@@ -4,8 +4,8 @@ Lives here: the loader that builds dicts, lists and scalars itself so it can kee
 line and column of every key and value, the YAML 1.2 scalar rules (`no` and `on` stay
 strings), duplicate keys, aliases that refer to themselves, and turning PyYAML's syntax
 errors into a position and a message. Not here: what the data should look like (see
-`schema`), interpolation and env files (`loader`, `envfiles`), and formatting problems
-into report lines (`loader` owns the report; this module only says where and what).
+`schema`), interpolation and env files (`loader`, `envfiles`, `checks`), and formatting
+problems into report lines (`report` does; this module only says where and what).
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
                     continue
                 if key_node.value in seen:
                     first = seen[key_node.value].start_mark.line + 1
-                    self.problem(key_node, path + (key_node.value,), f"duplicate key (first written on line {first})")
+                    message = f"duplicate key (first written on line {first})"
+                    self.problem(key_node, path + (key_node.value,), message)
                 else:
                     seen[key_node.value] = key_node
         try:
