@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
-from stackvisor.ports import scan  # noqa: E402
+from stackvisor.ports import OwnerSearch, tables  # noqa: E402
 
 HOLDERS = 10
 SOCKETS_EACH = 200
@@ -141,45 +141,46 @@ def main() -> int:
         idlers = start_idlers(children)
         rng = random.Random(7)
         ports = list(held)
-        listening = sum(1 for _ in scan.listeners(established=False)[0])
+        listening = sum(1 for _ in tables.listeners(established=False)[0])
+        search = OwnerSearch()  # one long-lived search, as the supervisor keeps
         print(f"processes on the machine: {len(psutil.pids())} (idle helpers started: {idlers})")
         print(f"listening TCP sockets:    {listening} ({HOLDERS} helpers x {SOCKETS_EACH} sockets + others)")
 
         # Correctness first: the owner found is the helper that holds the port.
         for port in rng.sample(ports, 20):
-            scan.forget_sightings()
-            owners = scan.find_owners(port)
+            search.forget()
+            owners = search.find_owners(port)
             assert {o.pid for o in owners} == held[port], (port, owners)
 
         check = rng.sample(ports, 50) + [p + 1 for p in rng.sample(ports, 50)]
-        a = timed(lambda: scan.free_ports(check), args.repeat)
+        a = timed(lambda: tables.free_ports(check), args.repeat)
 
         def cold_owner() -> object:
-            scan.forget_sightings()  # as on a first lookup: a full walk of /proc/*/fd
-            return scan.find_owner(rng.choice(ports))
+            search.forget()  # as on a first lookup: a full walk of /proc/*/fd
+            return search.find_owner(rng.choice(ports))
 
         b = timed(cold_owner, args.repeat)
 
         def repeat_owner() -> float:
             port = rng.choice(ports)
-            scan.find_owner(port)  # this walk remembers where the socket was
+            search.find_owner(port)  # this walk remembers where the socket was
             start = time.perf_counter()
-            scan.find_owner(port)
+            search.find_owner(port)
             return time.perf_counter() - start
 
         b_warm = [repeat_owner() for _ in range(args.repeat)]
         c = timed(lambda: psutil.net_connections("tcp"), max(3, args.repeat // 3))
 
         def proc_free() -> list[int]:
-            found, _ = scan._proc_sockets(None, established=False)
+            found, _ = tables._proc_sockets(None, established=False)
             busy = {l.port for l in found}
             return [p for p in check if p not in busy]
 
         def proc_owner() -> object:
-            scan.forget_sightings()
+            search.forget()
             port = rng.choice(ports)
-            found, counts = scan._proc_sockets({port}, established=True)
-            return scan._owners_from(found, counts, ())
+            found, counts = tables._proc_sockets({port}, established=True)
+            return search.owners_from(found, counts)
 
         a_proc = timed(proc_free, max(3, args.repeat // 3))
         b_proc = timed(proc_owner, max(3, args.repeat // 3))

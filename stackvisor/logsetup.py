@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,47 +27,55 @@ class _JsonTee:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.fh = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
 
-    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         if self.fh is not None:
             self.fh.write(json.dumps(event, default=str) + "\n")
         return event
 
 
-def configure(log_file: Path | None, *, stream: TextIO | None = None, quiet: bool = False) -> None:
+class LogSetup:
+    """The configured log: `flush` before exit lets the last lines reach the terminal."""
+
+    def __init__(self, writer: BackgroundWriter | None, tee: _JsonTee) -> None:
+        self.writer = writer
+        self.tee = tee
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.tee.fh is not None:
+            self.tee.fh.flush()
+
+
+def configure(log_file: Path | None, *, stream: TextIO | None = None, quiet: bool = False) -> LogSetup:
     """`stream` defaults to stderr, written from a thread (see `BackgroundWriter`)."""
-    global _writer
-    if stream is None:
-        _writer = BackgroundWriter(sys.stderr.buffer)
-        stream = TextWriter(_writer, sys.stderr.isatty())  # type: ignore[assignment]
+    writer = None
+    out: Any = stream
+    if out is None:
+        writer = BackgroundWriter(sys.stderr.buffer)
+        out = TextWriter(writer, sys.stderr.isatty())
     renderer: Any
     if quiet:
         renderer = _Drop()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=colour_enabled(stream), pad_event_to=0)
+        renderer = structlog.dev.ConsoleRenderer(colors=colour_enabled(out), pad_event_to=0)
+    tee = _JsonTee(log_file)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
             structlog.processors.format_exc_info,
-            _JsonTee(log_file),
+            tee,
             _strip_for_console,
             renderer,
         ],
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    return LogSetup(writer, tee)
 
 
-_writer: BackgroundWriter | None = None
-
-
-def flush() -> None:
-    """Before exit: let the last log lines reach the terminal."""
-    if _writer is not None:
-        _writer.close()
-
-
-def _strip_for_console(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _strip_for_console(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if method == "debug":
         raise structlog.DropEvent  # written to the JSON file above, kept off the terminal
     # The console line already says "api: healthy"; the raw fields are in the JSON file.
@@ -78,5 +87,5 @@ def _strip_for_console(logger: Any, method: str, event: dict[str, Any]) -> dict[
 
 
 class _Drop:
-    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
         raise structlog.DropEvent

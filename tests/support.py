@@ -211,15 +211,16 @@ def supervisor_process(root: Path, *args: str, stdout: Any = None) -> Iterator[s
 
 
 @contextlib.asynccontextmanager
-async def running_stack(path: Path, *services: str, **kw: Any) -> AsyncIterator[Any]:
+async def running_stack(path: Path, *services: str, lease: Any = None, **kw: Any) -> AsyncIterator[Any]:
     """A Supervisor in this process, stopped (and its children ended) at the end."""
+    from stackvisor.app import serve
     from stackvisor.config import load_config
     from stackvisor.runtime.logs import Console
     from stackvisor.runtime.supervisor import Supervisor
 
     config = load_config(path)
     sup = Supervisor(config, console=Console(None, colour=False), **kw)
-    task = asyncio.create_task(sup.run(list(services)))
+    task = asyncio.create_task(serve(sup, list(services), lease=lease))
     try:
         yield sup
     finally:

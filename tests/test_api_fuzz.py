@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from support import alive, cli, free_ports, kill_marked, kill_tree, write_stack
 
 from stackvisor.control import sockets
+from stackvisor.paths import StackPaths
 from stackvisor.control.client import Client
 
 pytestmark = pytest.mark.timeout(300)
@@ -58,7 +59,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Any:
         """,
     )
     up = cli("up", "-d", "--wait", cwd=root)
-    pid = sockets.StackLock(root).holder()
+    pid = sockets.StackLock(StackPaths.at(root).lock).holder()
     try:
         assert up.returncode == 0, up.stderr
         client = Client(root / ".stackvisor" / "control.sock", timeout=30)

@@ -19,7 +19,9 @@ import pytest
 from support import alive, children_rows, cli, free_ports, kill_marked, kill_tree, child_env, wait_for, write_program, write_stack
 
 from stackvisor.control import sockets
-from stackvisor.control.client import ApiError, Client
+from stackvisor.paths import StackPaths
+from stackvisor.control.client import Client
+from stackvisor.errors import ApiError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,7 +29,7 @@ PY = "python3"
 
 
 def supervisor_pid(root: Path) -> int | None:
-    return sockets.StackLock(root).holder()
+    return sockets.StackLock(StackPaths.at(root).lock).holder()
 
 
 @contextlib.contextmanager
@@ -279,7 +281,7 @@ def test_a_recycled_pid_is_never_taken_for_an_orphan(tmp_path: Path) -> None:
     write_stack(tmp_path, "services:\n  api: {command: x}\n")
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     try:
-        db = StateDB(tmp_path / ".stackvisor" / "state.db", 999_999)
+        db = StateDB.open(tmp_path / ".stackvisor" / "state.db", 999_999)
         real = psutil.Process(bystander.pid).create_time()
         # Recorded by a supervisor that is gone, with the bystander's pid but another start time.
         db.child_started("api", bystander.pid, bystander.pid, real - 100, None, "999999-1.00-1/api/1")

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 from support import (
-    alive, children_rows, cli, kill_marked, kill_tree, running_stack, supervisor_process, until_state, wait_for,
+    alive, async_wait_for, children_rows, cli, kill_marked, kill_tree, running_stack, supervisor_process, until_state, wait_for,
     write_program, write_stack,
 )
 
 from stackvisor.control import sockets
+from stackvisor.errors import ActionConflict
+from stackvisor.paths import StackPaths
 from stackvisor.control.client import Client
 from stackvisor.runtime.state import StateDB
 
@@ -69,9 +71,9 @@ async def test_an_exec_probe_with_a_background_process_neither_hangs_nor_leaks(t
     )
     async with running_stack(path) as sup:
         await until_state(sup, "a", "healthy", timeout=5)
-        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
+        await async_wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
         background = int(pidfile.read_text())
-        wait_for(lambda: not alive(background), timeout=3)
+        await async_wait_for(lambda: not alive(background), timeout=3)
 
 
 def test_a_console_nobody_reads_does_not_freeze_the_supervisor(tmp_path: Path) -> None:
@@ -120,9 +122,9 @@ async def test_a_restart_racing_the_stop_of_the_stack_starts_nothing(tmp_path: P
     async with running_stack(path) as sup:
         await until_state(sup, "slow", "healthy")
         restart = asyncio.create_task(sup.restart_services(["slow"]))
-        await asyncio.sleep(0.1)  # the restart is now stopping the service
+        await until_state(sup, "slow", "stopping")  # the restart is now stopping the service
         sup.request_stop("racing")
-        with contextlib.suppress(sup.Conflict):
+        with contextlib.suppress(ActionConflict):
             await restart
     rows = children_rows(tmp_path)
     assert len(rows) == 1 and not alive(rows[0]["pid"])
@@ -138,7 +140,7 @@ def test_down_never_ends_a_group_whose_leader_is_not_the_recorded_process(tmp_pa
     member = int(job.stdout.readline())
     job.wait()
     try:
-        db = StateDB(tmp_path / ".stackvisor" / "state.db", 999_999)
+        db = StateDB.open(tmp_path / ".stackvisor" / "state.db", 999_999)
         # A stale row claiming that group, from a supervisor long gone.
         db.child_started("a", job.pid, job.pid, time.time() - 1000, None, "999999-1.00-1/a/1")
         db.close()
@@ -151,7 +153,7 @@ def test_down_never_ends_a_group_whose_leader_is_not_the_recorded_process(tmp_pa
 def test_a_stack_can_be_stopped_while_its_file_is_broken(tmp_path: Path) -> None:
     write_stack(tmp_path, "services:\n  a: {command: \"python3 -c 'import time; time.sleep(300)'\"}\n")
     up = cli("up", "-d", "--wait", cwd=tmp_path)
-    pid = sockets.StackLock(tmp_path).holder()
+    pid = sockets.StackLock(StackPaths.at(tmp_path).lock).holder()
     try:
         assert up.returncode == 0, up.stderr
         child = children_rows(tmp_path)[0]["pid"]
@@ -172,4 +174,4 @@ def test_exit_with_refuses_what_is_not_a_pid(tmp_path: Path) -> None:
         result = cli("up", "-d", "--exit-with", bad, cwd=tmp_path)
         assert result.returncode == 2 and "expected a process id" in result.stderr
         assert "Traceback" not in result.stderr
-    assert sockets.StackLock(tmp_path).holder() is None
+    assert sockets.StackLock(StackPaths.at(tmp_path).lock).holder() is None

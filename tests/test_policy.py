@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stackvisor.config.schema import Backoff, RestartPolicy
-from stackvisor.runtime.policy import HealthChange, HealthTracker, RestartTracker, Verdict, backoff_delay
+from stackvisor.runtime.policy import Health, HealthTracker, RestartTracker, Verdict, backoff_delay
 from stackvisor.runtime.states import ALLOWED, State, TransitionError, check_transition
 
 BACKOFF = Backoff(initial=0.5, max=30, reset_after=10)
@@ -77,16 +77,16 @@ def test_health_failures_inside_start_period_do_not_count() -> None:
     assert tracker.record(False, 2.0) is None
     assert tracker.record(False, 3.0) is None
     assert tracker.record(False, 6.0) is None
-    assert tracker.record(False, 7.0) is HealthChange.UNHEALTHY
+    assert tracker.record(False, 7.0) is Health.UNHEALTHY
 
 
 def test_health_success_in_start_period_counts_and_recovery_is_reported() -> None:
     tracker = HealthTracker(retries=3, start_period=5.0, started_at=0.0)
-    assert tracker.record(True, 1.0) is HealthChange.HEALTHY
+    assert tracker.record(True, 1.0) is Health.HEALTHY
     assert tracker.record(True, 2.0) is None
-    assert [tracker.record(False, t) for t in (6.0, 7.0, 8.0)] == [None, None, HealthChange.UNHEALTHY]
+    assert [tracker.record(False, t) for t in (6.0, 7.0, 8.0)] == [None, None, Health.UNHEALTHY]
     assert tracker.record(False, 9.0) is None
-    assert tracker.record(True, 10.0) is HealthChange.HEALTHY
+    assert tracker.record(True, 10.0) is Health.HEALTHY
 
 
 def test_a_failure_streak_is_broken_by_one_success() -> None:
@@ -95,7 +95,7 @@ def test_a_failure_streak_is_broken_by_one_success() -> None:
     assert tracker.record(False, 1.0) is None
     assert tracker.record(True, 2.0) is None
     assert tracker.record(False, 3.0) is None
-    assert tracker.record(False, 4.0) is HealthChange.UNHEALTHY
+    assert tracker.record(False, 4.0) is Health.UNHEALTHY
 
 
 @pytest.mark.parametrize(
@@ -142,20 +142,20 @@ def test_fast_start_probing_counts_failures_once_per_interval() -> None:
     assert [tracker.record(False, t / 20) for t in range(1, 20)] == [None] * 19
     assert tracker.record(False, 1.0) is None
     assert tracker.record(False, 1.5) is None
-    assert tracker.record(False, 2.0) is HealthChange.UNHEALTHY
+    assert tracker.record(False, 2.0) is Health.UNHEALTHY
 
 
 def test_a_quick_success_after_fast_failures_is_healthy() -> None:
     tracker = HealthTracker(retries=1, start_period=0.0, started_at=0.0, interval=1.0)
     assert tracker.record(False, 0.05) is None
-    assert tracker.record(True, 0.10) is HealthChange.HEALTHY
+    assert tracker.record(True, 0.10) is Health.HEALTHY
 
 
 def test_the_history_is_pruned_but_live_children_are_kept(tmp_path) -> None:  # noqa: ANN001
     from stackvisor.runtime.events import Event
     from stackvisor.runtime.state import StateDB
 
-    db = StateDB(tmp_path / "state.db", 1)
+    db = StateDB.open(tmp_path / "state.db", 1)
     live = db.child_started("api", 10, 10, 1.0, None, "m/api/1")
     for i in range(30):
         row = db.child_started("job", 100 + i, 100 + i, 2.0 + i, None, f"m/job/{i}")

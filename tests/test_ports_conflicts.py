@@ -7,18 +7,9 @@ import json
 import pytest
 
 from stackvisor.config.schema import Service, Strategy
-from stackvisor.ports.conflicts import (
-    Action,
-    ConflictLevel,
-    ConflictRecord,
-    Policy,
-    classify,
-    format_plan,
-    matching_pattern,
-    plan_port,
-    plan_services,
-)
-from stackvisor.ports.scan import Owner
+from stackvisor.ports.conflicts import Action, ConflictRecord, format_plan, plan_port, plan_services
+from stackvisor.ports.levels import ConflictLevel, Policy, classify, matching_pattern
+from stackvisor.ports.owners import Owner
 
 ME = 1000
 NOW = 1_700_000_000.0
@@ -33,7 +24,7 @@ POLICY = Policy(
     now=NOW,
 )
 
-C, A, I = Strategy.CONSERVATIVE, Strategy.AGGRESSIVE, Strategy.INTELLIGENT
+C, A, I = Strategy.CONSERVATIVE, Strategy.AGGRESSIVE, Strategy.INTELLIGENT  # noqa: E741 (the tables read C/A/I)
 T, M, F, U = Action.TERMINATE, Action.MIGRATE, Action.FAIL, Action.USE
 
 
@@ -50,8 +41,16 @@ def owner(
     euid: int | None = None,
 ) -> Owner:
     return Owner(
-        port=port, readable=readable, pid=pid, name=name, cmdline=cmdline, user=user,
-        uid=uid, euid=uid if euid is None else euid, create_time=create_time, pgid=pid,
+        port=port,
+        readable=readable,
+        pid=pid,
+        name=name,
+        cmdline=cmdline,
+        user=user,
+        uid=uid,
+        euid=uid if euid is None else euid,
+        create_time=create_time,
+        pgid=pid,
         established=established,
     )
 
@@ -71,26 +70,44 @@ CLASSIFY_CASES = [
     ("another user", owner(uid=0, user="root"), ConflictLevel.CRITICAL),
     ("setuid to another user", owner(euid=0), ConflictLevel.CRITICAL),
     ("protected name", owner(name="sshd", cmdline=("/usr/sbin/sshd", "-D")), ConflictLevel.CRITICAL),
-    ("protected in argv", owner(name="postgres", cmdline=("/usr/lib/postgresql/16/bin/postgres",)), ConflictLevel.CRITICAL),
+    (
+        "protected in argv",
+        owner(name="postgres", cmdline=("/usr/lib/postgresql/16/bin/postgres",)),
+        ConflictLevel.CRITICAL,
+    ),
     ("reserved port", owner(port=5432), ConflictLevel.CRITICAL),
     ("stale child of another user", owner(pid=4000, create_time=NOW - 50.0, uid=0), ConflictLevel.CRITICAL),
     ("stale child", owner(pid=4000, create_time=NOW - 50.0), ConflictLevel.LOW),
     ("recycled pid of a child", owner(pid=4000, create_time=NOW - 10.0), ConflictLevel.HIGH),
     ("process_patterns", owner(cmdline=("/usr/bin/api-server", "--port", "8000")), ConflictLevel.LOW),
-    ("process_patterns beat dev patterns", owner(name="node", cmdline=("node", "api-server.js")), ConflictLevel.LOW),
+    (
+        "process_patterns beat dev patterns",
+        owner(name="node", cmdline=("node", "api-server.js")),
+        ConflictLevel.LOW,
+    ),
     ("node", owner(name="node", cmdline=("node", "server.js")), ConflictLevel.MEDIUM),
     ("npm run dev", owner(name="npm", cmdline=("npm", "run", "dev")), ConflictLevel.MEDIUM),
-    ("vite via node", owner(name="node", cmdline=("node", "/w/node_modules/.bin/vite")), ConflictLevel.MEDIUM),
+    (
+        "vite via node",
+        owner(name="node", cmdline=("node", "/w/node_modules/.bin/vite")),
+        ConflictLevel.MEDIUM,
+    ),
     ("python -m uvicorn", owner(cmdline=("python3", "-m", "uvicorn", "app:app")), ConflictLevel.MEDIUM),
     ("script named like one", owner(cmdline=("python3", "/tmp/uvicorn_dev.py")), ConflictLevel.MEDIUM),
-    ("manage.py runserver", owner(cmdline=("python3", "manage.py", "runserver", "8000")), ConflictLevel.MEDIUM),
+    (
+        "manage.py runserver",
+        owner(cmdline=("python3", "manage.py", "runserver", "8000")),
+        ConflictLevel.MEDIUM,
+    ),
     ("rails server", owner(name="ruby", cmdline=("ruby", "bin/rails", "server")), ConflictLevel.MEDIUM),
     ("no partial words", owner(name="nextcloud", cmdline=("nextcloud", "--nodes", "3")), ConflictLevel.HIGH),
     ("plain process", owner(), ConflictLevel.HIGH),
 ]
 
 
-@pytest.mark.parametrize("holder, expected", [c[1:] for c in CLASSIFY_CASES], ids=[c[0] for c in CLASSIFY_CASES])
+@pytest.mark.parametrize(
+    "holder, expected", [c[1:] for c in CLASSIFY_CASES], ids=[c[0] for c in CLASSIFY_CASES]
+)
 def test_classify(holder: Owner, expected: ConflictLevel) -> None:
     assert classify(holder, API, POLICY).level is expected
 
@@ -116,7 +133,9 @@ HOLDERS = {
     "critical": owner(uid=0, user="root"),
 }
 
-# (holder, strategy, with a free alternative?) -> action, straight from DESIGN.md.
+# (holder, strategy, with a free alternative?) -> action: the table in the docstring of
+# stackvisor/ports/conflicts.py, row by row.
+# fmt: off
 STRATEGY_TABLE = [
     ("low", C, True, T), ("low", C, False, T),
     ("low", A, True, T), ("low", A, False, T),
@@ -133,6 +152,7 @@ STRATEGY_TABLE = [
     ("critical", A, True, M), ("critical", A, False, F),
     ("critical", I, True, M), ("critical", I, False, F),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("kind, strategy, has_alternative, expected", STRATEGY_TABLE)
@@ -145,8 +165,14 @@ def test_strategy_table(kind: str, strategy: Strategy, has_alternative: bool, ex
 
 @pytest.mark.parametrize("strategy", list(Strategy))
 def test_critical_holders_are_never_terminated(strategy: Strategy) -> None:
-    for holder in (owner(pid=1), owner(pid=SUPERVISOR), owner(readable=False), owner(uid=0),
-                   owner(name="sshd"), owner(port=5432, name="node", cmdline=("node",))):
+    for holder in (
+        owner(pid=1),
+        owner(pid=SUPERVISOR),
+        owner(readable=False),
+        owner(uid=0),
+        owner(name="sshd"),
+        owner(port=5432, name="node", cmdline=("node",)),
+    ):
         port = holder.port
         plan = plan_port(service(port=port), strategy, [holder], busy={port}, policy=POLICY)
         assert plan.action is F
@@ -237,10 +263,15 @@ def test_stack_plan_targets_account_for_each_other() -> None:
     holders = {3003: [node]}
     plan = plan_services(
         [("web", web, C), ("api", api, C), ("admin", admin, C), ("worker", worker, C)],
-        holders, busy={3003}, policy=POLICY,
+        holders,
+        busy={3003},
+        policy=POLICY,
     )
     assert [(a.service, a.action, a.port) for a in plan] == [
-        ("web", U, 3000), ("api", M, 3001), ("admin", M, 3002), ("worker", U, None),
+        ("web", U, 3000),
+        ("api", M, 3001),
+        ("admin", M, 3002),
+        ("worker", U, None),
     ]
 
 
@@ -271,7 +302,15 @@ def test_conflict_record_is_plain_data() -> None:
     plan = plan_port(service(alternatives=(8001,)), C, [owner()], {8000}, POLICY)
     record = ConflictRecord.of(plan, "ok", 8001)
     assert json.loads(json.dumps(record.as_dict())) == {
-        "service": "api", "port": 8000, "holder_pid": 4242, "holder_name": "python3",
-        "holder_user": "dev", "level": "high", "action": "migrate", "outcome": "ok",
-        "new_port": 8001, "message": plan.message, "strategy": "conservative",
+        "service": "api",
+        "port": 8000,
+        "holder_pid": 4242,
+        "holder_name": "python3",
+        "holder_user": "dev",
+        "level": "high",
+        "action": "migrate",
+        "outcome": "ok",
+        "new_port": 8001,
+        "message": plan.message,
+        "strategy": "conservative",
     }

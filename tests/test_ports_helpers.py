@@ -1,12 +1,14 @@
 """Helpers for the ports tests: real processes holding real ports, always cleaned up.
 
-`spawn` starts a tiny Python server that binds, listens, prints `ready <port> <pid>`
-and waits; the fixture kills every process (and process group) it started, whether
-the test passed or not. No test in this module.
+`holders()` yields a factory that starts a tiny Python server which binds, listens,
+prints `ready <port> <pid>` and waits; on the way out it kills every process (and
+process group) it started, whether the test passed or not. Test modules wrap it in
+their `spawn` fixture. No test in this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import select
@@ -17,8 +19,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import pytest
 
 # The words in this program must not look like a development server or a process
 # pattern of the tests: the tests decide that through extra arguments.
@@ -107,13 +107,11 @@ def _read_ready(proc: subprocess.Popen[str], timeout: float) -> tuple[int, int]:
 
 
 def _quietly(send, target: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         send(target, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
-class Spawner:
+class HolderFactory:
     def __init__(self) -> None:
         self.holders: list[Holder] = []
 
@@ -140,8 +138,12 @@ class Spawner:
         if ignore_term:
             env["HOLDER_IGNORE_TERM"] = "1"
         proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=own_group, env=env,
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=own_group,
+            env=env,
         )
         holder = Holder(proc, 0, proc.pid, own_group)
         self.holders.append(holder)
@@ -155,10 +157,8 @@ class Spawner:
             if holder.own_group:
                 _quietly(os.killpg, holder.proc.pid, signal.SIGKILL)
             _quietly(os.kill, holder.proc.pid, signal.SIGKILL)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 holder.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
             if holder.pid != holder.proc.pid:
                 _reap(holder.pid)
             for stream in (holder.proc.stdout, holder.proc.stderr):
@@ -166,14 +166,14 @@ class Spawner:
                     stream.close()
 
 
-@pytest.fixture
-def spawn() -> Iterator[Spawner]:
-    spawner = Spawner()
+@contextlib.contextmanager
+def holders() -> Iterator[HolderFactory]:
+    factory = HolderFactory()
     _subreaper(True)
     try:
-        yield spawner
+        yield factory
     finally:
         try:
-            spawner.cleanup()
+            factory.cleanup()
         finally:
             _subreaper(False)

@@ -6,28 +6,40 @@ end whatever happens; waits poll with deadlines.
 
 from __future__ import annotations
 
-import asyncio
 import os
+import signal
 import socket
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
+from test_ports_helpers import HolderFactory, free_port, holders
 
 from stackvisor.config.schema import Service, Settings, StackConfig, Strategy
 from stackvisor.ports import (
     Action,
     ConflictLevel,
+    Ending,
+    OwnerSearch,
     PortConflictError,
     PortContext,
+    find_owner,
     format_plan,
+    is_free,
     plan_stack,
     secure_port,
+    terminate_holder,
 )
-from stackvisor.ports.resolve import terminate_holder
-from stackvisor.ports.scan import find_owner, is_free
-from test_ports_helpers import free_port, spawn  # noqa: F401  (fixture)
+from stackvisor.system.signals import SignalGate
+
+
+@pytest.fixture
+def spawn() -> Iterator[HolderFactory]:
+    with holders() as factory:
+        yield factory
+
 
 GRACE = 1.0
 
@@ -117,9 +129,11 @@ async def test_intelligent_ends_an_idle_dev_server_when_no_alternative_exists(sp
 
 async def test_intelligent_keeps_a_dev_server_with_established_connections(spawn) -> None:
     holder = spawn("127.0.0.1", 0, "uvicorn")
-    with socket.create_connection(("127.0.0.1", holder.port)):
-        with pytest.raises(PortConflictError) as caught:
-            await secure_port(api(holder.port), context(Strategy.INTELLIGENT))
+    with (
+        socket.create_connection(("127.0.0.1", holder.port)),
+        pytest.raises(PortConflictError) as caught,
+    ):
+        await secure_port(api(holder.port), context(Strategy.INTELLIGENT))
     assert "1 established connection)" in str(caught.value)
     assert holder.alive()
 
@@ -166,9 +180,57 @@ async def test_a_recycled_pid_is_not_signalled(spawn) -> None:
     # Same pid, another start time: what a recycled pid looks like to a stale scan.
     stale = replace(owner, create_time=owner.create_time - 30.0)
     ctx = context(Strategy.AGGRESSIVE)
-    outcome = await terminate_holder(stale, ctx.policy(), GRACE)
-    assert outcome.startswith("failed: not signalled: pid")
+    result = await terminate_holder(stale, ctx.policy(), GRACE, ctx.gate)
+    assert result.ending is Ending.REFUSED
+    assert result.outcome.startswith("failed: not signalled: pid")
     assert holder.alive()
+
+
+async def test_the_signal_gate_spares_another_users_holder_even_when_the_policy_would_not(spawn) -> None:
+    holder = spawn(user="nobody")
+    owner = find_owner(holder.port)
+    ctx = context(Strategy.AGGRESSIVE)
+    # A policy that takes nobody for the supervisor's user: the port rules would end it,
+    # the gate does not.
+    lenient = replace(ctx.policy(), uid=owner.uid)
+    result = await terminate_holder(owner, lenient, GRACE, SignalGate())
+    assert result.ending is Ending.REFUSED
+    assert result.outcome.startswith(f"failed: not signalled: the signal gate refuses pid {holder.pid}")
+    assert holder.alive()
+
+
+class RecordingGate(SignalGate):
+    """The real gate, also noting every signal it was asked to send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[str, int, int]] = []
+
+    def send(self, pid: int, sig: int, *, ours: bool = False) -> bool:
+        self.asked.append(("pid", pid, sig))
+        return super().send(pid, sig, ours=ours)
+
+    def send_group(self, pgid: int, sig: int) -> bool:
+        self.asked.append(("group", pgid, sig))
+        return super().send_group(pgid, sig)
+
+
+async def test_terminations_go_through_the_contexts_gate_and_search(spawn, tmp_path: Path) -> None:
+    holder = spawn()
+    gate, search = RecordingGate(), OwnerSearch()
+    config = StackConfig(
+        name="demo",
+        path=tmp_path / "services.yaml",
+        settings=Settings(strategy=Strategy.AGGRESSIVE),
+        services={"api": Service(command="x", port=holder.port)},
+    )
+    ctx = PortContext.from_config(config, owners=search, gate=gate)
+    ctx.grace = GRACE
+    resolution = await secure_port(config.services["api"], ctx)
+    assert (resolution.port, resolution.conflict.outcome) == (holder.port, "ok")
+    assert holder.proc.wait(timeout=5) is not None
+    assert ("group", holder.pid, signal.SIGTERM) in gate.asked  # it leads its own group
+    assert search.sightings.seen  # the holder was found by the context's search
 
 
 async def test_a_group_shared_with_the_supervisor_is_not_signalled(spawn) -> None:
@@ -226,7 +288,6 @@ async def test_strategy_precedence(spawn) -> None:
     assert holder.proc.wait(timeout=5) is not None
 
 
-
 def test_plan_stack_does_nothing_and_keeps_targets_apart(spawn, tmp_path: Path) -> None:
     holder = spawn("127.0.0.1", 0, "uvicorn")
     spare = [free_port(), free_port()]
@@ -251,6 +312,8 @@ def test_plan_stack_does_nothing_and_keeps_targets_apart(spawn, tmp_path: Path) 
     aggressive = plan_stack(config, Strategy.AGGRESSIVE, ())
     # web ends the holder and keeps the port, so api (asking for the same) moves.
     assert [(a.action, a.port) for a in aggressive] == [
-        (Action.TERMINATE, holder.port), (Action.MIGRATE, spare[1]), (Action.USE, None),
+        (Action.TERMINATE, holder.port),
+        (Action.MIGRATE, spare[1]),
+        (Action.USE, None),
     ]
     assert holder.alive() and not is_free(holder.port)

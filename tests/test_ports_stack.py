@@ -12,12 +12,20 @@ from pathlib import Path
 
 import pytest
 from support import (
-    alive, async_wait_for, children_rows, cli, free_ports, kill_tree, running_stack, state_events, until_state,
+    alive,
+    async_wait_for,
+    children_rows,
+    cli,
+    free_ports,
+    kill_tree,
+    running_stack,
+    state_events,
+    until_state,
     write_stack,
 )
 
 from stackvisor.config.schema import Strategy
-from stackvisor.ports.scan import is_free
+from stackvisor.ports import is_free
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,9 +42,7 @@ def holder() -> Iterator[object]:
     started: list[subprocess.Popen[str]] = []
 
     def hold(port: int) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(port)], stdout=subprocess.PIPE, text=True
-        )
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(port)], stdout=subprocess.PIPE, text=True)
         started.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         return proc
@@ -267,7 +273,7 @@ async def test_a_port_taken_before_the_child_binds_is_resolved_once_more(tmp_pat
             go.touch()
             await until_state(sup, "slow", "healthy")
             assert sup.runners["slow"].port == alternative
-            assert sup.runners["slow"].restarts_total == 0
+            assert sup.runners["slow"].status()["restarts"] == 0
             reasons = [e.data["reason"] for e in sup.bus.backlog if e.kind == "state"]
             assert any("resolving again" in r for r in reasons)
     finally:
@@ -307,7 +313,7 @@ async def test_socket_inherit_hands_over_the_port_and_keeps_it_across_restarts(t
 
     async with running_stack(path) as sup:
         await until_state(sup, "api", "healthy")
-        first = sup.runners["api"].child.pid
+        first = sup.runners["api"].status()["pid"]
         assert await asyncio.to_thread(answer) == first
         await sup.restart_services(["api"])
         # Between the two processes nobody could take the port: the supervisor held it.
@@ -316,7 +322,7 @@ async def test_socket_inherit_hands_over_the_port_and_keeps_it_across_restarts(t
             thief.bind(("127.0.0.1", port))
         thief.close()
         await until_state(sup, "api", "healthy")
-        second = sup.runners["api"].child.pid
+        second = sup.runners["api"].status()["pid"]
         assert second != first
         assert await asyncio.to_thread(answer) == second
         assert not [e for e in sup.bus.backlog if e.kind == "port_conflict"]

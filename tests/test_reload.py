@@ -14,6 +14,7 @@ from support import cli, kill_marked, kill_tree, wait_for, write_stack
 
 from stackvisor.config import load_config
 from stackvisor.control import sockets
+from stackvisor.paths import StackPaths
 from stackvisor.runtime.watch import classify_changes, glob_regex, watch_targets
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,7 +47,7 @@ def save(path: Path, text: str) -> None:
 def stack(root: Path, text: str, *up_args: str) -> Iterator[None]:
     write_stack(root, text)
     result = cli("up", "-d", "--wait", *up_args, cwd=root)
-    pid = sockets.StackLock(root).holder()
+    pid = sockets.StackLock(StackPaths.at(root).lock).holder()
     try:
         assert result.returncode == 0, result.stderr
         yield
@@ -154,7 +155,7 @@ def test_a_service_in_backoff_takes_the_new_config(tmp_path: Path) -> None:
     """
     write_stack(tmp_path, text)
     up = cli("up", "-d", cwd=tmp_path)
-    pid = sockets.StackLock(tmp_path).holder()
+    pid = sockets.StackLock(StackPaths.at(tmp_path).lock).holder()
     try:
         assert up.returncode == 0, up.stderr
         wait_for(lambda: states(tmp_path)["flaky"] == "backoff")

@@ -14,22 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from stackvisor.control import sockets
-
-
-class NotRunning(Exception):
-    """Nobody answers on the socket: the stack is not running (exit 3)."""
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        self.status = status
-        self.body = body
-        detail = body.get("detail")
-        super().__init__(f"{body.get('error', 'error')}{': ' + detail if detail else ''}")
+from stackvisor.errors import ApiError, NotRunning
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
 
@@ -53,7 +42,7 @@ class Client:
             return conn, conn.getresponse()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             conn.close()
-            raise NotRunning(str(exc)) from None
+            raise NotRunning(f"the stack is not running ({exc})") from None
         except (socket.timeout, OSError):
             conn.close()
             raise
@@ -67,7 +56,7 @@ class Client:
         kind = resp.getheader("Content-Type", "")
         data: Any = json.loads(raw) if "json" in kind and raw else raw.decode("utf-8", "replace")
         if resp.status >= 400:
-            raise ApiError(resp.status, data if isinstance(data, dict) else {"error": str(data)})
+            raise ApiError.from_body(resp.status, data)
         return data
 
     def get(self, url: str) -> Any:
@@ -83,7 +72,7 @@ class Client:
         try:
             if resp.status >= 400:
                 body = resp.read()
-                raise ApiError(resp.status, json.loads(body) if body else {})
+                raise ApiError.from_body(resp.status, json.loads(body) if body else {})
             while True:
                 line = resp.readline()
                 if not line:

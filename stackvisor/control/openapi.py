@@ -1,12 +1,62 @@
 """The OpenAPI 3.1 document of the control API, served at `/openapi.json`.
 
-Kept beside the handlers by hand: the API is small, and the document is tested
-against the live routes (every documented operation is called by the fuzz test).
+The paths are kept beside the handlers by hand: the API is small, and the document
+is tested against the live routes (every documented operation is called by the
+fuzz test). The service states and the event kinds with their payloads are
+generated from `State` and `events.PAYLOADS`, so they cannot drift from the code.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from typing import Any
+
+from stackvisor.runtime.events import PAYLOADS, EventKind
+from stackvisor.runtime.states import State
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
+
+
+def _schema_of(tp: Any) -> dict[str, Any]:
+    """The JSON schema of a payload field's type (str, int, float, bool, None, tuples of str)."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        members = [_schema_of(arg) for arg in typing.get_args(tp)]
+        if all(set(m) == {"type"} for m in members):
+            return {"type": [m["type"] for m in members]}
+        return {"anyOf": members}
+    if typing.get_origin(tp) is tuple:
+        return {"type": "array", "items": _schema_of(typing.get_args(tp)[0])}
+    return {"type": _JSON_TYPES[tp]}
+
+
+def _event_schema() -> dict[str, Any]:
+    variants = []
+    for kind in EventKind:
+        payload = PAYLOADS[kind]
+        hints = typing.get_type_hints(payload)
+        fields = dataclasses.fields(payload)
+        variants.append(
+            {
+                "title": str(kind),
+                "description": payload.description,
+                "type": "object",
+                "required": ["seq", "ts", "kind", "service", "data"],
+                "properties": {
+                    "seq": {"type": "integer"},
+                    "ts": {"type": "number", "description": "unix time"},
+                    "kind": {"const": str(kind)},
+                    "service": {"type": ["string", "null"]},
+                    "data": {
+                        "type": "object",
+                        "required": [f.name for f in fields if f.default is dataclasses.MISSING],
+                        "properties": {f.name: _schema_of(hints[f.name]) for f in fields},
+                    },
+                },
+            }
+        )
+    return {"oneOf": variants}
 
 _ERROR = {
     "type": "object",
@@ -21,10 +71,7 @@ _SERVICE = {
         "name": {"type": "string"},
         "state": {
             "type": "string",
-            "enum": [
-                "pending", "starting", "running", "healthy", "unhealthy", "backoff",
-                "stopping", "stopped", "exited", "completed", "failed",
-            ],
+            "enum": [str(state) for state in State],
         },
         "reason": {"type": "string"},
         "pid": {"type": ["integer", "null"]},
@@ -163,7 +210,10 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Server-sent events for every state change; since=TS replays the history",
                 "parameters": [{"name": "since", "in": "query", "schema": {"type": "number"}}],
                 "responses": {
-                    "200": {"description": "event stream", "content": {"text/event-stream": {}}},
+                    "200": {
+                        "description": "event stream; each `data:` line is one Event",
+                        "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/Event"}}},
+                    },
                     **_errors(400),
                 },
             }
@@ -184,5 +234,7 @@ OPENAPI: dict[str, Any] = {
             "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
         },
     },
-    "components": {"schemas": {"Error": _ERROR, "Service": _SERVICE, "Status": _STATUS}},
+    "components": {
+        "schemas": {"Error": _ERROR, "Service": _SERVICE, "Status": _STATUS, "Event": _event_schema()}
+    },
 }

@@ -18,12 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from stackvisor.config import ConfigError, load_config
-from stackvisor.config.schema import Settings, StackConfig
+from stackvisor.config.interpolate import port_env
+from stackvisor.config.schema import StackConfig
 from stackvisor.control import sockets
-from stackvisor.control.client import ApiError, Client, NotRunning
+from stackvisor.control.client import Client
+from stackvisor.errors import AlreadyRunning, ApiError, NotRunning
+from stackvisor.paths import StackPaths, stack_paths
+from stackvisor.runtime.states import State
+from stackvisor.runtime.status import ServiceStatus, StackStatus
 
-READY = {"healthy", "running", "completed"}
-BROKEN = {"failed", "exited"}
+READY = frozenset({State.HEALTHY, State.RUNNING, State.COMPLETED})
+BROKEN = frozenset({State.FAILED, State.EXITED})
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,7 @@ class StackRef:
 
     path: Path
     name: str
-    socket: Path
-    logs: Path
+    paths: StackPaths
     services: tuple[str, ...] = ()
 
     @property
@@ -46,13 +50,7 @@ class StackRef:
 
     @classmethod
     def of(cls, config: StackConfig) -> StackRef:
-        return cls(
-            config.path,
-            config.name,
-            sockets.socket_path(config.root, config.settings.control.socket),
-            config.root / config.settings.logs_dir,
-            tuple(config.services),
-        )
+        return cls(config.path, config.name, stack_paths(config), tuple(config.services))
 
     @classmethod
     def locate(cls, path: Path) -> StackRef:
@@ -60,13 +58,7 @@ class StackRef:
         try:
             return cls.of(load_config(path))
         except ConfigError:
-            settings = Settings()
-            return cls(
-                path,
-                path.parent.name,
-                sockets.socket_path(path.parent, settings.control.socket),
-                path.parent / settings.logs_dir,
-            )
+            return cls(path, path.parent.name, StackPaths.at(path.parent))
 
 
 Stack = StackConfig | StackRef
@@ -77,11 +69,11 @@ def _ref(stack: Stack) -> StackRef:
 
 
 def client_for(stack: Stack, timeout: float = 30.0) -> Client:
-    return Client(_ref(stack).socket, timeout)
+    return Client(_ref(stack).paths.socket, timeout)
 
 
 def supervisor_pid(stack: Stack) -> int | None:
-    return sockets.StackLock(_ref(stack).root).holder()
+    return sockets.StackLock(_ref(stack).paths.lock).holder()
 
 
 @dataclass
@@ -97,9 +89,8 @@ def detach(config: StackConfig, argv: Sequence[str], timeout: float = 30.0) -> D
     holder = supervisor_pid(config)
     if holder is not None:
         return DetachResult(False, holder, f"already running (pid {holder})", 1)
-    logs = config.root / config.settings.logs_dir
-    logs.mkdir(parents=True, exist_ok=True)
-    out_path = logs / "stackvisor.out"
+    out_path = stack_paths(config).detached_output
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "ab") as out:
         start = out.tell()
         proc = subprocess.Popen(
@@ -127,8 +118,8 @@ def detach(config: StackConfig, argv: Sequence[str], timeout: float = 30.0) -> D
 @dataclass
 class WaitResult:
     ok: bool
-    status: dict[str, Any]
-    broken: list[dict[str, Any]] = field(default_factory=list)
+    status: StackStatus | None
+    broken: list[ServiceStatus] = field(default_factory=list)
     timed_out: bool = False
 
 
@@ -136,16 +127,17 @@ def wait_ready(
     client: Client,
     names: Sequence[str] | None,
     timeout: float,
-    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[StackStatus], None] | None = None,
 ) -> WaitResult:
     """Until every selected service is healthy, running (no healthcheck) or completed."""
     deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
+    status: StackStatus | None = None
     while True:
         try:
             status = client.get("/v1/status")
         except NotRunning:
             return WaitResult(False, status, [], False)
+        assert status is not None
         services = [
             s for s in status["services"] if (s["name"] in names if names else s.get("selected", True))
         ]
@@ -161,7 +153,7 @@ def wait_ready(
         time.sleep(0.05)
 
 
-def failure_report(client: Client, services: list[dict[str, Any]], lines: int = 20) -> str:
+def failure_report(client: Client, services: list[ServiceStatus], lines: int = 20) -> str:
     out = []
     for svc in services:
         out.append(f"{svc['name']}: {svc['state']}{' - ' + svc['reason'] if svc.get('reason') else ''}")
@@ -181,23 +173,25 @@ def run_command(cmd: Sequence[str], env: dict[str, str], grace: float = 10.0) ->
     background or in a session of its own. Exit codes follow the shell: 128+N
     for a death by signal N.
     """
-    from stackvisor.runtime import process
+    from stackvisor.system import procfs
+    from stackvisor.system.signals import SignalGate
 
+    gate = SignalGate()
     marker = f"run-{os.getpid()}"
-    env = {**env, process.MARKER: marker}
+    env = {**env, procfs.MARKER: marker}
     proc = subprocess.Popen(list(cmd), env=env)
     try:
         try:
             code = proc.wait()
         except KeyboardInterrupt as exc:
             sig = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-            members = [proc.pid] + [p.pid for p in process.marked(marker)]
+            members = [proc.pid] + [p.pid for p in procfs.marked(marker)]
             if sig == signal.SIGINT:
                 # The terminal's Ctrl-C already reached our own process group: a second
                 # SIGINT would abort the command's own teardown. Only the others get it.
                 members = [m for m in members if _pgid(m) != os.getpgrp()]
             for member in members:
-                process.send(member, sig, ours=True)
+                gate.send(member, sig, ours=True)
             try:
                 code = proc.wait(grace)
             except (subprocess.TimeoutExpired, KeyboardInterrupt):
@@ -205,7 +199,7 @@ def run_command(cmd: Sequence[str], env: dict[str, str], grace: float = 10.0) ->
                 code = proc.wait()
             raise Terminated(128 + int(sig)) from None
     finally:
-        process.kill_all(process.marked(marker))
+        gate.kill_all(procfs.marked(marker))
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -227,9 +221,7 @@ class Terminated(KeyboardInterrupt):
         self.code = code
 
 
-def port_environment(status: dict[str, Any]) -> dict[str, str]:
-    from stackvisor.config.interpolate import port_env
-
+def port_environment(status: StackStatus) -> dict[str, str]:
     return port_env({s["name"]: s["port"] for s in status["services"]})
 
 
@@ -251,9 +243,9 @@ def down(config: Stack, timeout: float) -> DownResult:
             client_for(config).post("/v1/stop", timeout=min(timeout, 5.0))
         if not _wait_exit(config, pid, timeout) and _is_our_supervisor(pid, config):
             # Last resort: its children die with it (PDEATHSIG), the rest is ended below.
-            from stackvisor.runtime import process
+            from stackvisor.system.signals import SignalGate
 
-            result.killed = process.send(pid, signal.SIGKILL)
+            result.killed = SignalGate().send(pid, signal.SIGKILL)
             _wait_exit(config, pid, 5.0)
     result.ended = end_orphans(config)
     return result
@@ -285,19 +277,22 @@ def end_orphans(config: Stack) -> list[str]:
     import asyncio
 
     from stackvisor.runtime.orphans import end_orphans as end
+    from stackvisor.runtime.process import Spawner
     from stackvisor.runtime.state import StateDB
+    from stackvisor.system.signals import SignalGate
 
-    db_path = config.root / ".stackvisor" / "state.db"
-    if not db_path.exists():
+    paths = _ref(config).paths
+    if not paths.state_db.exists():
         return []
-    lock = sockets.StackLock(config.root)
+    lock = sockets.StackLock(paths.lock)
     try:
         lock.acquire()
-    except sockets.AlreadyRunning:
+    except AlreadyRunning:
         return []
-    db = StateDB(db_path, os.getpid())
+    db = StateDB.open(paths.state_db, os.getpid())
     try:
-        return [e.describe() for e in asyncio.run(end(db, f"down-{os.getpid()}"))]
+        spawner = Spawner(SignalGate())
+        return [e.describe() for e in asyncio.run(end(db, f"down-{os.getpid()}", spawner))]
     finally:
         db.close()
         lock.release()
@@ -306,10 +301,10 @@ def end_orphans(config: Stack) -> list[str]:
 def read_log_files(config: Stack, names: Sequence[str], lines: int) -> list[str]:
     """When nothing runs, `logs` reads the files the last run left."""
     out = []
-    folder = _ref(config).logs
+    paths = _ref(config).paths
     width = max((len(n) for n in names), default=0)
     for name in names:
-        path = folder / f"{name}.log"
+        path = paths.service_log(name)
         if not path.exists():
             continue
         tail = path.read_text(errors="replace").splitlines()[-lines:] if lines else []

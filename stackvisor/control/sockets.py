@@ -1,4 +1,4 @@
-"""Where the control socket lives, the one-supervisor-per-stack lock, and binding safely.
+"""The one-supervisor-per-stack lock, and binding and reaching unix sockets safely.
 
 Unix socket paths are limited to 107 bytes; a stack deep in a temporary folder can
 exceed that, so binding and connecting go through `/proc/self/fd/N/<name>` of an
@@ -14,16 +14,9 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from stackvisor.errors import AlreadyRunning
+
 _MAX_PATH = 100
-
-
-def stack_dir(root: Path) -> Path:
-    return root / ".stackvisor"
-
-
-def socket_path(root: Path, configured: str) -> Path:
-    path = Path(configured)
-    return path if path.is_absolute() else root / path
 
 
 @contextlib.contextmanager
@@ -76,17 +69,11 @@ def connect_unix(path: Path, timeout: float = 5.0) -> socket.socket:
     return sock
 
 
-class AlreadyRunning(Exception):
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
-        super().__init__(f"already running (pid {pid})" if pid else "already running")
-
-
 class StackLock:
     """flock on `.stackvisor/lock`, holding the supervisor's pid; released when it dies."""
 
-    def __init__(self, root: Path) -> None:
-        self.path = stack_dir(root) / "lock"
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.fd: int | None = None
 
     def acquire(self) -> None:

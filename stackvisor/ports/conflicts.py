@@ -1,11 +1,11 @@
-"""Port conflicts decided: how dangerous a holder is, and what to do about it.
+"""Port conflicts decided: what to do about a held port (the plan).
 
-Everything here is pure: plain data in (the service, the holders `scan` found, the
-strategy, the rules of the stack), a plan out. Nothing here reads /proc, binds a
-socket or sends a signal; `resolve` does that, and checks the never-signal rules
-again right before it acts.
+Everything here is pure: plain data in (the service, the holders `owners` found, the
+strategy, the rules of the stack), a plan out, and the record the history keeps.
+Nothing here reads /proc, binds a socket or sends a signal; `resolve` does that, and
+checks the never-signal rules again right before it acts. How dangerous a holder is
+(its level) is decided in `levels`.
 
-Levels (DESIGN.md, "Ports"): none < low < medium < high < critical.
 Strategies map a level (and whether a free alternative port exists) to an action:
 
 | level    | conservative        | aggressive          | intelligent                          |
@@ -19,46 +19,16 @@ Strategies map a level (and whether a free alternative port exists) to an action
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence, Set
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from functools import lru_cache
 from typing import Any, Literal
 
 from stackvisor.config.schema import Service, Strategy
-from stackvisor.ports.scan import START_TIME_TOLERANCE, Owner
+from stackvisor.ports.levels import ConflictLevel, Policy, classify_all
+from stackvisor.ports.owners import Owner
 
 PortSpec = int | Literal["auto"] | None
-
-# Processes that look like development servers. Each entry matches as a whole word
-# (letters and digits do not continue it) in the process name, in the base names of
-# its arguments, or in its full command line, so `uvicorn` matches
-# `python -m uvicorn app:app` and `/tmp/uvicorn_dev.py` but `next` does not match
-# `nextcloud`.
-DEFAULT_DEV_PATTERNS: tuple[str, ...] = (
-    "node", "nodemon", "npm", "npx", "yarn", "pnpm", "bun", "deno", "ts-node", "tsx",
-    "vite", "webpack", "webpack-dev-server", "parcel", "esbuild", "rollup", "next",
-    "nuxt", "remix", "astro", "ng serve", "react-scripts", "vue-cli-service",
-    "uvicorn", "gunicorn", "hypercorn", "daphne", "flask", "fastapi", "streamlit",
-    "manage.py runserver", "http.server", "livereload", "jupyter",
-    "rails", "puma", "rackup", "jekyll", "hugo", "php -S", "mix phx.server",
-)
-
-
-class ConflictLevel(StrEnum):
-    NONE = "none"
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
-
-
-_RANK = {level: i for i, level in enumerate(ConflictLevel)}
 
 
 class Action(StrEnum):
@@ -66,112 +36,6 @@ class Action(StrEnum):
     TERMINATE = "terminate"
     MIGRATE = "migrate"
     FAIL = "fail"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The facts and rules classification needs, besides the holder itself.
-
-    `lineage` is the supervisor's pid and all its ancestors; `uid` its user; `now`
-    the wall-clock time used only to say how long ago a holder started.
-    """
-
-    uid: int
-    lineage: frozenset[int] = frozenset()
-    reserved_ports: frozenset[int] = frozenset()
-    protected: tuple[str, ...] = ()
-    dev_patterns: tuple[str, ...] = DEFAULT_DEV_PATTERNS
-    known_children: frozenset[tuple[int, float]] = frozenset()
-    now: float = 0.0
-
-
-@dataclass(frozen=True)
-class Classification:
-    level: ConflictLevel
-    reason: str  # why this level, in words: "it belongs to another user (nobody)"
-
-
-# --- matching process names --------------------------------------------------------
-
-
-@lru_cache(maxsize=512)
-def _word_pattern(pattern: str) -> re.Pattern[str]:
-    words = [re.escape(w) for w in pattern.split()]
-    return re.compile(r"(?<![A-Za-z0-9])" + r"\s+".join(words) + r"(?![A-Za-z0-9])")
-
-
-def _haystacks(owner: Owner) -> tuple[str, ...]:
-    base_names = " ".join(arg.rstrip("/").rsplit("/", 1)[-1] for arg in owner.cmdline)
-    return (owner.name or "", base_names, " ".join(owner.cmdline))
-
-
-def matching_pattern(owner: Owner, patterns: Iterable[str]) -> str | None:
-    """The first of `patterns` found as a whole word in the owner's name or command line."""
-    texts = _haystacks(owner)
-    for pattern in patterns:
-        if pattern.strip() and any(_word_pattern(pattern.strip()).search(t) for t in texts):
-            return pattern
-    return None
-
-
-# --- classification ----------------------------------------------------------------
-
-
-def is_known_child(owner: Owner, known_children: Set[tuple[int, float]]) -> bool:
-    if owner.pid is None or owner.create_time is None:
-        return False
-    return any(
-        pid == owner.pid and abs(started - owner.create_time) <= START_TIME_TOLERANCE
-        for pid, started in known_children
-    )
-
-
-def untouchable(owner: Owner, policy: Policy) -> str | None:
-    """Why this process must never be signalled, or None when it may be.
-
-    These are the critical rules that do not depend on the service; `resolve` asks
-    this again, with freshly read facts, right before sending any signal.
-    """
-    if not owner.readable or owner.pid is None:
-        return "its owner cannot be read"
-    if owner.pid == 1:
-        return "it is pid 1"
-    if owner.pid in policy.lineage:
-        return "it is stackvisor itself or one of its parent processes"
-    if owner.uid != policy.uid or (owner.euid is not None and owner.euid != policy.uid):
-        return f"it belongs to another user ({owner.user or owner.uid})"
-    protected = matching_pattern(owner, policy.protected)
-    if protected is not None:
-        return f"it is a protected process ({protected})"
-    if owner.port in policy.reserved_ports:
-        return f"port {owner.port} is a reserved port"
-    return None
-
-
-def classify(owner: Owner, service: Service, policy: Policy) -> Classification:
-    """The conflict level of one holder of the service's port."""
-    reason = untouchable(owner, policy)
-    if reason is not None:
-        return Classification(ConflictLevel.CRITICAL, reason)
-    if is_known_child(owner, policy.known_children):
-        return Classification(ConflictLevel.LOW, "a child left behind by an earlier run of this stack")
-    pattern = matching_pattern(owner, service.process_patterns)
-    if pattern is not None:
-        return Classification(ConflictLevel.LOW, f"it matches {service.name}'s process_patterns ({pattern})")
-    pattern = matching_pattern(owner, policy.dev_patterns)
-    if pattern is not None:
-        return Classification(ConflictLevel.MEDIUM, f"it looks like a development server ({pattern})")
-    return Classification(ConflictLevel.HIGH, "another process of the same user")
-
-
-def classify_all(holders: Sequence[Owner], service: Service, policy: Policy) -> Classification:
-    """The worst classification among several holders of one port (none if no holder)."""
-    worst = Classification(ConflictLevel.NONE, "nobody listens on it")
-    for owner in holders:
-        found = classify(owner, service, policy)
-        if found.level.rank > worst.level.rank:
-            worst = found
-    return worst
 
 
 # --- the plan ----------------------------------------------------------------------
@@ -230,7 +94,9 @@ class ConflictRecord:
     strategy: str = ""
 
     @classmethod
-    def of(cls, plan: PortAction, outcome: str, new_port: int | None = None, message: str | None = None) -> ConflictRecord:
+    def of(
+        cls, plan: PortAction, outcome: str, new_port: int | None = None, message: str | None = None
+    ) -> ConflictRecord:
         holder = plan.holder
         return cls(
             service=plan.service,
@@ -265,9 +131,7 @@ class _Candidates:
     skipped: tuple[str, ...] = field(default=())  # "8001 (in use)" ...
 
 
-def pick_port(
-    service: Service, busy: Set[int], taken: Set[int], reserved: Set[int]
-) -> _Candidates:
+def pick_port(service: Service, busy: Set[int], taken: Set[int], reserved: Set[int]) -> _Candidates:
     """The first usable migration target: alternative_ports, then port_range, then,
     for `port: auto`, "auto" (the kernel picks one when the service starts)."""
     skipped: list[str] = []
@@ -338,53 +202,58 @@ def plan_port(
     """
     name = name or service.name or "service"
     requested: PortSpec = service.port
-    base = dict(service=name, requested=requested, strategy=strategy)
+    # What every answer shares; each one below fills in port, action and message.
+    base = PortAction(service=name, requested=requested, port=None, action=Action.USE, strategy=strategy)
     if requested is None:
-        return PortAction(port=None, action=Action.USE, message=f"{name} has no port", **base)
+        return replace(base, message=f"{name} has no port")
     reserved = policy.reserved_ports
     candidates = pick_port(service, busy, taken, reserved)
 
     if requested == "auto":
         chosen = candidates.chosen or "auto"
         where = "a port the kernel picks" if chosen == "auto" else f"port {chosen}"
-        return PortAction(port=chosen, action=Action.USE, message=f"{name} gets {where}", **base)
+        return replace(base, port=chosen, message=f"{name} gets {where}")
 
     if requested in (taken if claimed is None else claimed):
         # Two services of one stack asked for the same port: the later one moves.
-        level, reason = ConflictLevel.NONE, "another service of this stack uses it"
+        shared = replace(base, level=ConflictLevel.NONE, reason="another service of this stack uses it")
         head = f"port {requested} is used by another service of this stack"
         if candidates.chosen is not None:
-            return PortAction(
-                port=candidates.chosen, action=Action.MIGRATE, level=level, reason=reason,
-                message=f"{head}; {name} moves to port {candidates.chosen}.", **base,
+            return replace(
+                shared,
+                port=candidates.chosen,
+                action=Action.MIGRATE,
+                message=f"{head}; {name} moves to port {candidates.chosen}.",
             )
         hint = _alternatives_hint(name, service, candidates)
-        return PortAction(
-            port=None, action=Action.FAIL, level=level, reason=reason,
-            message=f"{head}; {hint}.", **base,
-        )
+        return replace(shared, action=Action.FAIL, message=f"{head}; {hint}.")
 
     found = classify_all(holders, service, policy)
     if found.level is ConflictLevel.NONE:
-        return PortAction(port=requested, action=Action.USE, reason=found.reason, message=f"port {requested} is free", **base)
+        return replace(base, port=requested, reason=found.reason, message=f"port {requested} is free")
 
     head = f"{_held_by(requested, holders, policy.now)}: level {found.level}"
-    base.update(level=found.level, holders=tuple(holders), reason=found.reason)
+    base = replace(base, level=found.level, holders=tuple(holders), reason=found.reason)
     established = sum(h.established for h in holders[:1])  # the count is per port
 
     def terminate(why: str) -> PortAction:
-        return PortAction(port=requested, action=Action.TERMINATE, message=f"{head}. {why}", **base)
+        return replace(base, port=requested, action=Action.TERMINATE, message=f"{head}. {why}")
 
     def migrate(why: str) -> PortAction:
-        return PortAction(
-            port=candidates.chosen, action=Action.MIGRATE,
-            message=f"{head}. {why}; {name} moves to port {candidates.chosen}.", **base,
+        return replace(
+            base,
+            port=candidates.chosen,
+            action=Action.MIGRATE,
+            message=f"{head}. {why}; {name} moves to port {candidates.chosen}.",
         )
 
     def fail(why: str, can_escalate: bool) -> PortAction:
         hint = _alternatives_hint(name, service, candidates)
-        tail = f"{hint}, or run with --strategy aggressive to end it" if can_escalate else f"{hint}, or free port {requested} yourself"
-        return PortAction(port=None, action=Action.FAIL, message=f"{head}. {why}; {tail}.", **base)
+        if can_escalate:
+            tail = f"{hint}, or run with --strategy aggressive to end it"
+        else:
+            tail = f"{hint}, or free port {requested} yourself"
+        return replace(base, action=Action.FAIL, message=f"{head}. {why}; {tail}.")
 
     level = found.level
     if level is ConflictLevel.LOW:
@@ -428,7 +297,14 @@ def plan_services(
         taken = {p for other, p in fixed.items() if other != name} | assigned
         port = service.port if isinstance(service.port, int) else None
         action = plan_port(
-            service, strategy, holders.get(port, ()) if port else (), busy, policy, taken, name, claimed=assigned
+            service,
+            strategy,
+            holders.get(port, ()) if port else (),
+            busy,
+            policy,
+            taken,
+            name,
+            claimed=assigned,
         )
         plan.append(action)
         if isinstance(action.port, int):
@@ -450,9 +326,18 @@ def format_plan(actions: Sequence[PortAction]) -> str:
             if len(a.holders) > 1:
                 who += f" (+{len(a.holders) - 1})"
         uses = "-" if a.port is None else str(a.port)
-        rows.append((a.service, "-" if a.requested is None else str(a.requested), who, str(a.level), str(a.action), uses))
+        rows.append(
+            (
+                a.service,
+                "-" if a.requested is None else str(a.requested),
+                who,
+                str(a.level),
+                str(a.action),
+                uses,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     notes = [f"{a.service}: {a.message}" for a in actions if a.is_conflict]
     if notes:
         lines.append("")

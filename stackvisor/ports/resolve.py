@@ -1,9 +1,12 @@
 """Port conflicts acted on: the supervisor's entry point before a service starts.
 
 Here: `secure_port` (scan, plan, then terminate / migrate / fail), the termination of a
-holder (SIGTERM to its group, SIGKILL after the grace period, wait for the port),
-`plan_stack` for `stackvisor ports` and `up --dry-run`, and `listener_pgid_matches`.
-The decisions themselves are in `conflicts` (pure); reading the system is in `scan`.
+holder (SIGTERM to its group, SIGKILL after the grace period, wait for the port) and
+its result type `Termination`, and `plan_stack` for `stackvisor ports` and
+`up --dry-run`. The decisions themselves are in `conflicts` (pure); reading the
+system is in `tables` and `owners`; every signal goes through the context's
+`SignalGate`, which refuses pid 1, the supervisor, its ancestors and other users'
+processes whatever the plan says.
 
 Before any signal the holder is read again and checked against the never-signal rules
 with fresh facts, and its start time must equal the scanned one, so a pid recycled
@@ -19,24 +22,25 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 import psutil
 
 from stackvisor.config.schema import Service, StackConfig, Strategy
-from stackvisor.ports import scan
+from stackvisor.ports import tables
 from stackvisor.ports.conflicts import (
-    DEFAULT_DEV_PATTERNS,
     Action,
     ConflictRecord,
     PortAction,
     PortConflictError,
-    Policy,
     plan_port,
     plan_services,
-    untouchable,
 )
-from stackvisor.ports.scan import Owner
+from stackvisor.ports.levels import DEFAULT_DEV_PATTERNS, Policy, untouchable
+from stackvisor.ports.owners import Owner, OwnerSearch, describe_process
+from stackvisor.system import procfs
+from stackvisor.system.signals import SignalGate
 
 _POLL = 0.02  # seconds between checks while waiting for a process or a port
 _KILL_WAIT = 3.0  # how long a SIGKILLed process may take to disappear
@@ -57,6 +61,10 @@ class PortContext:
     supervisor_pid: int = field(default_factory=os.getpid)
     # A command-line --strategy: wins over both the default and a service's own.
     strategy_override: Strategy | None = None
+    # The supervisor passes its long-lived ones: the search remembers sockets it saw,
+    # the gate the supervisor's ancestors.
+    owners: OwnerSearch = field(default_factory=OwnerSearch)
+    gate: SignalGate = field(default_factory=SignalGate)
 
     def strategy_for(self, service: Service) -> Strategy:
         return self.strategy_override or service.conflict_strategy or self.strategy
@@ -68,6 +76,9 @@ class PortContext:
         strategy_override: Strategy | None = None,
         known_children: Iterable[tuple[int, float]] = (),
         taken: Iterable[int] = (),
+        *,
+        owners: OwnerSearch | None = None,
+        gate: SignalGate | None = None,
     ) -> PortContext:
         settings = config.settings
         dev = settings.dev_server_patterns
@@ -79,6 +90,8 @@ class PortContext:
             dev_patterns=list(DEFAULT_DEV_PATTERNS if dev is None else dev),
             known_children=set(known_children),
             taken=set(taken),
+            owners=owners if owners is not None else OwnerSearch(),
+            gate=gate if gate is not None else SignalGate(),
         )
 
     def policy(self) -> Policy:
@@ -89,7 +102,7 @@ class PortContext:
             uid = os.geteuid()
         return Policy(
             uid=uid,
-            lineage=scan.lineage(self.supervisor_pid),
+            lineage=procfs.ancestors(self.supervisor_pid),
             reserved_ports=frozenset(self.reserved_ports),
             protected=tuple(self.protected),
             dev_patterns=tuple(self.dev_patterns),
@@ -109,14 +122,47 @@ class PortResolution:
 # --- effects ---------------------------------------------------------------------
 
 
+class Ending(StrEnum):
+    """How the termination of one holder went."""
+
+    ENDED = "ended"  # signalled, and gone (with its group)
+    GONE = "gone"  # it had exited by itself before any signal
+    REFUSED = "refused"  # not signalled: a never-signal rule applies
+    SURVIVED = "survived"  # still alive after SIGKILL
+
+
+@dataclass(frozen=True)
+class Termination:
+    """The result of `terminate_holder`: how it went and, when it failed, why."""
+
+    ending: Ending
+    why: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.ending in (Ending.ENDED, Ending.GONE)
+
+    @property
+    def failure(self) -> str:
+        """What went wrong, in words ("" when nothing did)."""
+        if self.ending is Ending.REFUSED:
+            return f"not signalled: {self.why}"
+        return self.why
+
+    @property
+    def outcome(self) -> str:
+        """As the history records it: "ok" or "failed: <what went wrong>"."""
+        return "ok" if self.ok else f"failed: {self.failure}"
+
+
 def kernel_port(avoid: Iterable[int] = ()) -> int:
     """A port the kernel picks as free (bind port 0 on 127.0.0.1), not one of `avoid`."""
     avoid = set(avoid)
     for _ in range(64):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in avoid and scan.is_free(port):
+            port = int(sock.getsockname()[1])
+        if port not in avoid and tables.is_free(port):
             return port
     raise OSError("the kernel kept handing out ports that are reserved or taken")
 
@@ -124,18 +170,20 @@ def kernel_port(avoid: Iterable[int] = ()) -> int:
 async def wait_port_free(port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
-        if await asyncio.to_thread(scan.is_free, port):
+        if await asyncio.to_thread(tables.is_free, port):
             return True
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(_POLL)
 
 
-async def _wait_gone(targets: Sequence[tuple[int, float | None]], timeout: float) -> list[tuple[int, float | None]]:
+async def _wait_gone(
+    targets: Sequence[tuple[int, float | None]], timeout: float
+) -> list[tuple[int, float | None]]:
     """Wait until every (pid, start time) is gone; return those still alive at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
-        alive = [t for t in targets if scan.same_process(*t)]
+        alive = [t for t in targets if procfs.same_process(*t)]
         if not alive or time.monotonic() >= deadline:
             return alive
         await asyncio.sleep(_POLL)
@@ -146,10 +194,14 @@ def _recheck(owner: Owner, policy: Policy) -> tuple[Owner | None, str | None]:
     (None, None) when it is gone, (None, why) when it must not be signalled."""
     if owner.pid is None or not owner.readable:
         return None, "its owner cannot be read"
-    fresh = scan.describe_process(owner.pid, owner.port, owner.established)
+    fresh = describe_process(owner.pid, owner.port, owner.established)
     if fresh is None:
         return None, None
-    if owner.create_time is None or fresh.create_time is None or abs(fresh.create_time - owner.create_time) > scan.START_TIME_TOLERANCE:
+    if (
+        owner.create_time is None
+        or fresh.create_time is None
+        or not procfs.same_start(fresh.create_time, owner.create_time)
+    ):
         return None, f"pid {owner.pid} is now another process (started at a different time)"
     why = untouchable(fresh, policy)
     if why is not None:
@@ -162,8 +214,8 @@ def _safe_group(pgid: int, policy: Policy, port: int) -> list[tuple[int, float |
     if pgid <= 1:
         return None
     members: list[tuple[int, float | None]] = []
-    for pid in scan.group_members(pgid):
-        facts = scan.describe_process(pid, port)
+    for pid in procfs.group_members(pgid):
+        facts = describe_process(pid, port)
         if facts is None:
             continue
         if untouchable(facts, policy) is not None:
@@ -172,51 +224,64 @@ def _safe_group(pgid: int, policy: Policy, port: int) -> list[tuple[int, float |
     return members
 
 
-def _send(pid: int, pgid: int | None, sig: int) -> None:
-    try:
-        if pgid is not None:
-            os.killpg(pgid, sig)
-        else:
-            os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+def _signal(
+    gate: SignalGate, pgid: int | None, targets: Sequence[tuple[int, float | None]], sig: int
+) -> None:
+    """`sig` to process group `pgid` when given and the gate lets it through, else to
+    each of `targets` that is still the process we saw."""
+    if pgid is not None and gate.send_group(pgid, sig):
+        return
+    for pid, started in targets:
+        if procfs.same_process(pid, started):
+            gate.send(pid, sig)
 
 
-async def terminate_holder(owner: Owner, policy: Policy, grace: float) -> str:
+async def terminate_holder(owner: Owner, policy: Policy, grace: float, gate: SignalGate) -> Termination:
     """End one holder: SIGTERM to its process group (or to it alone when the group holds
-    a process that must not be signalled), SIGKILL after `grace`. Returns "ok" or why not.
+    a process that must not be signalled), SIGKILL after `grace`.
+
+    `policy` says whom the port rules spare; `gate` is asked too, and a holder it
+    refuses (pid 1, the supervisor, an ancestor, another user's process) is never
+    signalled even when the policy would allow it.
     """
     fresh, refused = await asyncio.to_thread(_recheck, owner, policy)
     if refused is not None:
-        return f"failed: not signalled: {refused}"
+        return Termination(Ending.REFUSED, refused)
     if fresh is None:
-        return "ok"  # ended by itself since the scan
+        return Termination(Ending.GONE)  # ended by itself since the scan
     pid = fresh.pid
     assert pid is not None
-    group = await asyncio.to_thread(_safe_group, fresh.pgid, policy, owner.port) if fresh.pgid is not None else None
+    if not gate.may_signal(pid):
+        why = f"the signal gate refuses pid {pid} (pid 1, stackvisor, its ancestors, another user's)"
+        return Termination(Ending.REFUSED, why)
+    group = None
+    if fresh.pgid is not None:
+        group = await asyncio.to_thread(_safe_group, fresh.pgid, policy, owner.port)
+        if group and not all(gate.may_signal(member) for member, _ in group):
+            group = None
     targets = group if group else [(pid, fresh.create_time)]
     pgid = fresh.pgid if group else None
-    _send(pid, pgid, signal.SIGTERM)
+    _signal(gate, pgid, targets, signal.SIGTERM)
     alive = await _wait_gone(targets, grace)
     if not alive:
-        return "ok"
+        return Termination(Ending.ENDED)
     # Escalate, reading everything again first: the grace period is long enough for
     # the holder to change identity (exec into something protected) and for the group
-    # to change. Members that exited are skipped by their start time below.
-    if scan.same_process(pid, fresh.create_time):
+    # to change. Members that exited are skipped by their start time.
+    if procfs.same_process(pid, fresh.create_time):
         _, refused = await asyncio.to_thread(_recheck, owner, policy)
         if refused is not None:
-            return f"failed: not signalled: {refused}"
-    if pgid is not None and await asyncio.to_thread(_safe_group, pgid, policy, owner.port) is not None:
-        _send(pid, pgid, signal.SIGKILL)
-    else:
-        for member, started in alive:
-            if scan.same_process(member, started):
-                _send(member, None, signal.SIGKILL)
+            return Termination(Ending.REFUSED, refused)
+    if pgid is not None:
+        group = await asyncio.to_thread(_safe_group, pgid, policy, owner.port)
+        if group is None or not all(gate.may_signal(member) for member, _ in group):
+            pgid = None
+    _signal(gate, pgid, alive, signal.SIGKILL)
     alive = await _wait_gone(alive, _KILL_WAIT)
     if alive:
-        return f"failed: pid {', '.join(str(p) for p, _ in alive)} still alive after SIGKILL"
-    return "ok"
+        pids = ", ".join(str(p) for p, _ in alive)
+        return Termination(Ending.SURVIVED, f"pid {pids} still alive after SIGKILL")
+    return Termination(Ending.ENDED)
 
 
 # --- entry points ----------------------------------------------------------------
@@ -237,16 +302,16 @@ async def secure_port(service: Service, ctx: PortContext) -> PortResolution:
     if service.port is None:
         return PortResolution(name, None, None, None)
     requested = service.port
-    if isinstance(requested, int) and requested not in ctx.taken and scan.is_free(requested):
+    if isinstance(requested, int) and requested not in ctx.taken and tables.is_free(requested):
         # The common case, answered by one netlink query (tens of microseconds).
         return PortResolution(name, requested, requested, None)
     strategy = ctx.strategy_for(service)
     policy = await asyncio.to_thread(ctx.policy)
     if isinstance(requested, int):
-        holders = await asyncio.to_thread(scan.find_owners, requested, _holder_hints(ctx))
+        holders = await asyncio.to_thread(ctx.owners.find_owners, requested, _holder_hints(ctx))
     else:
         holders = []
-    busy = await asyncio.to_thread(scan.listening_ports) if service.candidate_ports() or holders else set()
+    busy = await asyncio.to_thread(tables.listening_ports) if service.candidate_ports() or holders else set()
     plan = plan_port(service, strategy, holders, busy, policy, ctx.taken, name)
     return await carry_out(plan, service, ctx, policy)
 
@@ -268,12 +333,12 @@ async def carry_out(plan: PortAction, service: Service, ctx: PortContext, policy
 
     assert isinstance(requested, int)
     for holder in plan.holders:
-        outcome = await terminate_holder(holder, policy, ctx.grace)
-        if outcome != "ok":
-            message = f"{plan.message} Ending pid {holder.pid} failed: {outcome.removeprefix('failed: ')}."
-            raise PortConflictError(message, ConflictRecord.of(plan, outcome, None, message))
+        result = await terminate_holder(holder, policy, ctx.grace, ctx.gate)
+        if not result.ok:
+            message = f"{plan.message} Ending pid {holder.pid} failed: {result.failure}."
+            raise PortConflictError(message, ConflictRecord.of(plan, result.outcome, None, message))
     if not await wait_port_free(requested, _PORT_WAIT):
-        left = await asyncio.to_thread(scan.find_owners, requested)
+        left = await asyncio.to_thread(ctx.owners.find_owners, requested)
         who = ", ".join(f"pid {o.pid}" for o in left) or "another process"
         outcome = f"failed: port {requested} still held by {who} after termination"
         message = f"{plan.message} But port {requested} is still held ({who})."
@@ -290,15 +355,7 @@ def plan_stack(
     ctx = PortContext.from_config(config, strategy_override, known_children)
     policy = ctx.policy()
     fixed = [svc.port for svc in config.services.values() if isinstance(svc.port, int)]
-    holders = scan.find_owners_many(fixed, _holder_hints(ctx)) if fixed else {}
-    busy = scan.listening_ports()
+    holders = ctx.owners.find_owners_many(fixed, _holder_hints(ctx)) if fixed else {}
+    busy = tables.listening_ports()
     services = [(name, svc, ctx.strategy_for(svc)) for name, svc in config.services.items()]
     return plan_services(services, holders, busy, policy)
-
-
-def listener_pgid_matches(port: int, pgid: int) -> bool | None:
-    """Whether the listener on `port` belongs to process group `pgid` (None: no listener yet)."""
-    owners = scan.find_owners(port, prefer=[pgid])
-    if not owners:
-        return None
-    return any(owner.pgid == pgid for owner in owners)

@@ -2,43 +2,33 @@
 
 The timing (interval, retries, start_period) is decided by `policy.HealthTracker`
 and driven by the service; this module only knows how to ask. `log` probes are
-not here: they watch the output stream (see `ServiceRunner`).
+not here: they watch the output stream (see `ServiceRunner`). Parsing `host:port`
+is `config.address`; an exec probe is started by the service's `Spawner`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 from collections.abc import Mapping
 
 import aiohttp
 
-from stackvisor.runtime import process
+from stackvisor.config.address import split_host_port
 from stackvisor.runtime.logs import pump
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """`127.0.0.1:8000`, `[::1]:8000`, `localhost:8000` or `8000`."""
-    address = address.strip()
-    if address.isdigit():
-        return "127.0.0.1", int(address)
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected host:port (got {address!r})")
-    return host.strip("[]") or "127.0.0.1", int(port)
+from stackvisor.runtime.process import Spawner
 
 
 async def probe_tcp(address: str, timeout: float) -> tuple[bool, str]:
     try:
-        host, port = split_address(address)
+        host, port = split_host_port(address)
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError, ValueError) as exc:
         return False, f"tcp {address}: {exc or type(exc).__name__}"
     writer.close()
-    try:
+    with contextlib.suppress(OSError):
         await writer.wait_closed()
-    except OSError:
-        pass
     return True, f"tcp {address}: connected"
 
 
@@ -54,11 +44,16 @@ async def probe_http(session: aiohttp.ClientSession, url: str, timeout: float) -
 
 
 async def probe_exec(
-    command: str | list[str], timeout: float, env: Mapping[str, str], cwd: str | None, marker: str
+    spawner: Spawner,
+    command: str | list[str],
+    timeout: float,
+    env: Mapping[str, str],
+    cwd: str | None,
+    marker: str,
 ) -> tuple[bool, str]:
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     try:
-        child = await process.spawn(argv, env=env, cwd=cwd, marker=marker)
+        child = await spawner.spawn(argv, env=env, cwd=cwd, marker=marker)
     except OSError as exc:
         return False, f"exec {shlex.join(argv)}: {exc}"
     chunks: list[bytes] = []

@@ -17,6 +17,7 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Callable
+from io import FileIO
 from pathlib import Path
 from typing import BinaryIO
 
@@ -135,37 +136,54 @@ class Console:
 
 
 class RotatingFile:
-    """Append-only file rotated by size: name.log, name.log.1, ... name.log.N."""
+    """Append-only file rotated by size: name.log, name.log.1, ... name.log.N.
+
+    Creating one touches no disk: `open` (or the first write) creates the file.
+    """
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the service
-        self._size = self._fh.tell()
+        self._fh: FileIO | None = None
+        self._size = 0
+
+    def _open(self, *, truncate: bool = False) -> FileIO:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the service
+        if truncate:
+            fh.truncate(0)
+        self._size = fh.tell()
+        return fh
+
+    def open(self) -> None:
+        if self._fh is None:
+            self._fh = self._open()
 
     def write(self, data: bytes) -> None:
+        if self._fh is None:
+            self._fh = self._open()
         self._fh.write(data)
         self._size += len(data)
         if self._size >= self.max_bytes:
             self._rotate()
 
     def _rotate(self) -> None:
-        self._fh.close()
+        self.close()
         if self.backups > 0:
             for i in range(self.backups - 1, 0, -1):
                 older = self.path.with_name(f"{self.path.name}.{i}")
                 if older.exists():
                     os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-            self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115
+            self._fh = self._open()
         else:
-            self._fh = open(self.path, "wb", buffering=0)  # noqa: SIM115
-        self._size = 0
+            self._fh = self._open(truncate=True)
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 LineListener = Callable[[str], None]
@@ -219,6 +237,12 @@ class ServiceLog:
 
     def last(self, n: int) -> list[str]:
         return list(self.tail)[-n:] if n > 0 else []
+
+    def open(self) -> None:
+        self.file.open()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 async def pump(fd: int, on_data: Callable[[bytes], None]) -> None:

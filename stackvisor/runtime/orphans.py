@@ -5,6 +5,10 @@ started it is gone. It is ended only if it is still the very same process (same
 pid AND same start time, never a recycled pid); with it go the members of its
 process group and every process carrying its supervisor's environment marker
 (descendants that left the group).
+
+What does not live here: the process facts (`system.procfs`), the signal rules
+(`system.signals`, reached through the spawner's gate) and the records themselves
+(`state`).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from dataclasses import dataclass
 
 import psutil
 
-from stackvisor.runtime import process
+from stackvisor.runtime.process import Spawner
 from stackvisor.runtime.state import ChildRecord, StateDB
+from stackvisor.system import procfs
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,16 @@ class Ended:
         return f"ended orphaned {self.service} (pid {self.pid}){more} left by a killed supervisor"
 
 
+def _is_recorded_leader(record: ChildRecord) -> bool:
+    """The recorded pid is provably the recorded process: its start time reads the same.
+
+    A zombie leader counts (it still holds its pid and so its group's number); a
+    start time we cannot read proves nothing, so it does not.
+    """
+    found = procfs.create_time(record.pid)
+    return found is not None and procfs.same_start(found, record.create_time)
+
+
 def _family(record: ChildRecord) -> list[psutil.Process]:
     """What is provably left of one recorded child.
 
@@ -42,21 +57,22 @@ def _family(record: ChildRecord) -> list[psutil.Process]:
     group number alone may by now belong to somebody else's job.
     """
     found: dict[int, psutil.Process] = {}
-    if process.is_same_process(record.pid, record.create_time):
+    if _is_recorded_leader(record):
         try:
             leader = psutil.Process(record.pid)
-            found[leader.pid] = leader
-            found.update((p.pid, p) for p in leader.children(recursive=True))
         except psutil.Error:
             pass
-        for proc in psutil.process_iter():
-            try:
-                if os.getpgid(proc.pid) == record.pgid:
-                    found.setdefault(proc.pid, proc)
-            except (ProcessLookupError, psutil.Error, OSError):
-                pass
+        else:
+            found[leader.pid] = leader
+            found.update((p.pid, p) for p in procfs.descendants(leader.pid))
+        for pid in procfs.group_members(record.pgid):
+            if pid not in found:
+                try:
+                    found[pid] = psutil.Process(pid)
+                except psutil.Error:
+                    continue
     if record.marker:
-        found.update((p.pid, p) for p in process.marked(record.marker))
+        found.update((p.pid, p) for p in procfs.marked(record.marker))
     found.pop(os.getpid(), None)
     return list(found.values())
 
@@ -75,15 +91,15 @@ def find_orphans(db: StateDB, instance: str) -> list[tuple[ChildRecord, list[psu
     return found
 
 
-async def end_orphans(db: StateDB, instance: str, grace: float = 5.0) -> list[Ended]:
+async def end_orphans(db: StateDB, instance: str, spawner: Spawner, grace: float = 5.0) -> list[Ended]:
     """SIGTERM every orphan, SIGKILL what is left after `grace`; mark them exited."""
     found = find_orphans(db, instance)
     victims = [p for _, procs in found for p in procs]
     for proc in victims:
-        process.send(proc.pid, signal.SIGTERM, ours=True)
-    await _wait_gone(victims, grace)
-    process.kill_all(victims)
-    await _wait_gone(victims, 2.0)
+        spawner.gate.send(proc.pid, signal.SIGTERM, ours=True)
+    await _wait_gone(victims, grace, spawner)
+    spawner.gate.kill_all(victims)
+    await _wait_gone(victims, 2.0, spawner)
     ended = []
     for record, procs in found:
         db.child_exited(record.id, None)
@@ -93,18 +109,11 @@ async def end_orphans(db: StateDB, instance: str, grace: float = 5.0) -> list[En
     return ended
 
 
-async def _wait_gone(procs: Iterable[psutil.Process], timeout: float) -> None:
+async def _wait_gone(procs: Iterable[psutil.Process], timeout: float, spawner: Spawner) -> None:
     procs = list(procs)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(_running(p) for p in procs):
+        if not any(procfs.running(p) for p in procs):
             return
-        process.reap_orphans()
+        spawner.reap_orphans()
         await asyncio.sleep(0.05)
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False

@@ -8,7 +8,7 @@ ten-line unit test.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from stackvisor.config.schema import Backoff, RestartPolicy
@@ -80,7 +80,10 @@ class RestartTracker:
         return ExitDecision(Verdict.RESTART, delay=delay, reason=what)
 
 
-class HealthChange(StrEnum):
+class Health(StrEnum):
+    """A service's health as its checks say: `starting` until the first verdict."""
+
+    STARTING = "starting"
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
 
@@ -104,17 +107,14 @@ class HealthTracker:
     healthy: bool | None = None
     failures: int = 0
     _counted_at: float | None = None
-    last_output: str = ""
-    history: list[tuple[float, bool]] = field(default_factory=list)
 
-    def record(self, ok: bool, now: float, output: str = "") -> HealthChange | None:
-        self.last_output = output
-        self.history = (self.history + [(now, ok)])[-10:]
+    def record(self, ok: bool, now: float) -> Health | None:
+        """The verdict that changed with this probe result, or None when none did."""
         if ok:
             self.failures = 0
             if self.healthy is not True:
                 self.healthy = True
-                return HealthChange.HEALTHY
+                return Health.HEALTHY
             return None
         if now - self.started_at < self.start_period:
             return None
@@ -126,5 +126,5 @@ class HealthTracker:
         self.failures += 1
         if self.failures >= self.retries and self.healthy is not False:
             self.healthy = False
-            return HealthChange.UNHEALTHY
+            return Health.UNHEALTHY
         return None

@@ -1,151 +1,228 @@
-"""One service's life: wait for dependencies, secure the port, spawn, probe, restart, stop.
+"""One service's life carried out: wait for dependencies, spawn, probe, restart, stop.
 
 `ServiceRunner.lifecycle` is one coroutine per start of a service, run inside the
 supervisor's task group; the process's output pump and health probe are its own
-tasks in a nested group, so stopping a service ends exactly its tasks. Every state
-change goes through `_set_state` (checked against `states.ALLOWED`, published as an
-event). Restart decisions are made by the pure `policy.RestartTracker`.
+tasks in a nested group, so stopping a service ends exactly its tasks. What happens
+next is never decided here: every event (the process started, exited, failed its
+health check, a stop was asked) goes through the pure `lifecycle.step`, and this
+module carries out the actions it returns and publishes the states it passes.
+
+A runner knows its stack only through a `RunnerContext`: the few things it may ask
+(publish an event, record a child, secure its port, the port environment, facts
+about its dependencies). The supervisor talks to a runner through its methods.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import socket
-import sys
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aiohttp
-
-from stackvisor.config.interpolate import interpolate
-from stackvisor.config.schema import Condition, HealthCheck, RestartPolicy, Service
-from stackvisor.ports.scan import find_owners
-from stackvisor.runtime import health, process
-from stackvisor.runtime.logs import ServiceLog, pump
-from stackvisor.runtime.policy import HealthChange, HealthTracker, RestartTracker, Verdict
-from stackvisor.runtime.states import ALIVE, ALLOWED, SETTLED, State, check_transition
-
-if TYPE_CHECKING:
-    from stackvisor.runtime.supervisor import Supervisor
-
-# A shell is needed only for these; otherwise `exec` makes the service the direct child.
-_SHELL_SYNTAX = re.compile(r"[;&|<>()`\n]|^\s*(if|for|while|until|case|\{|!)\b")
-_DRAIN_GRACE = 1.0
-_HAND_OVER = (
-    "import os, sys\n"
-    "fd = int(sys.argv[1])\n"
-    "if fd != 3:\n    os.dup2(fd, 3)\n    os.close(fd)\n"
-    "os.set_inheritable(3, True)\n"
-    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES=sys.argv[2])\n"
-    "os.execvp(sys.argv[3], sys.argv[3:])\n"
+from stackvisor.config.schema import Service
+from stackvisor.errors import StartError
+from stackvisor.runtime.command import build_command
+from stackvisor.runtime.context import RunnerContext
+from stackvisor.runtime.events import HealthChanged, Restarting, StateChanged
+from stackvisor.runtime.lifecycle import (
+    Action,
+    BackoffOver,
+    Crashed,
+    DependenciesMet,
+    DependencyBroken,
+    DependencyFacts,
+    DependencyVerdict,
+    Ending,
+    Exited,
+    HealthVerdict,
+    Life,
+    LifeEvent,
+    Restart,
+    Rules,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    Start,
+    StopRequested,
+    Terminate,
+    Terminating,
+    dependencies_verdict,
+    may_have_lost_port,
+    step,
 )
+from stackvisor.runtime.logs import LineListener, ServiceLog, pump
+from stackvisor.runtime.policy import Health
+from stackvisor.runtime.probing import HealthProbe
+from stackvisor.runtime.process import Child
+from stackvisor.runtime.states import ALIVE, SETTLED, State
+from stackvisor.runtime.status import ServiceStatus
 
-
-def shell_argv(command: str) -> list[str]:
-    if _SHELL_SYNTAX.search(command):
-        return ["/bin/sh", "-c", command]
-    return ["/bin/sh", "-c", f"exec {command}"]
-
-
-class StartError(Exception):
-    """The service cannot start (port unresolvable, command not found...): it fails with this."""
+_DRAIN_GRACE = 1.0
 
 
 class ServiceRunner:
-    def __init__(self, stack: Supervisor, config: Service, log: ServiceLog) -> None:
-        self.stack = stack
-        self.config = config
+    def __init__(self, ctx: RunnerContext, config: Service, log: ServiceLog) -> None:
+        self.ctx = ctx
         self.name = config.name
         self.log = log
-        self.state = State.STOPPED
-        self.reason = ""
-        self.port: int | None = config.port if isinstance(config.port, int) else None
-        self.child: process.Child | None = None
-        self.exit_code: int | None = None
-        self.health: str | None = None
-        self.restarts_total = 0
-        self.started_at: float | None = None  # wall clock of the current process
-        self.spawned = False  # since the last start request: for `service_started`
-        self.tracker = RestartTracker()
-        self.task: asyncio.Task[None] | None = None
+        self._config = config
+        self._rules = Rules.of(config)
+        self._life = Life()
+        self._reason = ""
+        self._port: int | None = config.port if isinstance(config.port, int) else None
+        self._child: Child | None = None
+        self._exit_code: int | None = None
+        self._health: Health | None = None
+        self._started_at: float | None = None  # wall clock of the current process
+        self._spawned = False  # since the last start request: for `service_started`
+        self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._terminate = asyncio.Event()  # the step asked to end the process (unhealthy)
         self._spawn_count = 0
         self._db_row: int | None = None
-        self.listener: socket.socket | None = None  # kept across restarts with socket: inherit
-        self.keep_listener = False  # set while a restart stops and starts the service
+        self._listener: socket.socket | None = None  # kept across restarts with socket: inherit
+        self._keep_socket = False  # set while a restart stops the service
 
-    # ----- state -------------------------------------------------------------------
+    # ----- what the stack may read -----------------------------------------------------
 
-    def _set_state(self, new: State, reason: str = "", **data: Any) -> None:
-        old = self.state
-        check_transition(old, new)
-        self.state = new
-        self.reason = reason
-        self.stack.bus.publish(
-            "state",
-            self.name,
-            old=str(old),
-            new=str(new),
-            reason=reason,
-            pid=self.child.pid if self.child else None,
-            exit_code=self.exit_code,
-            **data,
-        )
-        self.stack.log_event(self.name, old, new, reason)
+    @property
+    def config(self) -> Service:
+        return self._config
+
+    @property
+    def state(self) -> State:
+        return self._life.state
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    @property
+    def port(self) -> int | None:
+        return self._port
 
     @property
     def running(self) -> bool:
-        return self.task is not None and not self.task.done()
+        return self._task is not None and not self._task.done()
 
-    def condition(self, condition: Condition) -> bool | None:
-        """Is a dependent's `depends_on` condition on us met (True), never (False), or not yet?"""
-        state = self.state
-        if condition is Condition.STARTED:
-            if self.spawned:
-                return True
-            return False if state is State.FAILED else None
-        if condition is Condition.HEALTHY:
-            if state is State.HEALTHY:
-                return True
-            if state in (State.FAILED, State.EXITED, State.COMPLETED):
-                return False
-            if state is State.UNHEALTHY and self.config.restart is RestartPolicy.NO:
-                return False
-            return None
-        if state is State.COMPLETED:
-            return True
-        return False if state in (State.FAILED, State.EXITED) else None
+    @property
+    def settled(self) -> bool:
+        return self.state in SETTLED
 
-    # ----- control -----------------------------------------------------------------
+    def facts(self) -> DependencyFacts:
+        return DependencyFacts(self.state, self._spawned, self._config.restart, self._reason)
+
+    def tail(self, lines: int) -> list[str]:
+        return self.log.last(lines)
+
+    def follow(self, listener: LineListener) -> None:
+        self.log.listeners.add(listener)
+
+    def unfollow(self, listener: LineListener) -> None:
+        self.log.listeners.discard(listener)
+
+    def status(self) -> ServiceStatus:
+        child = self._child
+        alive = child is not None and child.alive and self.state in ALIVE | {State.STOPPING}
+        return {
+            "name": self.name,
+            "state": str(self.state),
+            "reason": self._reason,
+            "pid": child.pid if alive and child else None,
+            "port": self._port,
+            "health": None if self._health is None else str(self._health),
+            "restarts": self._life.restarts_total,
+            "exit_code": self._exit_code,
+            "started_at": self._started_at if alive else None,
+            "depends_on": list(self._config.depends_on),
+        }
+
+    # ----- what the stack may ask ------------------------------------------------------
 
     def start(self, tg: asyncio.TaskGroup) -> None:
-        if self.running or self.stack.stopping:
+        if self.running or self.ctx.stopping():
             return  # a start that raced a stop of the stack must not outlive it
         self._stop = asyncio.Event()
-        self.spawned = False
-        self.exit_code = None
-        self.tracker = RestartTracker()
-        self._set_state(State.PENDING, "waiting for dependencies" if self.config.depends_on else "")
-        self.task = tg.create_task(self.lifecycle(), name=f"service:{self.name}")
+        self._spawned = False
+        self._exit_code = None
+        self._feed(Start())
+        if self.state is not State.PENDING:
+            return
+        self._task = tg.create_task(self.lifecycle(), name=f"service:{self.name}")
 
-    async def stop(self, reason: str = "stopped") -> None:
-        """Stop the service and wait until it has stopped. Safe to call in any state."""
+    async def stop(self, reason: str = "stopped", *, keep_socket: bool = False) -> None:
+        """Stop the service and wait until it has stopped. Safe to call in any state.
+
+        `keep_socket`: a restart follows, so an inherited listening socket stays open
+        and connections queue meanwhile.
+        """
         self._stop.set()
-        task = self.task
-        if task is not None:
-            await asyncio.shield(task)
+        task = self._task
+        self._keep_socket = keep_socket
+        try:
+            if task is not None:
+                await asyncio.shield(task)
+        finally:
+            self._keep_socket = False
         # A start that came while we waited owns the service now: leave its state alone.
-        if self.task is task and self.state in (State.PENDING, State.BACKOFF):
-            self._set_state(State.STOPPED, reason)
+        if self._task is task and self.state in (State.PENDING, State.BACKOFF):
+            self._feed(StopRequested(reason))
 
     def kill_now(self) -> None:
         """Second Ctrl-C: no grace period for anyone."""
         self._stop.set()
-        if self.child is not None and self.child.alive:
-            self.child.kill_now()
+        if self._child is not None and self._child.alive:
+            self._child.kill_now()
+
+    def reconfigure(self, config: Service) -> None:
+        """Take a new configuration (a reload), applied at the next start."""
+        self.close_socket()  # the new config may move or drop the port
+        self._config = config
+        self._rules = Rules.of(config)
+        if isinstance(config.port, int) or config.port is None:
+            self._port = config.port
+
+    def close_socket(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def open(self) -> None:
+        """Create the service's log file, so it is there to follow before any output."""
+        self.log.open()
+
+    def close(self) -> None:
+        """The service is gone from the stack: release its socket and its log file."""
+        self.close_socket()
+        self.log.close()
+
+    # ----- state -----------------------------------------------------------------------
+
+    def _feed(self, event: LifeEvent) -> tuple[Action, ...]:
+        """Apply `event` through the pure step; publish every state it passes through."""
+        result = step(self._life, event, self.ctx.clock.now(), self._rules)
+        old = self._life.state
+        self._life = result.life
+        for move in result.transitions:
+            self._reason = move.reason
+            data = dict(move.data or {})
+            self.ctx.bus.publish(
+                StateChanged(
+                    old=str(old),
+                    new=str(move.state),
+                    reason=move.reason,
+                    pid=self._child.pid if self._child else None,
+                    exit_code=self._exit_code,
+                    port=data.get("port"),
+                    delay=data.get("delay"),
+                    logs=tuple(self.log.last(20)) if move.state is State.FAILED else None,
+                ),
+                self.name,
+            )
+            self.ctx.transition_logged(self.name, old, move.state, move.reason)
+            old = move.state
+        return result.actions
 
     async def _or_stop(self, aw: Awaitable[Any]) -> tuple[bool, Any]:
         """Await `aw` unless a stop request comes first: (stopped, result)."""
@@ -164,358 +241,190 @@ class ServiceRunner:
             pass
         return True, None
 
-    # ----- the lifecycle -------------------------------------------------------------
+    # ----- the lifecycle ---------------------------------------------------------------
 
     async def lifecycle(self) -> None:
         try:
             await self._lifecycle()
-            if self.state in SETTLED and not self.keep_listener:
-                self.close_listener()  # it ended for good: the port is free again
+            if self.state in SETTLED and not self._keep_socket:
+                self.close_socket()  # it ended for good: the port is free again
         except asyncio.CancelledError:
             self._abandon()
             raise
         except Exception as exc:  # a bug must fail this service, not the whole stack
-            self.stack.logger.exception("service crashed", service=self.name)
+            self.ctx.logger.exception("service crashed", service=self.name)
             self._abandon()
-            if State.FAILED in ALLOWED[self.state]:
-                self._set_state(State.FAILED, f"internal error: {exc!r}")
+            self._feed(Crashed(f"internal error: {exc!r}"))
 
     def _abandon(self) -> None:
         """Leave nothing behind, and nothing unrecorded, when the lifecycle ends abnormally."""
-        self.close_listener()
-        if self.child is not None and self.child.alive:
-            self.child.kill_now()
+        self.close_socket()
+        if self._child is not None and self._child.alive:
+            self._child.kill_now()
         if self._db_row is not None:
-            self.stack.state_db.child_exited(self._db_row, self.child.exit_code if self.child else None)
+            self.ctx.ledger.child_exited(self._db_row, self._child.exit_code if self._child else None)
             self._db_row = None
 
     async def _lifecycle(self) -> None:
-        stopped, ok = await self._or_stop(self._dependencies())
-        if stopped or not ok:
+        stopped, verdict = await self._or_stop(self._dependencies())
+        if stopped:
             return
-        resolved_again = False
-        while True:
+        if verdict.ready is False:
+            self._feed(DependencyBroken(verdict.reason))
+            return
+        for name in verdict.skipped:
+            self.log.note(f"optional dependency {name} is not available; starting without it")
+        actions = self._feed(DependenciesMet())
+        while any(isinstance(a, Spawn) for a in actions):
             try:
                 await self._spawn()
             except StartError as exc:
-                self._fail(str(exc))
+                self._feed(SpawnFailed(str(exc)))
                 return
-            unhealthy, stopped = await self._supervise()
-            if stopped:
+            code, port_taken = await self._supervise()
+            actions = self._feed(Exited(code, port_taken))
+            restart = next((a for a in actions if isinstance(a, Restart)), None)
+            if restart is None:
                 return
-            if not resolved_again and not unhealthy and await self._port_taken_meanwhile():
-                # Someone took the port between our check and the child's bind: one more
-                # resolution, at once and not counted as a restart.
-                resolved_again = True
-                self._set_state(
-                    State.BACKOFF, f"port {self.port} was taken before {self.name} could bind it; resolving again",
-                    delay=0.0,
-                )
-                continue
-            decision = self.tracker.decide(
-                policy=self.config.restart,
-                exit_code=self.exit_code,
-                unhealthy=unhealthy,
-                max_restarts=self.config.max_restarts,
-                backoff=self.config.backoff,
-                now=time.monotonic(),
-            )
-            if decision.verdict is Verdict.COMPLETED:
-                self._set_state(State.COMPLETED, decision.reason)
+            if restart.attempt:
+                self.ctx.bus.publish(Restarting(restart.attempt, restart.delay, restart.reason), self.name)
+            stopped, _ = await self._or_stop(self.ctx.clock.sleep(restart.delay))
+            if stopped or self.ctx.stopping():
+                self._feed(StopRequested())
                 return
-            if decision.verdict is Verdict.EXITED:
-                self._set_state(State.EXITED, decision.reason)
-                return
-            if decision.verdict is Verdict.FAILED:
-                self._fail(decision.reason)
-                return
-            self.restarts_total += 1
-            self._set_state(
-                State.BACKOFF,
-                f"{decision.reason}; restart {self.tracker.restarts} in {decision.delay:g}s",
-                delay=decision.delay,
-            )
-            self.stack.bus.publish(
-                "restart", self.name, attempt=self.tracker.restarts, delay=decision.delay,
-                reason=decision.reason,
-            )
-            stopped, _ = await self._or_stop(asyncio.sleep(decision.delay))
-            if stopped or self.stack.stopping:
-                self._set_state(State.STOPPED, "stopped during backoff")
-                return
+            actions = self._feed(BackoffOver())
 
-    async def _port_taken_meanwhile(self) -> bool:
-        """Did the process fail early while somebody else now listens on its port?"""
-        if self.port is None or self.exit_code == 0 or self.health == "healthy" or self.listener:
-            return False
-        if self.tracker.started_at is not None and time.monotonic() - self.tracker.started_at > 10:
-            return False
-        owners = await asyncio.to_thread(find_owners, self.port)
-        pgid = self.child.pgid if self.child else None
-        return any(owner.pgid != pgid for owner in owners)
+    async def _dependencies(self) -> DependencyVerdict:
+        deps = self._config.depends_on
 
-    async def _owns_port(self, child: process.Child) -> tuple[bool, str]:
-        """Is the listener on our port this child's, and not someone else's?
+        def verdict() -> DependencyVerdict:
+            return dependencies_verdict(deps, self.ctx.dependency)
 
-        Ours: in the child's process group, below it, or carrying its marker (a server
-        that daemonised, `setsid -w`). Someone else's: a holder that was already
-        there before the child started, answering the probes in its place.
-        """
-        if self.port is None or self.listener is not None:
-            return True, ""  # an inherited socket is the supervisor's and the child's both
-        owners = await asyncio.to_thread(find_owners, self.port, [child.pid])
-        if not owners or any(o.pgid == child.pgid for o in owners):
-            return True, ""  # the common case, decided without looking for descendants
-        family = {child.pid, *(p.pid for p in await asyncio.to_thread(child.descendants))}
-        foreign = [
-            o for o in owners
-            if o.pgid != child.pgid and o.pid not in family
-            and o.create_time is not None and o.create_time < child.started
-        ]
-        if not foreign or len(foreign) < len(owners):
-            return True, ""
-        who = ", ".join(f"pid {o.pid} ({o.name})" for o in foreign)
-        return False, f"port {self.port} is answered by {who}, not by {self.name}"
+        await self.ctx.bus.wait_until(lambda: verdict().ready is not None)
+        return verdict()
 
-    def _fail(self, reason: str) -> None:
-        self._set_state(State.FAILED, reason, logs=self.log.last(20))
+    async def _port_taken_by_other(self, child: Child) -> bool:
+        """Does somebody outside the child's group listen on its port now?"""
+        assert self._port is not None
+        owners = await asyncio.to_thread(self.ctx.owners.find_owners, self._port)
+        return any(owner.pgid != child.pgid for owner in owners)
 
-    async def _dependencies(self) -> bool:
-        deps = self.config.depends_on
-        if not deps:
-            return True
-        runners = self.stack.runners
-
-        def verdicts() -> dict[str, bool | None]:
-            return {name: runners[name].condition(dep.condition) for name, dep in deps.items()}
-
-        def settled() -> bool:
-            found = verdicts().values()
-            return all(v is True for v in found) or any(v is False for v in found)
-
-        await self.stack.bus.wait_until(settled)
-        broken = [name for name, ok in verdicts().items() if ok is False]
-        if broken:
-            dep = broken[0]
-            why = runners[dep].reason or str(runners[dep].state)
-            wanted = deps[dep].condition.value
-            self._fail(f"dependency {dep} cannot meet {wanted}: {dep} is {runners[dep].state} ({why})")
-            return False
-        return True
-
-    # ----- one process ------------------------------------------------------------
+    # ----- one process -----------------------------------------------------------------
 
     async def _spawn(self) -> None:
-        if self.listener is None or self.listener.getsockname()[1] != self.port:
-            self.close_listener()
-            self.port = await self.stack.secure_port(self)
-        variables = self.stack.port_env(self.name)
-        cfg = self.config
-        command = interpolate_value(cfg.command, variables)
-        argv = shell_argv(command) if isinstance(command, str) else command
-        pass_fds: tuple[int, ...] = ()
-        cwd = str(self.stack.root / cfg.working_dir) if cfg.working_dir else str(self.stack.root)
-        if cfg.socket == "inherit" and self.port is not None:
-            try:
-                argv[0] = process.resolve_program(argv[0], cwd, os.environ.get("PATH", os.defpath))
-            except OSError as exc:
-                raise StartError(f"cannot start {argv[0]!r}: {exc.strerror}") from None
-            argv, pass_fds = self._inherit(argv)
-        env = dict(os.environ)
-        env.update({k: interpolate(v, variables) for k, v in cfg.env.items()})
-        env.update(variables)
+        if self._listener is None or self._listener.getsockname()[1] != self._port:
+            self.close_socket()
+            self._port = await self.ctx.secure_port(self._config)
+        cfg = self._config
+        inherit = cfg.socket == "inherit" and self._port is not None
+        listener = self._bind(self._port) if inherit and self._port is not None else None
+        command = build_command(cfg, self.ctx.root, self.ctx.port_env(self.name), listener)
         self._spawn_count += 1
-        marker = f"{self.stack.instance}/{self.name}/{self._spawn_count}"
-        self.exit_code = None
-        self.health = None
+        marker = f"{self.ctx.instance}/{self.name}/{self._spawn_count}"
+        self._exit_code = None
+        self._health = None
         try:
-            self.child = await process.spawn(argv, env=env, cwd=cwd, marker=marker, pass_fds=pass_fds)
+            child = await self.ctx.spawner.spawn(
+                command.argv, env=command.env, cwd=command.cwd, marker=marker, pass_fds=command.pass_fds
+            )
         except OSError as exc:
-            raise StartError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
-        self.started_at = time.time()
-        self.spawned = True
-        self.tracker.started(time.monotonic())
-        self._db_row = self.stack.state_db.child_started(
-            self.name, self.child.pid, self.child.pgid, self.child.started, self.port, marker
+            raise StartError(f"cannot start {command.argv[0]!r}: {exc.strerror or exc}") from None
+        self._child = child
+        self._started_at = time.time()
+        self._spawned = True
+        self._db_row = self.ctx.ledger.child_started(
+            self.name, child.pid, child.pgid, child.started, self._port, marker
         )
-        self._set_state(State.STARTING, port=self.port)
+        self._feed(Spawned(self._port))
 
-    def _inherit(self, argv: list[str]) -> tuple[list[str], tuple[int, ...]]:
-        """Bind the port (once; kept across restarts) and wrap `argv` to receive it as fd 3."""
-        if self.listener is None:
-            assert self.port is not None
+    def _bind(self, port: int) -> int:
+        """The listening socket to hand over: bound once, kept across restarts."""
+        if self._listener is None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind(("127.0.0.1", self.port))
+                sock.bind(("127.0.0.1", port))
                 sock.listen(128)
             except OSError as exc:
                 sock.close()
-                raise StartError(f"cannot bind port {self.port} to hand it over: {exc.strerror}") from None
-            self.listener = sock
-        fd = self.listener.fileno()
-        # A few lines of Python move the socket to fd 3 and set LISTEN_PID to their own
-        # pid, which `exec` passes on to the service: the systemd protocol, done after
-        # fork without a preexec_fn (the shell cannot: dash knows fds 0-9 only).
-        return [sys.executable, "-S", "-c", _HAND_OVER, str(fd), self.name, *argv], (fd,)
+                raise StartError(f"cannot bind port {port} to hand it over: {exc.strerror}") from None
+            self._listener = sock
+        return self._listener.fileno()
 
-    def close_listener(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
-
-    async def _supervise(self) -> tuple[bool, bool]:
-        """Run until the process exits: (was it unhealthy, was it a stop request)."""
-        child = self.child
+    async def _supervise(self) -> tuple[int | None, bool]:
+        """Run until the process exits: (its exit code, whether somebody took its port)."""
+        child = self._child
         assert child is not None
-        unhealthy = asyncio.Event()
-        stopped = False
+        check = self._config.healthcheck
+        self._terminate = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             drained = tg.create_task(pump(child.output_fd, self.log.feed))
-            if self.config.healthcheck is None:
-                self._set_state(State.RUNNING)
-            else:
-                self.health = "starting"
-                prober = tg.create_task(self._probe(child, self.config.healthcheck, unhealthy))
+            prober = None
+            if check is not None:
+                self._health = Health.STARTING
+                probe = HealthProbe(
+                    self.ctx,
+                    self.name,
+                    check,
+                    child,
+                    self._port,
+                    self._listener is not None,
+                    self.log,
+                    self._health_changed,
+                )
+                prober = tg.create_task(probe.run())
             while True:
-                exited = asyncio.ensure_future(child.wait())
-                sick = asyncio.ensure_future(unhealthy.wait())
-                stop = asyncio.ensure_future(self._stop.wait())
-                await asyncio.wait({exited, sick, stop}, return_when=asyncio.FIRST_COMPLETED)
-                for fut in (exited, sick, stop):
+                waits = [child.wait(), self._stop.wait(), self._terminate.wait()]
+                futures = [asyncio.ensure_future(w) for w in waits]
+                await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+                for fut in futures:
                     fut.cancel()
-                if self._stop.is_set() and child.alive:
-                    stopped = True
-                    await self._terminate(child, "stop requested")
+                if self._stop.is_set():
+                    self._feed(StopRequested())
+                    await self._end(child, "stop requested")
                     break
                 if not child.alive:
-                    stopped = self._stop.is_set()
                     break
-                if unhealthy.is_set():
-                    if self.config.restart is RestartPolicy.NO:
-                        unhealthy.clear()  # stays unhealthy, keeps running, may recover
-                        continue
-                    await self._terminate(child, "unhealthy")
+                if self._terminate.is_set():
+                    self._feed(Terminating("unhealthy"))
+                    await self._end(child, "unhealthy")
                     break
-            if self.config.healthcheck is not None:
+            if prober is not None:
                 prober.cancel()
-            if not unhealthy.is_set():
+            if self._life.ending is not Ending.UNHEALTHY:
                 # What it started must not outlive it (ports, files): also when it exited
                 # by itself, or just as a stop came in.
-                await child.cleanup(self.config.signal_number, self.stack.config.stop_timeout(self.config))
+                await child.cleanup(self._config.signal_number, self.ctx.stop_timeout(self._config))
             # Let the pump read what the child wrote before it died, then stop waiting
             # for a grandchild that may still hold the pipe open.
             done, _ = await asyncio.wait({drained}, timeout=_DRAIN_GRACE)
             if not done:
                 drained.cancel()
         self.log.flush()
-        self.exit_code = child.exit_code
+        code = child.exit_code
+        self._exit_code = code
         if self._db_row is not None:
-            self.stack.state_db.child_exited(self._db_row, child.exit_code)
+            self.ctx.ledger.child_exited(self._db_row, code)
             self._db_row = None
-        if stopped:
-            if self.state is not State.STOPPING:
-                self._set_state(State.STOPPING, "stop requested")
-            self._set_state(State.STOPPED, f"stopped (exit code {child.exit_code})")
-        return unhealthy.is_set() and not stopped, stopped
-
-    async def _terminate(self, child: process.Child, why: str) -> None:
-        self._set_state(State.STOPPING, why)
-        self.log.note(f"stopping ({why}): {self.config.stop_signal} to the process group")
-        timeout = self.stack.config.stop_timeout(self.config)
-        await child.stop(self.config.signal_number, timeout)
-
-    async def _probe(self, child: process.Child, check: HealthCheck, unhealthy: asyncio.Event) -> None:
-        variables = self.stack.port_env(self.name)
-        tracker = HealthTracker(
-            check.retries, check.start_period, time.monotonic(), interval=check.interval
+        lost = may_have_lost_port(
+            self._life,
+            code,
+            ever_healthy=self._health is Health.HEALTHY,
+            inherited=self._listener is not None,
+            now=self.ctx.clock.now(),
         )
-        if check.log is not None:
-            await self._probe_log(interpolate(check.log, variables))
-            tracker.record(True, time.monotonic())
-            self._health_changed(HealthChange.HEALTHY, "log matched")
-            return
-        async with aiohttp.ClientSession() as session:
-            verified = False
-            while child.alive:
-                ok, seen = await self._probe_once(check, variables, session)
-                if not child.alive:
-                    return
-                if ok and not verified:
-                    # A probe that succeeds against somebody else's server proves nothing.
-                    ok, why = await self._owns_port(child)
-                    verified = ok
-                    if not ok:
-                        seen = why
-                        self.stack.bus.publish("port_mismatch", self.name, port=self.port, message=why)
-                change = tracker.record(ok, time.monotonic(), seen)
-                if change is not None:
-                    self._health_changed(change, seen)
-                    if change is HealthChange.UNHEALTHY:
-                        unhealthy.set()
-                # Until the first success, probe often: start-up time is what people wait for.
-                interval = check.interval if tracker.healthy else min(check.interval, check.start_interval)
-                await asyncio.sleep(interval)
+        return code, lost and await self._port_taken_by_other(child)
 
-    def _health_changed(self, change: HealthChange, seen: str) -> None:
-        self.health = str(change)
-        self.stack.bus.publish("health", self.name, health=str(change), output=seen)
-        new = State.HEALTHY if change is HealthChange.HEALTHY else State.UNHEALTHY
-        if self.state in (State.STARTING, State.HEALTHY, State.UNHEALTHY) and self.state is not new:
-            self._set_state(new, seen)
+    async def _end(self, child: Child, why: str) -> None:
+        """Stop signal to the group, SIGKILL after the grace period; waits for the exit."""
+        if child.alive:
+            self.log.note(f"stopping ({why}): {self._config.stop_signal} to the process group")
+        await child.stop(self._config.signal_number, self.ctx.stop_timeout(self._config))
 
-    async def _probe_once(
-        self, check: HealthCheck, variables: dict[str, str], session: aiohttp.ClientSession
-    ) -> tuple[bool, str]:
-        if check.http is not None:
-            return await health.probe_http(session, interpolate(check.http, variables), check.timeout)
-        if check.tcp is not None:
-            return await health.probe_tcp(interpolate(check.tcp, variables), check.timeout)
-        assert check.exec is not None
-        env = dict(os.environ)
-        env.update(variables)
-        marker = f"{self.stack.instance}/{self.name}/probe"
-        return await health.probe_exec(
-            interpolate_value(check.exec, variables), check.timeout, env, str(self.stack.root), marker
-        )
+    def _health_changed(self, health: Health, seen: str) -> None:
+        self._health = health
+        self.ctx.bus.publish(HealthChanged(str(health), seen), self.name)
+        actions = self._feed(HealthVerdict(health is Health.HEALTHY, seen))
+        if any(isinstance(a, Terminate) for a in actions):
+            self._terminate.set()
 
-    async def _probe_log(self, pattern: str) -> None:
-        regex = re.compile(pattern)
-        matched = asyncio.Event()
-
-        def listen(line: str) -> None:
-            if regex.search(line):
-                matched.set()
-
-        self.log.listeners.add(listen)
-        try:
-            await matched.wait()
-        finally:
-            self.log.listeners.discard(listen)
-
-    # ----- reporting -------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        alive = self.child is not None and self.child.alive and self.state in ALIVE | {State.STOPPING}
-        return {
-            "name": self.name,
-            "state": str(self.state),
-            "reason": self.reason,
-            "pid": self.child.pid if alive and self.child else None,
-            "port": self.port,
-            "health": self.health,
-            "restarts": self.restarts_total,
-            "exit_code": self.exit_code,
-            "started_at": self.started_at if alive else None,
-            "depends_on": list(self.config.depends_on),
-        }
-
-    @property
-    def settled(self) -> bool:
-        return self.state in SETTLED
-
-
-def interpolate_value(value: str | list[str], variables: dict[str, str]) -> Any:
-    if isinstance(value, str):
-        return interpolate(value, variables)
-    return [interpolate(part, variables) for part in value]

@@ -61,19 +61,28 @@ class ChildRecord:
 
 
 class StateDB:
-    def __init__(self, path: Path, supervisor_pid: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """An open state.db. `StateDB.open` creates or upgrades the file; the constructor
+    only keeps the connection it is given."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, supervisor_pid: int) -> None:
+        self.db = db
         self.path = path
         self.supervisor_pid = supervisor_pid
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(_SCHEMA)
-        self.prune()
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(children)")}
+
+    @classmethod
+    def open(cls, path: Path, supervisor_pid: int) -> StateDB:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(children)")}
         if "marker" not in columns:  # a state.db written before markers were recorded
-            self.db.execute("ALTER TABLE children ADD COLUMN marker TEXT NOT NULL DEFAULT ''")
+            db.execute("ALTER TABLE children ADD COLUMN marker TEXT NOT NULL DEFAULT ''")
+        state = cls(db, path, supervisor_pid)
+        state.prune()
+        return state
 
     def close(self) -> None:
         self.db.close()
@@ -128,7 +137,7 @@ class StateDB:
                 event.ts,
                 self.supervisor_pid,
                 event.seq,
-                event.kind,
+                str(event.kind),
                 event.service,
                 json.dumps(event.data, default=str),
             ),

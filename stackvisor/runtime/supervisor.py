@@ -3,61 +3,55 @@
 The supervisor starts each selected service's lifecycle at once — a service waits
 only for its own `depends_on` conditions, so independent services start in
 parallel rather than level by level. It owns the shared pieces the services use
-(event bus, state.db, logs, the port assignments) and is the one place that
-decides the order of stopping: dependents before their dependencies, independent
-services in parallel, and afterwards every process that is still ours.
+(event bus, state.db, logs, the port assignments, the spawner and its signal gate)
+and is the one place that carries out the order of stopping: dependents before
+their dependencies, independent services in parallel, and afterwards every process
+that is still ours. What to restart and what a reload changes are decided in
+`plans`; what happens to one service in `lifecycle`.
+
+It knows nothing of the control socket or file watching: the composition root
+(`stackvisor.app`) wires those to it, as companions that run while it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
+import secrets
 import signal
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import psutil
 import structlog
 
 from stackvisor import graph
-from stackvisor.config import ConfigError, ReloadDiff, diff_configs, load_config, restart_set
-from stackvisor.config.interpolate import port_env
-from stackvisor.config.schema import StackConfig, Strategy
-from stackvisor.control import sockets
-from stackvisor.ports.resolve import PortConflictError, PortContext, secure_port
-from stackvisor.runtime import orphans, process
-from stackvisor.runtime.events import EventBus
+from stackvisor.config import ConfigError, diff_configs, load_config
+from stackvisor.config.schema import Service, StackConfig, Strategy
+from stackvisor.errors import ActionConflict
+from stackvisor.paths import stack_paths
+from stackvisor.runtime import orphans, plans
+from stackvisor.runtime.assignments import PortAssignments, fixed
+from stackvisor.runtime.clock import Clock, MonotonicClock
+from stackvisor.runtime.context import RunnerContext
+from stackvisor.runtime.deadman import Lease, watch_lease, watch_pid
+from stackvisor.runtime.events import EventBus, OrphanEnded, Reloaded, ReloadFailed, StackChanged
+from stackvisor.runtime.lifecycle import DependencyFacts
 from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
-from stackvisor.runtime.service import ServiceRunner, StartError
+from stackvisor.runtime.process import Spawner, become_subreaper
+from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.state import StateDB
-from stackvisor.runtime.watch import watch_stack
 from stackvisor.runtime.states import State
+from stackvisor.runtime.stopping import stop_in_order
+from stackvisor.runtime.status import ReloadResult, StackStatus
+from stackvisor.system import procfs
+from stackvisor.system.signals import SignalGate
+
+Companion = Callable[["Supervisor"], Coroutine[Any, Any, None]]
 
 
-_instances = itertools.count(1)
-
-# Settings that take effect only when the supervisor starts again.
-RESTART_SETTINGS = frozenset({"control", "logs_dir", "log_max_bytes", "log_backups", "reload"})
-
-
-def state_dir(config: StackConfig) -> Path:
-    return config.root / ".stackvisor"
-
-
-class ActionConflict(Exception):
-    """An action that the current state does not allow (HTTP 409)."""
-
-
-@dataclass
-class Lease:
-    """Stop the stack when `exit_with` exits, or when no heartbeat came for `seconds`."""
-
-    exit_with: int | None = None
-    seconds: float | None = None
+__all__ = ["Companion", "Lease", "Supervisor"]
 
 
 class Supervisor:
@@ -69,164 +63,133 @@ class Supervisor:
         strategy: Strategy | None = None,
         logger: Any = None,
         owns_process_tree: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
-        self.root = config.root
+        self.paths = stack_paths(config)
         self.pid = os.getpid()
-        created = process.create_time(self.pid) or time.time()
         # Every child carries "<instance>/<service>/<n>": unique across supervisors and runs.
-        self.instance = f"{self.pid}-{created:.2f}-{next(_instances)}"
+        self.instance = f"{self.pid}-{secrets.token_hex(4)}"
         self.started_at = time.time()
         self.strategy = strategy
         # In its own process (the CLI) everything below the supervisor is its to end;
         # embedded (tests, tools), only what carries its marker.
         self.owns_process_tree = owns_process_tree
         self.logger = logger or structlog.get_logger("stackvisor")
-        state_dir(config).mkdir(mode=0o700, exist_ok=True)
-        os.chmod(state_dir(config), 0o700)  # ours: lock, state, socket, token
-        self.state_db = StateDB(state_dir(config) / "state.db", self.pid)
-        self.bus = EventBus(record=self.state_db.record_event)
+        self.clock: Clock = clock or MonotonicClock()
+        self.gate = SignalGate()
+        self.spawner = Spawner(self.gate)
+        self.state_db: StateDB | None = None  # opened by `run`
+        self.bus = EventBus(record=self._record)
         self.console = console
-        self.ports: dict[str, int | None] = {
-            name: svc.port if isinstance(svc.port, int) else None
-            for name, svc in config.services.items()
+        self.ports = PortAssignments(config, bus=self.bus, logger=self.logger, gate=self.gate, strategy=strategy)
+        self._context = RunnerContext(
+            root=config.root,
+            instance=self.instance,
+            bus=self.bus,
+            clock=self.clock,
+            spawner=self.spawner,
+            owners=self.ports.owners,
+            ledger=self,
+            logger=self.logger,
+            secure_port=self.ports.secure,
+            port_env=self.ports.env,
+            stop_timeout=lambda svc: self.config.stop_timeout(svc),
+            dependency=self._dependency,
+            stopping=lambda: self.stopping,
+            transition_logged=self._log_transition,
+        )
+        self.runners: dict[str, ServiceRunner] = {
+            name: self._runner(svc) for name, svc in config.services.items()
         }
-        self.runners: dict[str, ServiceRunner] = {}
-        for name, svc in config.services.items():
-            self.runners[name] = self._runner(svc)
         self.selection: set[str] = set(config.services)
         self.tg: asyncio.TaskGroup | None = None
         self._stop_requested = asyncio.Event()
         self._stop_reason = ""
         self._interrupts = 0
-        self.lock = sockets.StackLock(self.root)
-        self.socket_path = sockets.socket_path(self.root, config.settings.control.socket)
         self.lease = Lease()
-        self._lease_deadline: float | None = None
-        self.last_reload: dict[str, Any] | None = None
+        self.last_reload: ReloadResult | None = None
         self.requested: list[str] = []  # what `up` named; [] = everything
-        # Children recorded by earlier runs: a holder among them is a stale copy (level low).
-        self.earlier_children = self.state_db.known_children()
         # One action at a time (start, stop, restart, reload): each sees the others' result.
         self._actions = asyncio.Lock()
-        self._port_lock = asyncio.Lock()
 
-    Conflict = ActionConflict
+    def _runner(self, svc: Service) -> ServiceRunner:
+        settings = self.config.settings
+        file = RotatingFile(self.paths.service_log(svc.name), settings.log_max_bytes, settings.log_backups)
+        return ServiceRunner(self._context, svc, ServiceLog(svc.name, file, self.console))
 
-    def _runner(self, svc: Any) -> ServiceRunner:
-        logs_dir = self.root / self.config.settings.logs_dir
-        file = RotatingFile(
-            logs_dir / f"{svc.name}.log",
-            self.config.settings.log_max_bytes,
-            self.config.settings.log_backups,
-        )
-        return ServiceRunner(self, svc, ServiceLog(svc.name, file, self.console))
-
-    # ----- what the services ask of the stack ----------------------------------------
+    # ----- what the services ask of the stack ------------------------------------------
 
     def port_env(self, name: str) -> dict[str, str]:
-        return port_env(self.ports, own=name)
+        return self.ports.env(name)
 
-    async def secure_port(self, runner: ServiceRunner) -> int | None:
-        """The port the service will use, after any conflict on it is resolved."""
-        svc = runner.config
-        if svc.port is None:
-            return None
-        # One resolution at a time: two services migrating at once must not both pick
-        # the same free port. (A free port is answered without suspending at all.)
-        async with self._port_lock:
-            ctx = PortContext.from_config(
-                self.config,
-                strategy_override=self.strategy,
-                known_children=self.earlier_children,
-                taken={p for n, p in self.ports.items() if n != runner.name and p is not None},
-            )
-            ctx.grace = self.config.stop_timeout(svc)
-            try:
-                resolution = await secure_port(svc, ctx)
-            except PortConflictError as exc:
-                self._record_conflict(runner.name, getattr(exc, "record", None))
-                raise StartError(str(exc)) from None
-            self.ports[runner.name] = resolution.port
-        self._record_conflict(runner.name, resolution.conflict)
-        return resolution.port
+    def _dependency(self, name: str) -> DependencyFacts | None:
+        runner = self.runners.get(name)
+        return runner.facts() if runner is not None and name in self.selection else None
 
-    def _record_conflict(self, name: str, record: Any) -> None:
-        if record is None:
-            return
-        data = record.as_dict() if hasattr(record, "as_dict") else dict(vars(record))
-        data.pop("service", None)
-        self.bus.publish("port_conflict", name, **data)
-        self.logger.warning("port conflict", service=name, **data)
+    def child_started(
+        self, service: str, pid: int, pgid: int, create_time: float, port: int | None, marker: str
+    ) -> int:
+        assert self.state_db is not None
+        return self.state_db.child_started(service, pid, pgid, create_time, port, marker)
 
-    def log_event(self, name: str, old: State, new: State, reason: str) -> None:
+    def child_exited(self, row: int, exit_code: int | None) -> None:
+        if self.state_db is not None:
+            self.state_db.child_exited(row, exit_code)
+
+    def _record(self, event: Any) -> None:
+        if self.state_db is not None:
+            self.state_db.record_event(event)
+
+    def _log_transition(self, name: str, old: State, new: State, reason: str) -> None:
         # "pending" is bookkeeping: in the JSON log, not on the terminal.
         log = self.logger.debug if new is State.PENDING else self.logger.info
         log(f"{name}: {new}", service=name, old=str(old), new=str(new), reason=reason)
 
     # ----- running ---------------------------------------------------------------------
 
-    def select(self, names: Iterable[str] | None) -> set[str]:
-        names = list(names or [])
-        if not names:
-            return set(self.config.services)
-        return graph.closure(self.config.graph(), names)
-
     async def run(
         self,
         selection: Iterable[str] | None = None,
         *,
         until_done: bool = False,
-        control: bool = True,
         lease: Lease | None = None,
+        companions: Sequence[Companion] = (),
     ) -> int:
         """Run the selected services until asked to stop; the exit status of `up`.
 
-        Raises `sockets.AlreadyRunning` (before touching anything) when another
-        supervisor holds this stack.
+        `companions` run beside the services (file watching) and are cancelled when
+        the stack stops.
         """
-        self.lock.acquire()
-        try:
-            return await self._run(selection, until_done=until_done, control=control, lease=lease)
-        finally:
-            # In its own process the lock goes with the process, so `down`, which waits
-            # for it, returns only once the supervisor is really gone.
-            if not self.owns_process_tree:
-                self.lock.release()
-
-    async def _run(
-        self, selection: Iterable[str] | None, *, until_done: bool, control: bool, lease: Lease | None
-    ) -> int:
         if self.owns_process_tree:
             # Embedded in another program, we leave its process semantics alone.
-            process.become_subreaper()
+            become_subreaper()
+        self.open()
+        assert self.state_db is not None
         self.requested = list(selection or [])
-        self.selection = self.select(self.requested)
+        self.selection = plans.selection(self.config, self.requested)
         self.lease = lease or Lease()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        loop.add_signal_handler(signal.SIGCHLD, self._reap)
-        server = None
+        loop.add_signal_handler(signal.SIGCHLD, self.spawner.reap_orphans)
         try:
-            for ended in await orphans.end_orphans(self.state_db, self.instance):
+            for ended in await orphans.end_orphans(self.state_db, self.instance, self.spawner):
                 self.logger.warning(ended.describe())
-                self.bus.publish("orphan", ended.service, pid=ended.pid, message=ended.describe())
-            if control:
-                server = await self._serve()
-            self.bus.publish("stack", None, event="up", services=sorted(self.selection))
+                self.bus.publish(OrphanEnded(ended.pid, ended.describe()), ended.service)
+            self.bus.publish(StackChanged("up", services=tuple(sorted(self.selection))))
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
                 for name in graph.start_order(self.config.graph()):
                     if name in self.selection:
                         self.runners[name].start(tg)
-                watchers = [tg.create_task(self._stop_when_done())] if until_done else []
-                if self.config.settings.reload:
-                    watchers.append(tg.create_task(watch_stack(self)))
+                watchers: list[asyncio.Task[None]] = [tg.create_task(c(self)) for c in companions]
+                if until_done:
+                    watchers.append(tg.create_task(self._stop_when_done()))
                 if self.lease.exit_with is not None:
-                    watchers.append(tg.create_task(self._watch_pid(self.lease.exit_with)))
+                    watchers.append(tg.create_task(watch_pid(self.lease.exit_with, self.request_stop)))
                 if self.lease.seconds is not None:
-                    watchers.append(tg.create_task(self._watch_lease(self.lease.seconds)))
+                    watchers.append(tg.create_task(watch_lease(self.lease, self.clock, self.request_stop)))
                 await self._stop_requested.wait()
                 for watcher in watchers:
                     watcher.cancel()
@@ -235,60 +198,39 @@ class Supervisor:
             # Whatever ended the run (also an error), nothing of ours stays behind.
             self._kill_leftovers()
             # Published while the socket still serves, so event streams see the end.
-            self.bus.publish("stack", None, event="down", reason=self._stop_reason)
-            if server is not None:
-                await server.close()
-                self.socket_path.unlink(missing_ok=True)
+            self.bus.publish(StackChanged("down", reason=self._stop_reason))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 loop.remove_signal_handler(sig)
-            self.state_db.close()
+            self.close()
         failed = [r.name for r in self.runners.values() if r.state is State.FAILED]
         return 1 if failed else 0
 
-    async def _serve(self) -> Any:
-        from stackvisor.control.server import ControlServer, ensure_token, parse_tcp
-
-        settings = self.config.settings.control
-        token = None
-        tcp = None
-        if settings.tcp:
-            tcp = parse_tcp(settings.tcp)
-            token = ensure_token(state_dir(self.config) / "token")
-        server = ControlServer(self, token)
-        await server.start(sockets.bind_unix(self.socket_path), tcp)
-        return server
-
-    async def _watch_pid(self, pid: int) -> None:
-        """--exit-with: stop the stack when `pid` exits (a CI job that was killed)."""
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            self.request_stop(f"pid {pid} (--exit-with) is gone")
+    def open(self) -> None:
+        """The state folder (0700: lock, state, socket, token) and state.db. Idempotent."""
+        if self.state_db is not None:
             return
-        gone = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_reader(pidfd, gone.set)
-        try:
-            await gone.wait()
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        self.request_stop(f"pid {pid} (--exit-with) exited")
+        state_dir = self.paths.state_dir
+        state_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+        self.state_db = StateDB.open(self.paths.state_db, self.pid)
+        self.ports.earlier_children = self.state_db.known_children()
+        for runner in self.runners.values():
+            runner.open()
+
+    def close(self) -> None:
+        """Release the files: the services' logs and state.db. Idempotent."""
+        for runner in self.runners.values():
+            runner.close()
+        if self.state_db is not None:
+            self.state_db.close()
+            self.state_db = None
 
     def heartbeat(self) -> float | None:
-        if self.lease.seconds is None:
-            return None
-        self._lease_deadline = time.monotonic() + self.lease.seconds
-        return self.lease.seconds
+        return self.lease.renew(self.clock)
 
-    async def _watch_lease(self, seconds: float) -> None:
-        self._lease_deadline = time.monotonic() + seconds
-        while True:
-            left = self._lease_deadline - time.monotonic()
-            if left <= 0:
-                self.request_stop(f"no heartbeat for {seconds:g}s (--lease)")
-                return
-            await asyncio.sleep(left)
+    def is_running(self, name: str) -> bool:
+        runner = self.runners.get(name)
+        return runner is not None and runner.running
 
     @property
     def stopping(self) -> bool:
@@ -306,9 +248,7 @@ class Supervisor:
     def _on_signal(self, sig: int) -> None:
         self._interrupts += 1
         if self._interrupts == 1:
-            self.logger.info(
-                f"{signal.Signals(sig).name}: stopping the stack (again to kill at once)"
-            )
+            self.logger.info(f"{signal.Signals(sig).name}: stopping the stack (again to kill at once)")
             self.request_stop(signal.Signals(sig).name)
         else:
             self.logger.warning("second interrupt: killing everything now")
@@ -316,65 +256,40 @@ class Supervisor:
                 runner.kill_now()
             self._kill_leftovers()
 
-    def _reap(self) -> None:
-        process.reap_orphans()
-
     async def _stop_when_done(self) -> None:
         def done() -> bool:
-            return all(
-                self.runners[n].settled and not self.runners[n].running for n in self.selection
-            )
+            return all(self.runners[n].settled and not self.runners[n].running for n in self.selection)
 
         await self.bus.wait_until(done)
         self.request_stop("every service has ended")
 
-    async def stop_services(self, names: Iterable[str]) -> None:
+    async def stop_services(self, names: Iterable[str], *, keep_sockets: bool = False) -> None:
         """Stop `names`, each after every running dependent of it among `names`."""
-        runners = {n: self.runners[n] for n in names if n in self.runners}
-        names = set(runners)
-        dependents: dict[str, set[str]] = {n: set() for n in names}
-        for name in names:
-            for dep in self.config.services[name].depends_on:
-                if dep in dependents:
-                    dependents[dep].add(name)
-        done: dict[str, asyncio.Event] = {n: asyncio.Event() for n in names}
+        depends_on = {n: list(svc.depends_on) for n, svc in self.config.services.items()}
+        await stop_in_order(self.runners, depends_on, names, keep_sockets=keep_sockets)
 
-        async def stop_one(name: str) -> None:
-            for dependent in dependents[name]:
-                await done[dependent].wait()
-            try:
-                await runners[name].stop()
-            finally:
-                done[name].set()
-
-        async with asyncio.TaskGroup() as tg:
-            for name in names:
-                tg.create_task(stop_one(name))
-
-    def _check_not_stopping(self) -> None:
+    def _check_not_stopping(self) -> asyncio.TaskGroup:
         if self._stop_requested.is_set():
             raise ActionConflict("the stack is stopping")
         if self.tg is None:
             raise ActionConflict("the stack is not running yet")
+        return self.tg
 
     async def start_service(self, name: str) -> None:
         """Start `name` and whatever it needs that is not running."""
         async with self._actions:
-            self._start_service(name)
-
-    def _start_service(self, name: str) -> None:
-        self._check_not_stopping()
-        if name not in self.runners:
-            raise ActionConflict(f"{name} is no longer a service of this stack")
-        runner = self.runners[name]
-        if runner.running:
-            raise ActionConflict(f"{name} is already {runner.state}")
-        needed = graph.closure(self.config.graph(), [name])
-        self.selection |= needed
-        assert self.tg is not None
-        for dep in graph.start_order({n: list(self.config.services[n].depends_on) for n in needed}):
-            if not self.runners[dep].running and (dep == name or self.runners[dep].state is not State.COMPLETED):
-                self.runners[dep].start(self.tg)
+            tg = self._check_not_stopping()
+            if name not in self.runners:
+                raise ActionConflict(f"{name} is no longer a service of this stack")
+            runner = self.runners[name]
+            if runner.running:
+                raise ActionConflict(f"{name} is already {runner.state}")
+            needed = graph.closure(self.config.graph(), [name])
+            self.selection |= needed
+            for dep in graph.start_order({n: list(self.config.services[n].depends_on) for n in needed}):
+                other = self.runners[dep]
+                if not other.running and (dep == name or other.state is not State.COMPLETED):
+                    other.start(tg)
 
     async def stop_service(self, name: str) -> None:
         async with self._actions:
@@ -385,43 +300,29 @@ class Supervisor:
                 raise ActionConflict(f"{name} is not running (it is {state})")
             await runner.stop("stopped on request")
 
-    def restart_cascade(self, names: Iterable[str]) -> set[str]:
-        """`names` plus, transitively, every dependent whose depends_on says restart: true."""
-        return restart_set(ReloadDiff(changed=tuple(names)), self.config)
-
-    async def restart_services(self, names: Iterable[str]) -> None:
-        """Stop the services (dependents first) and start them again in dependency order."""
+    async def restart_services(self, names: Sequence[str]) -> None:
+        """Stop the services (dependents first) and start them again in dependency order,
+        with the dependents whose `depends_on` says `restart: true`."""
         async with self._actions:
-            await self._restart_services(list(names))
-
-    async def _restart_services(self, names: list[str]) -> None:
-        self._check_not_stopping()
-        missing = [n for n in names if n not in self.runners]
-        if missing:
-            raise ActionConflict(f"{', '.join(missing)}: no longer a service of this stack")
-        cascade = self.restart_cascade(names)
-        # Dependents that are not running stay as they are; the named ones always start.
-        named = set(names)
-        targets = {n for n in cascade if n in named or self.runners[n].running}
-        for name in targets:
-            self.runners[name].keep_listener = True  # a restart keeps an inherited socket
-        try:
-            await self.stop_services(n for n in targets if self.runners[n].running)
-        finally:
-            for name in targets:
-                self.runners[name].keep_listener = False
-        if self.stopping:
-            for name in targets:
-                self.runners[name].close_listener()
-            raise ActionConflict("the stack began stopping during the restart")
-        assert self.tg is not None
-        for name in graph.start_order(self.config.graph()):
-            if name in targets:
-                self.runners[name].start(self.tg)
+            tg = self._check_not_stopping()
+            missing = [n for n in names if n not in self.runners]
+            if missing:
+                raise ActionConflict(f"{', '.join(missing)}: no longer a service of this stack")
+            running = {n for n, r in self.runners.items() if r.running}
+            targets = plans.restart_targets(self.config, names, running)
+            # A restart keeps an inherited socket: connections queue meanwhile.
+            await self.stop_services((n for n in targets if n in running), keep_sockets=True)
+            if self.stopping:
+                for name in targets:
+                    self.runners[name].close_socket()
+                raise ActionConflict("the stack began stopping during the restart")
+            for name in graph.start_order(self.config.graph()):
+                if name in targets:
+                    self.runners[name].start(tg)
 
     # ----- reload ----------------------------------------------------------------------
 
-    async def reload(self, *, dry_run: bool = False, source: str = "request") -> dict[str, Any]:
+    async def reload(self, *, dry_run: bool = False, source: str = "request") -> ReloadResult:
         """Re-read the stack file and apply what changed; an invalid file changes nothing."""
         async with self._actions:
             if self.stopping:
@@ -433,98 +334,76 @@ class Supervisor:
             except OSError as exc:
                 return self._reload_failed(f"{self.config.path}: {exc.strerror or exc}", dry_run, source)
             diff = diff_configs(self.config, new)
-            restarts = sorted(restart_set(diff, new) & set(self.runners))
-            result: dict[str, Any] = {
-                "ok": True,
-                "dry_run": dry_run,
-                "source": source,
-                "time": time.time(),
-                "added": list(diff.added),
-                "removed": list(diff.removed),
-                "changed": list(diff.changed),
-                "restarted": [n for n in restarts if n in self.select_in(new)],
-                "settings_changed": list(diff.settings_changed),
-                "needs_supervisor_restart": [
-                    f for f in diff.settings_changed if f in RESTART_SETTINGS
-                ],
-                "summary": diff.describe(),
-            }
+            plan = plans.plan_reload(
+                self.config,
+                new,
+                diff,
+                requested=self.requested,
+                running={n for n, r in self.runners.items() if r.running},
+                stopped_by_hand={n for n, r in self.runners.items() if r.state is State.STOPPED},
+            )
+            result = plans.reload_result(plan, dry_run=dry_run, source=source, now=time.time())
             if dry_run:
                 return result
             if not diff.is_empty():
-                await self._apply(new, diff, restarts)
+                await self._apply(new, plan)
             self.last_reload = result
-            self.bus.publish("reload", None, **{k: v for k, v in result.items() if k != "ok"})
+            self.bus.publish(Reloaded.of(result))
             self.logger.info("reloaded: " + "; ".join(diff.describe()), source=source)
             return result
 
-    def _reload_failed(self, error: str, dry_run: bool, source: str) -> dict[str, Any]:
-        result = {"ok": False, "dry_run": dry_run, "source": source, "time": time.time(), "error": error}
+    def _reload_failed(self, error: str, dry_run: bool, source: str) -> ReloadResult:
+        result: ReloadResult = {"ok": False, "dry_run": dry_run, "source": source, "time": time.time(), "error": error}
         if not dry_run:
             self.last_reload = result
-            self.bus.publish("reload_failed", None, error=error, source=source)
+            self.bus.publish(ReloadFailed(error, source))
             self.logger.error(f"reload failed, nothing changed:\n{error}", source=source)
         return result
 
-    def select_in(self, config: StackConfig) -> set[str]:
-        """The selection under `config`: what `up` named (still there) and what it needs."""
-        if not self.requested:
-            return set(config.services)
-        names = [n for n in self.requested if n in config.services]
-        return graph.closure(config.graph(), names) if names else set()
-
-    async def _apply(self, new: StackConfig, diff: ReloadDiff, restarts: list[str]) -> None:
-        assert self.tg is not None
-        going = [n for n in (*diff.removed, *restarts) if self.runners[n].running]
+    async def _apply(self, new: StackConfig, plan: plans.ReloadPlan) -> None:
+        tg = self._check_not_stopping()
         # Stopping needs the old graph (removed services are only there).
-        await self.stop_services(going)
-        for name in diff.removed:
-            runner = self.runners.pop(name)
-            runner.close_listener()
-            runner.log.file.close()
-            self.ports.pop(name, None)
-        self.config = new
-        for name in diff.changed:
+        await self.stop_services(plan.stop)
+        for name in plan.diff.removed:
+            self.runners.pop(name).close()
+            self.ports.forget(name)
+        self.config = self.ports.config = new
+        for name in plan.diff.changed:
             runner = self.runners[name]
-            runner.close_listener()  # the new config may move or drop the port
-            runner.config = new.services[name]
-            if isinstance(runner.config.port, int) or runner.config.port is None:
-                runner.port = runner.config.port if isinstance(runner.config.port, int) else None
-                self.ports[name] = runner.port
-        for name in diff.added:
+            runner.reconfigure(new.services[name])
+            if not isinstance(new.services[name].port, str):  # `auto` keeps the port it has
+                self.ports.set(name, runner.port)
+        for name in plan.diff.added:
             svc = new.services[name]
             self.runners[name] = self._runner(svc)
-            self.ports[name] = svc.port if isinstance(svc.port, int) else None
-        self.selection = self.select_in(new)
-        # Changed services start again even if they had failed (the edit may be the fix);
-        # one stopped by hand stays stopped.
-        by_hand = {n for n in restarts if n not in going and self.runners[n].state is State.STOPPED}
-        starting = set(diff.added) | (set(restarts) - by_hand)
-        for name in graph.start_order(new.graph()):
-            if name in starting and name in self.selection and not self.runners[name].running:
-                self.runners[name].start(self.tg)
+            self.runners[name].open()
+            self.ports.set(name, fixed(svc))
+        self.selection = set(plan.selection)
+        for name in plan.start:
+            if not self.runners[name].running:
+                self.runners[name].start(tg)
 
     async def shutdown(self) -> None:
         await self.stop_services(self.runners)
         for runner in self.runners.values():
-            runner.close_listener()
+            runner.close_socket()
         self._kill_leftovers()
 
     def _kill_leftovers(self) -> None:
         """Whatever is still below us (a daemonised grandchild, say) is ended now."""
-        leftovers = {p.pid: p for p in process.marked(self.instance + "/", prefix=True)}
+        leftovers = {p.pid: p for p in procfs.marked(self.instance + "/", prefix=True)}
         if self.owns_process_tree:
             try:
                 leftovers.update((p.pid, p) for p in psutil.Process().children(recursive=True))
             except psutil.Error:
                 pass
         leftovers.pop(os.getpid(), None)
-        process.kill_all(leftovers.values())
-        process.reap_orphans()
+        self.gate.kill_all(leftovers.values())
+        self.spawner.reap_orphans()
 
-    # ----- reporting ---------------------------------------------------------------------
+    # ----- reporting -------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StackStatus:
         services = []
         for name in graph.start_order(self.config.graph()):
             entry = self.runners[name].status()

@@ -13,18 +13,39 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import watchfiles
 
 from stackvisor.config.schema import StackConfig
+from stackvisor.errors import ActionConflict
+from stackvisor.runtime.events import EventBus, WatchFailed
+from stackvisor.runtime.status import ReloadResult
 
-if TYPE_CHECKING:
-    from stackvisor.runtime.supervisor import Supervisor
+
+class WatchedStack(Protocol):
+    """What file watching needs of the running stack."""
+
+    config: StackConfig
+    bus: EventBus
+    logger: Any
+    last_reload: ReloadResult | None
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def stop_event(self) -> asyncio.Event: ...
+
+    def is_running(self, name: str) -> bool: ...
+
+    async def reload(self, *, dry_run: bool = False, source: str = "request") -> ReloadResult: ...
+
+    async def restart_services(self, names: Sequence[str]) -> None: ...
 
 ALWAYS_IGNORED = frozenset({".git", "__pycache__", "node_modules", ".stackvisor", ".hypothesis"})
 _TEMPORARY = re.compile(r"(~|\.sw[a-p]|\.tmp|\.swx|\.part|^\.#.*|^#.*#)$")
@@ -135,7 +156,7 @@ def _wanted(change: watchfiles.Change, path: str) -> bool:
     return not ALWAYS_IGNORED.intersection(Path(path).parts)
 
 
-async def watch_stack(sup: Supervisor) -> None:
+async def watch_stack(sup: WatchedStack) -> None:
     """Until the stack stops: reload on edits of its files, restart on `watch` matches.
 
     The watched folders follow the configuration: after a reload that changes
@@ -158,12 +179,12 @@ async def watch_stack(sup: Supervisor) -> None:
             # inotify limits, a vanished folder: reload-on-edit is lost, the stack is not.
             error = "; ".join(failed)
             sup.logger.error(f"watching files stopped: {error}")
-            sup.bus.publish("watch_failed", None, error=error)
+            sup.bus.publish(WatchFailed(error))
             return
 
 
 async def _watch(
-    sup: Supervisor,
+    sup: WatchedStack,
     paths: frozenset[Path],
     recursive: bool,
     batches: asyncio.Queue[set[tuple[watchfiles.Change, str]]],
@@ -186,7 +207,7 @@ async def _watch(
 
 
 async def _handle(
-    sup: Supervisor,
+    sup: WatchedStack,
     batches: asyncio.Queue[set[tuple[watchfiles.Change, str]]],
     targets: WatchTargets,
     restart: asyncio.Event,
@@ -207,20 +228,18 @@ async def _handle(
             if changes.reload:
                 try:
                     await sup.reload(source="watch")
-                except sup.Conflict:
+                except ActionConflict:
                     return
             # Services whose watched files changed in the same batch (a `git pull`) restart
             # even when the reload changed what is watched; unless the reload restarted them.
-            restarted = set((sup.last_reload or {}).get("restarted", [])) if changes.reload else set()
-            watched = {
-                n for n in changes.services
-                if n in sup.runners and sup.runners[n].running and n not in restarted
-            }
+            last = sup.last_reload
+            restarted = set(last.get("restarted", [])) if changes.reload and last else set()
+            watched = {n for n in changes.services if sup.is_running(n) and n not in restarted}
             if watched:
                 sup.logger.info(f"files changed: restarting {', '.join(sorted(watched))}")
                 try:
                     await sup.restart_services(sorted(watched))
-                except sup.Conflict:
+                except ActionConflict:
                     restart.set()
                     return
             if watch_targets(sup.config) != targets or sup.config.settings.reload_debounce != debounce:

@@ -1,0 +1,104 @@
+"""The composition root: a supervisor, its control server and its file watcher, wired and run.
+
+`serve` is what `stackvisor up` (and the detached supervisor) runs: it takes the
+stack's lock, binds the control socket, runs the supervisor with the file watcher
+as its companion, and closes the socket after the last event. `run_supervisor` is
+the same inside the CLI's process, with the console and the supervisor's own log.
+Nothing below this module imports the control server or the watcher's wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from stackvisor import logsetup
+from stackvisor.config.address import split_host_port
+from stackvisor.config.schema import StackConfig, Strategy
+from stackvisor.control.server import ControlServer, ensure_token
+from stackvisor.control.sockets import StackLock, bind_unix
+from stackvisor.errors import AlreadyRunning
+from stackvisor.paths import stack_paths
+from stackvisor.runtime.logs import stdout_console
+from stackvisor.runtime.supervisor import Companion, Lease, Supervisor
+from stackvisor.runtime.watch import watch_stack
+
+
+async def start_control(sup: Supervisor) -> ControlServer:
+    """The control API on the stack's socket (0600), and on TCP with a token if configured."""
+    settings = sup.config.settings.control
+    token = None
+    tcp = None
+    if settings.tcp:
+        tcp = split_host_port(settings.tcp)
+        token = ensure_token(sup.paths.token)
+    server = ControlServer(sup, token)
+    await server.start(bind_unix(sup.paths.socket), tcp)
+    return server
+
+
+async def serve(
+    sup: Supervisor,
+    selection: Sequence[str] | None = None,
+    *,
+    control: bool = True,
+    until_done: bool = False,
+    lease: Lease | None = None,
+) -> int:
+    """Run `sup` as `up` does; raises `AlreadyRunning` (touching nothing) when another
+    supervisor holds the stack."""
+    sup.open()
+    lock = StackLock(sup.paths.lock)
+    try:
+        lock.acquire()
+    except AlreadyRunning:
+        sup.close()
+        raise
+    try:
+        server = await start_control(sup) if control else None
+        companions: list[Companion] = [watch_stack] if sup.config.settings.reload else []
+        try:
+            return await sup.run(selection, until_done=until_done, lease=lease, companions=companions)
+        finally:
+            if server is not None:
+                await server.close()
+                sup.paths.socket.unlink(missing_ok=True)
+    finally:
+        # In its own process the lock goes with the process, so `down`, which waits
+        # for it, returns only once the supervisor is really gone.
+        if not sup.owns_process_tree:
+            lock.release()
+
+
+def run_supervisor(
+    config: StackConfig,
+    services: Sequence[str],
+    *,
+    strategy: str | None,
+    until_done: bool,
+    lease: Lease,
+    console: bool,
+) -> int:
+    """The supervisor in this process until the stack stops; the exit status of `up`."""
+    log = logsetup.configure(stack_paths(config).supervisor_log)
+    width = max(len(n) for n in config.services)
+    out = stdout_console(width, enabled=console)
+
+    async def main() -> int:
+        sup = Supervisor(
+            config,
+            console=out,
+            strategy=Strategy(strategy) if strategy else None,
+            owns_process_tree=True,
+        )
+        return await serve(sup, services, until_done=until_done, lease=lease)
+
+    try:
+        return asyncio.run(main())
+    except AlreadyRunning as exc:
+        print(f"stackvisor: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        out.close()
+        log.flush()

@@ -1,0 +1,56 @@
+"""The `stackvisor` command: parse arguments, then call the supervisor or the control client.
+
+Exit statuses: 0 ok, 1 failure (a service failed, a port could not be secured,
+--wait gave up), 2 usage or configuration error, 3 not running. The grammar is in
+`parser`; the commands in `stack` (up, down, run, ports...) and `running` (what
+asks a running stack); what they print in `render`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import sys
+from collections.abc import Sequence
+
+from stackvisor import graph
+from stackvisor.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_USAGE, UsageError
+from stackvisor.config import ConfigError
+from stackvisor.errors import ApiError, NotRunning
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from stackvisor.cli.parser import build_parser
+
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, cmd = argv[:at], argv[at + 1 :]
+    args = parser.parse_args(argv)
+    if hasattr(args, "cmd"):
+        args.cmd = cmd or [c for c in args.cmd if c != "--"]
+    elif cmd:
+        parser.error("unexpected arguments after --")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except (UsageError, graph.GraphError) as exc:
+        print(f"stackvisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotRunning as exc:
+        print(f"stackvisor: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    except ApiError as exc:  # a refused API call: say it, no traceback
+        print(f"stackvisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.status in (400, 404) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # a broken answer
+        print(f"stackvisor: the supervisor did not answer properly: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+

@@ -1,0 +1,54 @@
+"""What every command shares: exit statuses, finding the stack, reaching its supervisor."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stackvisor.config import find_config, load_config
+from stackvisor.config.schema import StackConfig
+from stackvisor.errors import NotRunning
+
+if TYPE_CHECKING:
+    from stackvisor.control.client import Client
+    from stackvisor.control.ops import Stack, StackRef
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """Bad arguments: printed without a traceback, exit 2."""
+
+
+def load(args: argparse.Namespace) -> StackConfig:
+    path = Path(args.file) if args.file else find_config()
+    return load_config(path)
+
+
+def locate(args: argparse.Namespace) -> StackRef:
+    """The running stack's address; works while its file is broken mid-edit."""
+    from stackvisor.control.ops import StackRef
+
+    return StackRef.locate(Path(args.file) if args.file else find_config())
+
+
+def check_names(config: Any, names: Sequence[str]) -> None:
+    services = config.services
+    if not services:
+        return  # the file does not parse now: the supervisor will say what it knows
+    unknown = [n for n in names if n not in services]
+    if unknown:
+        known = ", ".join(sorted(services))
+        raise UsageError(f"unknown service {', '.join(unknown)} (the stack has: {known})")
+
+
+def client(config: Stack) -> Client:
+    """A client of the running stack's supervisor; NotRunning when there is none."""
+    from stackvisor.control import ops
+
+    found = ops.client_for(config)
+    if ops.supervisor_pid(config) is None:
+        raise NotRunning(f"stack {config.name!r} is not running")
+    return found

@@ -1,0 +1,110 @@
+"""The CLI's grammar: every command, its arguments and its help text."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from stackvisor.cli import running, stack
+from stackvisor.config.schema import Strategy, parse_duration
+
+
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"expected a process id (got {text!r})")
+    return int(text)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stackvisor",
+        description="Run a whole development or CI stack from one services.yaml.",
+        epilog="exit statuses: 0 ok, 1 failure, 2 usage or config error, 3 not running",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, help: str | None, func: Callable[[argparse.Namespace], int], short_file: bool = True
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, description=help, help=help) if help else sub.add_parser(name)
+        flags = ["-f", "--file"] if short_file else ["--file"]
+        p.add_argument(*flags, help="the stack file (default: services.yaml here or above)")
+        p.set_defaults(func=func)
+        return p
+
+    def supervisor_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("services", nargs="*", metavar="SERVICE")
+        p.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
+        p.add_argument(
+            "--exit-when-done", action="store_true",
+            help="stop once every service has ended (for stacks of one-shot jobs)",
+        )
+        p.add_argument("--exit-with", type=_pid, metavar="PID", help="stop the stack when PID exits")
+        p.add_argument(
+            "--lease", type=_duration, metavar="DURATION",
+            help="stop the stack unless `stackvisor heartbeat` comes within every DURATION",
+        )
+
+    command("validate", "check the stack file and print the services in start order", stack.cmd_validate)
+
+    up = command("up", "start the stack (or the named services and what they need)", stack.cmd_up)
+    supervisor_options(up)
+    up.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    up.add_argument(
+        "--wait", action="store_true",
+        help="with -d (implied): return once every service is ready; exit 1 if one fails",
+    )
+    up.add_argument("--timeout", type=_duration, default=120.0, help="for --wait (default 120s)")
+    up.add_argument("--dry-run", action="store_true", help="print the port plan and start nothing")
+
+    ports = command("ports", "show the port plan (holder, level, action) without doing anything", stack.cmd_ports)
+    ports.add_argument("services", nargs="*", metavar="SERVICE")
+    ports.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
+    ports.add_argument("--json", action="store_true")
+
+    history = command("history", "list the port conflicts and how they were resolved", stack.cmd_history)
+    history.add_argument("--json", action="store_true")
+    history.add_argument("--all", action="store_true", help="every recorded event, not only conflicts")
+    history.add_argument("--limit", type=int, default=1000)
+
+    sup = command("_supervise", None, stack.cmd_supervise)
+    supervisor_options(sup)
+
+    down = command("down", "stop the stack and wait until everything has exited", stack.cmd_down)
+    down.add_argument("--timeout", type=_duration, default=60.0, help="then kill (default 60s)")
+
+    for name in ("status", "ps"):
+        st = command(name, "show the services of the running stack", running.cmd_status)
+        st.add_argument("--json", action="store_true", help="the /v1/status document")
+
+    # As in compose, `logs -f` follows; the file is then --file.
+    logs = command("logs", "show (or follow) the services' output", running.cmd_logs, short_file=False)
+    logs.add_argument("services", nargs="*", metavar="SERVICE")
+    logs.add_argument("-f", "--follow", action="store_true", dest="follow")
+    logs.add_argument("-n", "--lines", type=int, default=100, help="lines from the end (default 100)")
+
+    restart = command("restart", "restart services (all when none is named)", running.cmd_restart)
+    restart.add_argument("services", nargs="*", metavar="SERVICE")
+    for action in ("start", "stop"):
+        p = command(action, f"{action} one service of the running stack", running.service_action(action))
+        p.add_argument("service", metavar="SERVICE")
+
+    command("heartbeat", "renew the lease of a stack started with --lease", running.cmd_heartbeat)
+
+    reload = command("reload", "apply the edits of the stack file now (it also happens by itself)", running.cmd_reload)
+    reload.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+
+    run = command("run", "up --wait, run a command with the stack's ports, then down", stack.cmd_run)
+    run.add_argument("services", nargs="*", metavar="SERVICE", help="(default: every service)")
+    run.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
+    run.add_argument("--timeout", type=_duration, default=120.0, help="for the stack to be ready")
+    run.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    return parser

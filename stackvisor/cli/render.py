@@ -1,0 +1,70 @@
+"""What the CLI prints: the status table and the history, from the documents the API returns."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from stackvisor.runtime.states import State
+from stackvisor.runtime.status import StackStatus
+from stackvisor.textfmt import format_age, table
+
+
+def format_status(status: StackStatus) -> str:
+    now = time.time()
+    rows = [("SERVICE", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "DETAIL")]
+    for s in status["services"]:
+        started = s.get("started_at")
+        uptime = format_age(now - started, parts=2) if started else "-"
+        detail = s.get("reason") or ""
+        if s["state"] == State.EXITED and s.get("exit_code") is not None:
+            detail = detail or f"exit code {s['exit_code']}"
+        rows.append(
+            (
+                s["name"],
+                s["state"],
+                str(s["pid"] or "-"),
+                str(s["port"] or "-"),
+                str(s["restarts"]),
+                uptime,
+                detail[:60],
+            )
+        )
+    return "\n".join([f"stack {status['name']} (supervisor pid {status['pid']})", *table(rows)])
+
+
+def format_history(rows: list[dict[str, Any]], *, conflicts_only: bool) -> str:
+    lines: list[tuple[str, ...]]
+    if conflicts_only:
+        lines = [("TIME", "SERVICE", "PORT", "HOLDER", "LEVEL", "ACTION", "OUTCOME")]
+        for r in rows:
+            d = r["data"]
+            holder = "/".join(str(d.get(k) or "?") for k in ("holder_pid", "holder_name", "holder_user"))
+            port = str(d.get("port") or "-")
+            if d.get("new_port"):
+                port += f" -> {d['new_port']}"
+            lines.append(
+                (
+                    clock(r["ts"]),
+                    r["service"] or "-",
+                    port,
+                    holder,
+                    d.get("level", "?"),
+                    d.get("action", "?"),
+                    d.get("outcome", "?"),
+                )
+            )
+    else:
+        lines = [("TIME", "SERVICE", "KIND", "DETAIL")]
+        for r in rows:
+            d = r["data"]
+            if r["kind"] == "state":
+                detail = f"{d.get('old')} -> {d.get('new')} {d.get('reason', '')}"
+            else:
+                detail = ", ".join(f"{k}={v}" for k, v in d.items() if k != "logs")
+            lines.append((clock(r["ts"]), r["service"] or "-", r["kind"], detail[:100]))
+    return "\n".join(table(lines))
+
+
+def clock(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

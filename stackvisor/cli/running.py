@@ -1,0 +1,120 @@
+"""Commands on a running stack, through its control socket: status, logs, restart, start,
+stop, reload, heartbeat."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, check_names, client, locate
+from stackvisor.cli.render import format_status
+from stackvisor.control.client import Client
+from stackvisor.errors import ApiError, NotRunning
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = locate(args)
+    try:
+        status = client(config).get("/v1/status")
+    except NotRunning:
+        if args.json:
+            print(json.dumps({"name": config.name, "running": False}))
+        raise
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    print(format_status(status))
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from stackvisor.control import ops
+
+    config = locate(args)
+    check_names(config, args.services)
+    names = args.services or list(config.services)
+    try:
+        api = client(config)
+    except NotRunning:
+        if args.follow:
+            raise
+        for line in ops.read_log_files(config, names, args.lines):
+            print(line)
+        return EXIT_OK
+    names = names or [s["name"] for s in api.get("/v1/status")["services"]]
+    width = max(len(n) for n in names)
+    if args.follow and len(names) == 1:
+        for line in api.stream(f"/v1/services/{names[0]}/logs?tail={args.lines}&follow=true"):
+            print(f"{names[0].ljust(width)} | {line}", flush=True)
+        return EXIT_OK
+    if args.follow:
+        return _follow_many(api, names, args.lines, width)
+    for name in names:
+        text = api.get(f"/v1/services/{name}/logs?tail={args.lines}")
+        for line in str(text).splitlines():
+            print(f"{name.ljust(width)} | {line}")
+    return EXIT_OK
+
+
+def _follow_many(api: Client, names: Sequence[str], lines: int, width: int) -> int:
+    def follow(name: str) -> None:
+        for line in api.stream(f"/v1/services/{name}/logs?tail={lines}&follow=true"):
+            print(f"{name.ljust(width)} | {line}", flush=True)
+
+    threads = [threading.Thread(target=follow, args=(n,), daemon=True) for n in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return EXIT_OK
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    config = locate(args)
+    check_names(config, args.services)
+    status = client(config).post("/v1/restart", {"services": args.services})
+    names = args.services or [s["name"] for s in status["services"] if s.get("selected")]
+    print(f"restarted {', '.join(names)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def service_action(action: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        config = locate(args)
+        check_names(config, [args.service])
+        result = client(config).post(f"/v1/services/{args.service}/{action}")
+        print(f"{args.service}: {result['state']}", file=sys.stderr)
+        return EXIT_OK
+
+    return run
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    api = client(locate(args))
+    try:
+        result = api.post("/v1/reload", {"dry_run": args.dry_run})
+    except ApiError as exc:
+        if exc.status == 409:
+            print(f"stackvisor: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"stackvisor: reload failed, nothing changed:\n{exc.detail}", file=sys.stderr)
+        return EXIT_USAGE
+    prefix = "would apply" if args.dry_run else "applied"
+    for line in result["summary"]:
+        print(f"{prefix}: {line}" if line != "no changes" else line)
+    if result.get("restarted"):
+        print(f"{'would restart' if args.dry_run else 'restarted'}: {', '.join(result['restarted'])}")
+    if result.get("needs_supervisor_restart"):
+        fields = ", ".join(result["needs_supervisor_restart"])
+        print(f"settings that take effect only after `stackvisor down` and `up`: {fields}")
+    return EXIT_OK
+
+
+def cmd_heartbeat(args: argparse.Namespace) -> int:
+    result = client(locate(args)).post("/v1/heartbeat")
+    if result.get("lease_seconds_left") is None:
+        print("stackvisor: the stack has no --lease; the heartbeat changes nothing", file=sys.stderr)
+    return EXIT_OK

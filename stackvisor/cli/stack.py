@@ -1,0 +1,249 @@
+"""Commands that bring a stack up or down, or look at it without running it: validate,
+up, the detached supervisor, run, down, ports, history."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from stackvisor import graph
+from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, check_names, load, locate
+from stackvisor.cli.render import format_history
+from stackvisor.config.schema import StackConfig, Strategy
+from stackvisor.paths import stack_paths
+from stackvisor.runtime.status import StackStatus
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load(args)
+    order = graph.start_order(config.graph())
+    depth = graph.levels(config.graph())
+    print(f"{config.path}: stack {config.name!r}, {len(order)} services, in start order:")
+    for name in order:
+        svc = config.services[name]
+        deps = ", ".join(f"{d} ({c.condition.value})" for d, c in svc.depends_on.items())
+        port = f" port {svc.port}" if svc.port is not None else ""
+        print(f"  {'  ' * depth[name]}{name}{port}{'  <- ' + deps if deps else ''}")
+    return EXIT_OK
+
+
+def _supervisor_argv(args: argparse.Namespace) -> list[str]:
+    argv = list(args.services)
+    if args.strategy:
+        argv += ["--strategy", args.strategy]
+    if getattr(args, "exit_when_done", False):
+        argv.append("--exit-when-done")
+    if getattr(args, "exit_with", None):
+        argv += ["--exit-with", str(args.exit_with)]
+    if getattr(args, "lease", None):
+        argv += ["--lease", str(args.lease)]
+    return argv
+
+
+def _known_children(config: StackConfig) -> set[tuple[int, float]]:
+    from stackvisor.runtime.state import StateDB
+
+    path = stack_paths(config).state_db
+    if not path.exists():
+        return set()
+    db = StateDB.open(path, os.getpid())
+    try:
+        return db.known_children()
+    finally:
+        db.close()
+
+
+def _port_plan(config: StackConfig, strategy: str | None, names: Sequence[str]) -> list[Any]:
+    from stackvisor.ports.resolve import plan_stack
+
+    selection = graph.closure(config.graph(), names) if names else set(config.services)
+    override = Strategy(strategy) if strategy else None
+    return [a for a in plan_stack(config, override, _known_children(config)) if a.service in selection]
+
+
+def cmd_ports(args: argparse.Namespace) -> int:
+    """The port plan (holder, level, action) for every service, doing nothing."""
+    from stackvisor.ports.conflicts import Action, format_plan
+
+    config = load(args)
+    check_names(config, args.services)
+    plan = _port_plan(config, args.strategy, args.services)
+    if args.json:
+        print(json.dumps([a.as_dict() for a in plan], indent=2, default=str))
+    else:
+        print(format_plan(plan))
+    return EXIT_FAILURE if any(a.action is Action.FAIL for a in plan) else EXIT_OK
+
+
+def _preflight(config: StackConfig, args: argparse.Namespace) -> int | None:
+    """Conflicts that no strategy step can resolve stop `up` before anything starts."""
+    from stackvisor.control import ops
+    from stackvisor.ports.conflicts import Action, format_plan
+
+    if ops.supervisor_pid(config) is not None:
+        return None  # the running supervisor's own ports would all look taken
+    plan = _port_plan(config, args.strategy, args.services)
+    if args.dry_run:
+        print(format_plan(plan))
+        return EXIT_FAILURE if any(a.action is Action.FAIL for a in plan) else EXIT_OK
+    failing = [a for a in plan if a.action is Action.FAIL]
+    for action in failing:
+        print(f"stackvisor: {action.service}: {action.message}", file=sys.stderr)
+    return EXIT_FAILURE if failing else None
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from stackvisor.runtime.state import StateDB
+
+    config = load(args)
+    path = stack_paths(config).state_db
+    rows: list[dict[str, Any]] = []
+    if path.exists():
+        db = StateDB.open(path, os.getpid())
+        try:
+            kinds = () if args.all else ("port_conflict",)
+            rows = db.events(kinds=kinds, limit=args.limit)
+        finally:
+            db.close()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    if not rows:
+        print("no port conflicts recorded" if not args.all else "no history recorded")
+        return EXIT_OK
+    print(format_history(rows, conflicts_only=not args.all))
+    return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    config = load(args)
+    check_names(config, args.services)
+    stop = _preflight(config, args)
+    if stop is not None:
+        return stop
+    if args.detach or args.wait:
+        return _up_detached(config, args)
+    return _supervise(config, args, console=True)
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
+    """The detached supervisor itself (started by `up -d`)."""
+    return _supervise(load(args), args, console=False)
+
+
+def _supervise(config: StackConfig, args: argparse.Namespace, *, console: bool) -> int:
+    from stackvisor.app import run_supervisor
+    from stackvisor.runtime.supervisor import Lease
+
+    return run_supervisor(
+        config,
+        args.services,
+        strategy=args.strategy,
+        until_done=args.exit_when_done,
+        lease=Lease(exit_with=args.exit_with, seconds=args.lease),
+        console=console,
+    )
+
+
+def _up_detached(config: StackConfig, args: argparse.Namespace) -> int:
+    from stackvisor.control import ops
+
+    started = ops.detach(config, _supervisor_argv(args))
+    if not started.ok:
+        print(f"stackvisor: {started.message}", file=sys.stderr)
+        return started.code if started.code in (EXIT_FAILURE, EXIT_USAGE) else EXIT_FAILURE
+    print(f"stack {config.name!r} running in the background (pid {started.pid})", file=sys.stderr)
+    if not args.wait:
+        return EXIT_OK
+    return _wait(config, args.services, args.timeout)
+
+
+def _wait(config: StackConfig, names: Sequence[str], timeout: float) -> int:
+    from stackvisor.control import ops
+
+    api = ops.client_for(config)
+    tty = sys.stderr.isatty()
+
+    def progress(status: StackStatus) -> None:
+        if tty:
+            states = " ".join(f"{s['name']}:{s['state']}" for s in status["services"] if s.get("selected"))
+            print(f"\r\x1b[Kwaiting: {states}"[:200], end="", file=sys.stderr, flush=True)
+
+    result = ops.wait_ready(api, names, timeout, progress)
+    if tty:
+        print("\r\x1b[K", end="", file=sys.stderr)
+    if result.ok and result.status is not None:
+        ready = [s["name"] for s in result.status["services"] if s.get("selected")]
+        print(f"ready: {', '.join(ready)}", file=sys.stderr)
+        return EXIT_OK
+    why = f"not ready after {timeout:g}s" if result.timed_out else "a service failed"
+    print(f"stackvisor: {why}", file=sys.stderr)
+    print(ops.failure_report(api, result.broken), file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from stackvisor.control import ops
+
+    config = locate(args)
+    result = ops.down(config, args.timeout)
+    for line in result.ended:
+        print(line, file=sys.stderr)
+    if not result.was_running:
+        print(f"stack {config.name!r} was not running", file=sys.stderr)
+    elif result.killed:
+        print(
+            f"the supervisor (pid {result.pid}) did not stop within {args.timeout:g}s: killed", file=sys.stderr
+        )
+    else:
+        print(f"stack {config.name!r} stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """up --wait, the command with the stack's ports in its environment, then down."""
+    from stackvisor.control import ops
+
+    if not args.cmd:
+        raise UsageError("run needs a command after --, e.g. stackvisor run -- pytest")
+    config = load(args)
+    check_names(config, args.services)
+    stop = _preflight(config, args)
+    if stop is not None:
+        return stop
+    # --exit-with: even a SIGKILLed `stackvisor run` leaves nothing running.
+    started = ops.detach(config, [*_supervisor_argv(args), "--exit-with", str(os.getpid())])
+    if not started.ok:
+        print(f"stackvisor: {started.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    # From here on, whatever happens (Ctrl-C, SIGTERM, a failure), the stack goes down.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        code = _wait(config, args.services, args.timeout)
+        if code != EXIT_OK:
+            return code
+        status = ops.client_for(config).get("/v1/status")
+        env = dict(os.environ)
+        env.update(ops.port_environment(status))
+        return ops.run_command(args.cmd, env)
+    except FileNotFoundError as exc:
+        print(f"stackvisor: cannot run {args.cmd[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127
+    except ops.Terminated as exc:
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        ops.down(config, timeout=60)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    from stackvisor.control.ops import Terminated
+
+    raise Terminated(128 + signum)

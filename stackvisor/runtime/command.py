@@ -1,0 +1,80 @@
+"""What a service runs: its argv, working folder and environment, from its configuration.
+
+Pure but for one check (`resolve_program` looks at the disk when the socket is
+handed over): the runner spawns what this builds. A string command runs through
+`/bin/sh -c`; a single simple command is `exec`'d so the service is the direct child.
+With `socket: inherit`, a few lines of Python receive the listening socket as fd 3
+and exec the service (the systemd protocol).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from stackvisor.config.interpolate import interpolate
+from stackvisor.config.schema import Service
+from stackvisor.errors import StartError
+from stackvisor.runtime.process import resolve_program
+
+# A shell is needed only for these; otherwise `exec` makes the service the direct child.
+_SHELL_SYNTAX = re.compile(r"[;&|<>()`\n]|^\s*(if|for|while|until|case|\{|!)\b")
+# Moves the socket to fd 3 and sets LISTEN_PID to its own pid, which `exec` passes on
+# to the service: done after fork without a preexec_fn (the shell cannot: dash knows
+# fds 0-9 only).
+_HAND_OVER = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "if fd != 3:\n    os.dup2(fd, 3)\n    os.close(fd)\n"
+    "os.set_inheritable(3, True)\n"
+    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES=sys.argv[2])\n"
+    "os.execvp(sys.argv[3], sys.argv[3:])\n"
+)
+
+
+def shell_argv(command: str) -> list[str]:
+    if _SHELL_SYNTAX.search(command):
+        return ["/bin/sh", "-c", command]
+    return ["/bin/sh", "-c", f"exec {command}"]
+
+
+def interpolate_value(value: str | list[str], variables: dict[str, str]) -> str | list[str]:
+    if isinstance(value, str):
+        return interpolate(value, variables)
+    return [interpolate(part, variables) for part in value]
+
+
+def argv_of(value: str | list[str]) -> list[str]:
+    return shell_argv(value) if isinstance(value, str) else list(value)
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    pass_fds: tuple[int, ...] = ()
+
+
+def build_command(service: Service, root: Path, variables: dict[str, str], listener_fd: int | None) -> Command:
+    """The process to start for `service`, with the port variables expanded.
+
+    `listener_fd`: a listening socket to hand over (`socket: inherit`).
+    """
+    argv = argv_of(interpolate_value(service.command, variables))
+    cwd = str(root / service.working_dir) if service.working_dir else str(root)
+    pass_fds: tuple[int, ...] = ()
+    if listener_fd is not None:
+        try:
+            argv[0] = resolve_program(argv[0], cwd, os.environ.get("PATH", os.defpath))
+        except OSError as exc:
+            raise StartError(f"cannot start {argv[0]!r}: {exc.strerror}") from None
+        argv = [sys.executable, "-S", "-c", _HAND_OVER, str(listener_fd), service.name, *argv]
+        pass_fds = (listener_fd,)
+    env = dict(os.environ)
+    env.update({k: interpolate(v, variables) for k, v in service.env.items()})
+    env.update(variables)
+    return Command(argv, cwd, env, pass_fds)

@@ -1,0 +1,62 @@
+"""CI dead-man switches: stop the stack when a process exits, or when heartbeats stop.
+
+`up -d --exit-with PID` and `up -d --lease 30s` (renewed by `stackvisor heartbeat`).
+Each watch calls `stop(reason)` once and returns; the supervisor runs them in its
+task group and cancels them when the stack stops for another reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from stackvisor.runtime.clock import Clock
+
+
+@dataclass
+class Lease:
+    """Stop the stack when `exit_with` exits, or when no heartbeat came for `seconds`."""
+
+    exit_with: int | None = None
+    seconds: float | None = None
+    deadline: float | None = field(default=None, compare=False)
+
+    def renew(self, clock: Clock) -> float | None:
+        """A heartbeat: the seconds granted, or None when the stack has no lease."""
+        if self.seconds is None:
+            return None
+        self.deadline = clock.now() + self.seconds
+        return self.seconds
+
+
+async def watch_pid(pid: int, stop: Callable[[str], None]) -> None:
+    """Until `pid` exits (a CI job that was killed): observed through a pidfd."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        stop(f"pid {pid} (--exit-with) is gone")
+        return
+    gone = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(pidfd, gone.set)
+    try:
+        await gone.wait()
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    stop(f"pid {pid} (--exit-with) exited")
+
+
+async def watch_lease(lease: Lease, clock: Clock, stop: Callable[[str], None]) -> None:
+    """Until the lease runs out: every heartbeat moves its deadline on."""
+    assert lease.seconds is not None
+    lease.renew(clock)
+    while True:
+        assert lease.deadline is not None
+        left = lease.deadline - clock.now()
+        if left <= 0:
+            stop(f"no heartbeat for {lease.seconds:g}s (--lease)")
+            return
+        await clock.sleep(left)

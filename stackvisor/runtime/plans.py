@@ -1,0 +1,111 @@
+"""What the supervisor will do, decided over plain data: selections, restart targets, reloads.
+
+Pure: configurations and sets of names in, names out. The supervisor carries the
+plans out (stops, starts, swaps configurations); tests check them without a process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from stackvisor import graph
+from stackvisor.config import ReloadDiff, restart_set
+from stackvisor.config.schema import StackConfig
+from stackvisor.runtime.status import ReloadResult
+
+# Settings that take effect only when the supervisor starts again.
+RESTART_SETTINGS = frozenset({"control", "logs_dir", "log_max_bytes", "log_backups", "reload"})
+
+
+def selection(config: StackConfig, requested: Sequence[str]) -> set[str]:
+    """What `up SERVICE...` runs under `config`: the named services still there and what
+    they need; everything when nothing was named."""
+    if not requested:
+        return set(config.services)
+    names = [n for n in requested if n in config.services]
+    return graph.closure(config.graph(), names) if names else set()
+
+
+def followers(config: StackConfig, names: Iterable[str]) -> set[str]:
+    """`names` plus, transitively, every service whose `depends_on` entry on one of them
+    says `restart: true`."""
+    result = {n for n in names if n in config.services}
+    grew = True
+    while grew:
+        grew = False
+        for name, service in config.services.items():
+            if name not in result and any(
+                dep in result and entry.restart for dep, entry in service.depends_on.items()
+            ):
+                result.add(name)
+                grew = True
+    return result
+
+
+def restart_targets(config: StackConfig, named: Sequence[str], running: set[str]) -> set[str]:
+    """Who a restart of `named` stops and starts: the named ones always, their
+    `restart: true` followers only when they are running."""
+    return {n for n in followers(config, named) if n in named or n in running}
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """How to go from the running stack to the edited one.
+
+    First `stop` (running services that are removed or restart), then drop `removed`,
+    give `changed` their new configuration, create `added`, and `start` (in start
+    order) within the new `selection`.
+    """
+
+    diff: ReloadDiff
+    restarts: tuple[str, ...]  # changed services and their followers (by the new file)
+    stop: tuple[str, ...]
+    start: tuple[str, ...]
+    selection: frozenset[str]
+
+    @property
+    def restarted(self) -> list[str]:
+        """What the reload report calls restarted: the restarts still selected."""
+        return [n for n in self.restarts if n in self.selection]
+
+
+def plan_reload(
+    old: StackConfig,
+    new: StackConfig,
+    diff: ReloadDiff,
+    *,
+    requested: Sequence[str],
+    running: set[str],
+    stopped_by_hand: set[str],
+) -> ReloadPlan:
+    """`running`: services with a live lifecycle; `stopped_by_hand`: those in `stopped`.
+
+    Changed services start again even if they had failed (the edit may be the fix);
+    one stopped by hand stays stopped.
+    """
+    restarts = sorted(restart_set(diff, new) & set(old.services))
+    chosen = selection(new, requested)
+    stop = tuple(n for n in (*diff.removed, *restarts) if n in running)
+    by_hand = {n for n in restarts if n not in stop and n in stopped_by_hand}
+    starting = set(diff.added) | (set(restarts) - by_hand)
+    start = tuple(n for n in graph.start_order(new.graph()) if n in starting and n in chosen)
+    return ReloadPlan(diff, tuple(restarts), stop, start, frozenset(chosen))
+
+
+def reload_result(plan: ReloadPlan, *, dry_run: bool, source: str, now: float) -> ReloadResult:
+    """The report of a reload (or of what it would do): what changed and what restarts."""
+    diff = plan.diff
+    return {
+        "ok": True,
+        "dry_run": dry_run,
+        "source": source,
+        "time": now,
+        "added": list(diff.added),
+        "removed": list(diff.removed),
+        "changed": list(diff.changed),
+        "restarted": plan.restarted,
+        "settings_changed": list(diff.settings_changed),
+        "needs_supervisor_restart": [f for f in diff.settings_changed if f in RESTART_SETTINGS],
+        "summary": diff.describe(),
+    }

@@ -1,0 +1,48 @@
+"""The documents the supervisor reports: a service's status, the stack's, a reload's result.
+
+TypedDicts, because they cross the control socket as JSON unchanged: the server
+sends them, the client and the CLI read them, the OpenAPI document describes them.
+"""
+
+from __future__ import annotations
+
+from typing import NotRequired, TypedDict
+
+
+class ServiceStatus(TypedDict):
+    name: str
+    state: str
+    reason: str
+    pid: int | None
+    port: int | None
+    health: str | None
+    restarts: int
+    exit_code: int | None
+    started_at: float | None  # unix time the current process started
+    depends_on: list[str]
+    selected: NotRequired[bool]  # in the stack's status: part of what `up` runs
+
+
+class ReloadResult(TypedDict):
+    ok: bool
+    dry_run: bool
+    source: str
+    time: float
+    error: NotRequired[str]  # when not ok: why the file was refused
+    added: NotRequired[list[str]]
+    removed: NotRequired[list[str]]
+    changed: NotRequired[list[str]]
+    restarted: NotRequired[list[str]]
+    settings_changed: NotRequired[list[str]]
+    needs_supervisor_restart: NotRequired[list[str]]
+    summary: NotRequired[list[str]]
+
+
+class StackStatus(TypedDict):
+    name: str
+    pid: int
+    file: str
+    started_at: float
+    stopping: bool
+    reload: ReloadResult | None
+    services: list[ServiceStatus]

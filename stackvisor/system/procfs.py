@@ -1,0 +1,144 @@
+"""Process facts, read from /proc (through psutil where it already does the reading).
+
+The one place that answers: when did a process start, is a pid still the process we
+saw (never a recycled pid), is it alive, who are its ancestors, its descendants and
+the members of its process group, and which processes carry a marker in their
+environment. Every function here only reads.
+
+What does not live here: sending signals (`signals`), forking and reaping children
+(`runtime.process`), and sockets and their owners (`ports`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import psutil
+
+PROC = "/proc"
+
+# The environment variable every child of a supervisor carries, "<instance>/<service>/<n>":
+# it survives setsid, double forks and reparenting, so it finds what left the group.
+MARKER = "STACKVISOR_CHILD"
+
+# Two start times of one process are the same when they differ by at most this much.
+# psutil derives a start time from the clock-tick count in /proc/<pid>/stat (plus the
+# boot time, whole seconds): two reads of one process give the very same number, and
+# start times of two processes, where they differ at all, differ by at least one tick
+# (10 ms at Linux's USER_HZ of 100). Half a tick absorbs float rounding and nothing more. A wider value
+# could only make a recycled pid look like the process we recorded: state.db records
+# `create_time(pid) or time.time()`, and the wall-clock fallback is used only for a
+# child that was gone before its start time could be read, which must match nothing.
+START_TIME_TOLERANCE = 0.005
+
+
+def pids() -> list[int]:
+    """Every pid on the system now (the /proc directory walk)."""
+    return [int(name) for name in os.listdir(PROC) if name.isdigit()]
+
+
+def create_time(pid: int) -> float | None:
+    """When `pid` started (seconds since the epoch), None when it cannot be read or is gone."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def same_start(found: float, recorded: float) -> bool:
+    """Whether two start times are those of one process (see START_TIME_TOLERANCE)."""
+    return abs(found - recorded) <= START_TIME_TOLERANCE
+
+
+def same_process(pid: int, started: float | None) -> bool:
+    """True while `pid` is alive, not a zombie, and is still the process that started
+    at `started` (with `started` None: only alive and not a zombie).
+
+    A process we may not inspect counts as alive and the same: callers wait for a
+    process to be gone, and "cannot tell" must not end the wait early. Where a
+    positive proof of identity is needed (ending an orphan), compare `create_time`
+    with `same_start` instead: an unreadable start time proves nothing.
+    """
+    try:
+        proc = psutil.Process(pid)
+        if started is not None and not same_start(proc.create_time(), started):
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def running(proc: psutil.Process) -> bool:
+    """Still the process psutil saw (not a recycled pid), and not a zombie."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def ancestors(pid: int) -> frozenset[int]:
+    """`pid` and all of its ancestors, up to pid 1 (psutil checks each parent started
+    before its child, so a recycled parent pid ends the chain)."""
+    out = {pid}
+    with contextlib.suppress(psutil.Error):
+        out.update(p.pid for p in psutil.Process(pid).parents())
+    return frozenset(out)
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process below `pid` now (children, grandchildren, ...); empty when it is gone."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live, non-zombie pids of process group `pgid`."""
+    if not os.path.isdir(PROC):
+        members = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                    members.append(proc.pid)
+            except (OSError, psutil.Error):
+                continue
+        return members
+    members = []
+    for pid in pids():
+        try:
+            with open(f"{PROC}/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # The command name (field 2) may contain spaces and parentheses: split after
+        # its last ")". Then: state, ppid, pgrp.
+        rest = stat[stat.rfind(b")") + 2 :].split()
+        if len(rest) > 2 and int(rest[2]) == pgid and rest[0] != b"Z":
+            members.append(pid)
+    return members
+
+
+def marked(marker: str, *, prefix: bool = False) -> list[psutil.Process]:
+    """Live processes carrying `MARKER=marker` in their environment (a service's descendants).
+
+    With `prefix`, every marker that starts with `marker`: all children of one supervisor.
+    /proc/<pid>/environ is the environment the program was started with, so a program
+    that unsets the variable while it runs still carries it.
+    """
+    out = []
+    needle = f"{MARKER}={marker}".encode()
+    for pid in pids():
+        try:
+            with open(f"{PROC}/{pid}/environ", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        entries = data.split(b"\0")
+        if any(e.startswith(needle) for e in entries) if prefix else needle in entries:
+            with contextlib.suppress(psutil.Error):
+                out.append(psutil.Process(pid))
+    return out

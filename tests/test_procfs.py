@@ -1,0 +1,130 @@
+"""Process facts against real processes: start times, identity, liveness, ancestors,
+descendants, process groups and environment markers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+from test_ports_helpers import wait_until
+
+from stackvisor.system import procfs
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+Start = Callable[..., subprocess.Popen[str]]
+
+
+@pytest.fixture
+def start() -> Iterator[Start]:
+    """Popen, with every process (and the group of those in a session of their own)
+    killed and reaped after the test, whatever happened."""
+    started: list[tuple[subprocess.Popen[str], bool]] = []
+
+    def run(argv: list[str], *, own_group: bool = False, **kw: object) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(argv, start_new_session=own_group, text=True, **kw)
+        started.append((proc, own_group))
+        return proc
+
+    yield run
+    for proc, own_group in started:
+        # proc is not reaped yet, so its pid (and group number) is still its own.
+        if own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def zombie(proc: subprocess.Popen[str]) -> bool:
+    try:
+        return psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def no_such_pid() -> int:
+    with open("/proc/sys/kernel/pid_max") as fh:
+        return int(fh.read()) + 1  # above the highest pid the kernel hands out
+
+
+def test_pids_and_create_time(start: Start) -> None:
+    child = start(SLEEPER)
+    assert {os.getpid(), child.pid} <= set(procfs.pids())
+    assert procfs.create_time(child.pid) == psutil.Process(child.pid).create_time()
+    assert procfs.create_time(no_such_pid()) is None
+
+
+def test_one_tolerance_for_start_times() -> None:
+    started = 1_700_000_000.25
+    assert procfs.same_start(started, started)
+    assert procfs.same_start(started + 0.004, started)  # float rounding, not another process
+    assert not procfs.same_start(started + 0.01, started)  # one clock tick apart: two processes
+
+
+def test_same_process_is_alive_and_started_when_recorded(start: Start) -> None:
+    sleeper = start(SLEEPER)
+    began = procfs.create_time(sleeper.pid)
+    assert began is not None
+    assert procfs.same_process(sleeper.pid, began)
+    assert procfs.same_process(sleeper.pid, None)  # no start time: alive is enough
+    assert not procfs.same_process(sleeper.pid, began - 1.0)  # what a recycled pid looks like
+    assert not procfs.same_process(no_such_pid(), None)
+    quick = start([sys.executable, "-c", "pass"])
+    assert wait_until(lambda: zombie(quick))
+    started = procfs.create_time(quick.pid)  # a zombie still has its start time
+    assert started is not None
+    assert not procfs.same_process(quick.pid, started)  # but it is gone for every purpose
+
+
+def test_running_is_false_for_a_zombie_and_a_reaped_process(start: Start) -> None:
+    child = start([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    proc = psutil.Process(child.pid)
+    assert procfs.running(proc)
+    assert child.stdin is not None
+    child.stdin.close()  # it exits now, and stays a zombie until we wait for it
+    assert wait_until(lambda: zombie(child))
+    assert not procfs.running(proc)
+    child.wait(timeout=5)
+    assert not procfs.running(proc)
+
+
+def test_ancestors_and_descendants(start: Start) -> None:
+    shell = start(["/bin/sh", "-c", "sleep 60 & wait"], own_group=True)
+    assert wait_until(lambda: len(procfs.descendants(shell.pid)) == 1)
+    (grandchild,) = procfs.descendants(shell.pid)
+    assert {grandchild.pid, shell.pid, os.getpid(), os.getppid()} <= procfs.ancestors(grandchild.pid)
+    assert {os.getpid(), os.getppid()} <= procfs.ancestors(os.getpid())
+    assert grandchild.pid not in procfs.ancestors(os.getpid())
+    assert procfs.ancestors(no_such_pid()) == {no_such_pid()}
+    assert procfs.descendants(no_such_pid()) == []
+
+
+def test_group_members_are_live_and_not_zombies(start: Start) -> None:
+    shell = start(["/bin/sh", "-c", "sleep 60 & wait"], own_group=True)
+    assert wait_until(lambda: len(procfs.group_members(shell.pid)) == 2)
+    (sleeper,) = procfs.descendants(shell.pid)
+    assert sorted(procfs.group_members(shell.pid)) == sorted([shell.pid, sleeper.pid])
+    assert os.getpid() not in procfs.group_members(shell.pid)
+    quick = start([sys.executable, "-c", "pass"], own_group=True)
+    assert wait_until(lambda: zombie(quick))
+    assert procfs.group_members(quick.pid) == []  # its only member is a zombie
+
+
+def test_marked_finds_exact_markers_and_prefixes(start: Start) -> None:
+    stack = f"test-{uuid.uuid4().hex}"
+    env = dict(os.environ)
+    first = start(SLEEPER, env={**env, procfs.MARKER: f"{stack}/api/1"})
+    tenth = start(SLEEPER, env={**env, procfs.MARKER: f"{stack}/api/10"})
+    start(SLEEPER, env={**env, procfs.MARKER: f"other-{stack}/api/1"})
+    assert [p.pid for p in procfs.marked(f"{stack}/api/1")] == [first.pid]
+    assert [p.pid for p in procfs.marked(f"{stack}/api/")] == []  # exact unless prefix
+    assert sorted(p.pid for p in procfs.marked(f"{stack}/", prefix=True)) == sorted([first.pid, tenth.pid])
