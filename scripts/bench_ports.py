@@ -19,6 +19,7 @@ Every helper is ended on the way out, whatever happens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -33,9 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil  # noqa: E402
+import psutil
 
-from stackvisor.ports import OwnerSearch, tables  # noqa: E402
+from stackvisor.ports import OwnerSearch, tables
 
 HOLDERS = 10
 SOCKETS_EACH = 200
@@ -70,7 +71,9 @@ def start_holders(children: list[subprocess.Popen]) -> dict[int, set[int]]:
     for _ in range(HOLDERS):
         proc = subprocess.Popen(
             [sys.executable, "-c", HOLDER, str(SOCKETS_EACH)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         children.append(proc)
         procs.append(proc)
@@ -88,13 +91,21 @@ def start_holders(children: list[subprocess.Popen]) -> dict[int, set[int]]:
 def start_idlers(children: list[subprocess.Popen]) -> int:
     """Idle `sleep` processes, each with a few open files, until MIN_PROCESSES exist."""
     missing = MIN_PROCESSES - len(psutil.pids())
-    files = [os.open(path, os.O_RDONLY) for path in ("/dev/null", "/etc/passwd", "/etc/hostname", "/proc/self/stat")
-             if os.path.exists(path)]
+    files = [
+        os.open(path, os.O_RDONLY)
+        for path in ("/dev/null", "/etc/passwd", "/etc/hostname", "/proc/self/stat")
+        if os.path.exists(path)
+    ]
     try:
         for _ in range(max(0, missing)):
             children.append(
-                subprocess.Popen(["sleep", "3600"], pass_fds=files, start_new_session=True,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.Popen(
+                    ["sleep", "3600"],
+                    pass_fds=files,
+                    start_new_session=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             )
     finally:
         for fd in files:
@@ -104,15 +115,11 @@ def start_idlers(children: list[subprocess.Popen]) -> int:
 
 def stop(children: list[subprocess.Popen]) -> None:
     for proc in children:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     for proc in children:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
         if proc.stdout:
             proc.stdout.close()
 
@@ -127,12 +134,15 @@ def timed(fn: Callable[[], object], repeat: int) -> list[float]:
 
 
 def ms(values: list[float]) -> str:
-    return f"median {statistics.median(values) * 1e3:8.3f} ms   (min {min(values) * 1e3:.3f}, max {max(values) * 1e3:.3f})"
+    low, high = min(values) * 1e3, max(values) * 1e3
+    return f"median {statistics.median(values) * 1e3:8.3f} ms   (min {low:.3f}, max {high:.3f})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=25, help="runs of (a) and (b); (c) runs a third as often")
+    parser.add_argument(
+        "--repeat", type=int, default=25, help="runs of (a) and (b); (c) runs a third as often"
+    )
     args = parser.parse_args()
     raise_nofile()
     children: list[subprocess.Popen] = []
@@ -173,7 +183,7 @@ def main() -> int:
 
         def proc_free() -> list[int]:
             found, _ = tables._proc_sockets(None, established=False)
-            busy = {l.port for l in found}
+            busy = {listener.port for listener in found}
             return [p for p in check if p not in busy]
 
         def proc_owner() -> object:

@@ -54,11 +54,9 @@ def configure(log_file: Path | None, *, stream: TextIO | None = None, quiet: boo
     if out is None:
         writer = BackgroundWriter(sys.stderr.buffer)
         out = TextWriter(writer, sys.stderr.isatty())
-    renderer: Any
-    if quiet:
-        renderer = _Drop()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=colour_enabled(out), pad_event_to=0)
+    renderer: Any = (
+        _Drop() if quiet else structlog.dev.ConsoleRenderer(colors=colour_enabled(out), pad_event_to=0)
+    )
     tee = _JsonTee(log_file)
     structlog.configure(
         processors=[

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from stackvisor.config import diff_configs, load_config
+from stackvisor.config.diff import followers
 from stackvisor.config.schema import Backoff, Condition, Dependency, RestartPolicy
 from stackvisor.runtime import plans
 from stackvisor.runtime.lifecycle import (
@@ -39,11 +40,11 @@ from stackvisor.runtime.states import State
 RULES = Rules(name="api", backoff=Backoff(initial=0.5, max=30.0), healthcheck=True, has_dependencies=True)
 
 
-def states(result) -> list[str]:  # noqa: ANN001
+def states(result) -> list[str]:
     return [str(t.state) for t in result.transitions]
 
 
-def run(events, rules: Rules = RULES, life: Life | None = None, now: float = 0.0):  # noqa: ANN001, ANN201
+def run(events, rules: Rules = RULES, life: Life | None = None, now: float = 0.0):
     life = life or Life()
     seen: list[str] = []
     actions = ()
@@ -258,7 +259,7 @@ services:
 """
 
 
-def load(tmp_path: Path, text: str):  # noqa: ANN201
+def load(tmp_path: Path, text: str):
     path = tmp_path / "services.yaml"
     path.write_text(text)
     return load_config(path)
@@ -266,7 +267,7 @@ def load(tmp_path: Path, text: str):  # noqa: ANN201
 
 def test_restart_targets_follow_restart_true_only_when_running(tmp_path: Path) -> None:
     config = load(tmp_path, STACK)
-    assert plans.followers(config, ["db"]) == {"db", "api", "web"}
+    assert followers(config, ["db"]) == {"db", "api", "web"}
     assert plans.restart_targets(config, ["db"], running={"db", "api", "worker"}) == {"db", "api"}
     assert plans.restart_targets(config, ["web"], running=set()) == {"web"}
 

@@ -53,4 +53,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, http.client.HTTPException, ValueError) as exc:  # a broken answer
         print(f"stackvisor: the supervisor did not answer properly: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-

@@ -43,12 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("services", nargs="*", metavar="SERVICE")
         p.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
         p.add_argument(
-            "--exit-when-done", action="store_true",
+            "--exit-when-done",
+            action="store_true",
             help="stop once every service has ended (for stacks of one-shot jobs)",
         )
         p.add_argument("--exit-with", type=_pid, metavar="PID", help="stop the stack when PID exits")
         p.add_argument(
-            "--lease", type=_duration, metavar="DURATION",
+            "--lease",
+            type=_duration,
+            metavar="DURATION",
             help="stop the stack unless `stackvisor heartbeat` comes within every DURATION",
         )
 
@@ -58,13 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     supervisor_options(up)
     up.add_argument("-d", "--detach", action="store_true", help="run in the background")
     up.add_argument(
-        "--wait", action="store_true",
+        "--wait",
+        action="store_true",
         help="with -d (implied): return once every service is ready; exit 1 if one fails",
     )
     up.add_argument("--timeout", type=_duration, default=120.0, help="for --wait (default 120s)")
     up.add_argument("--dry-run", action="store_true", help="print the port plan and start nothing")
 
-    ports = command("ports", "show the port plan (holder, level, action) without doing anything", stack.cmd_ports)
+    ports = command(
+        "ports", "show the port plan (holder, level, action) without doing anything", stack.cmd_ports
+    )
     ports.add_argument("services", nargs="*", metavar="SERVICE")
     ports.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
     ports.add_argument("--json", action="store_true")
@@ -98,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("heartbeat", "renew the lease of a stack started with --lease", running.cmd_heartbeat)
 
-    reload = command("reload", "apply the edits of the stack file now (it also happens by itself)", running.cmd_reload)
+    reload = command(
+        "reload", "apply the edits of the stack file now (it also happens by itself)", running.cmd_reload
+    )
     reload.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
 
     run = command("run", "up --wait, run a command with the stack's ports, then down", stack.cmd_run)

@@ -198,7 +198,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"stack {config.name!r} was not running", file=sys.stderr)
     elif result.killed:
         print(
-            f"the supervisor (pid {result.pid}) did not stop within {args.timeout:g}s: killed", file=sys.stderr
+            f"the supervisor (pid {result.pid}) did not stop within {args.timeout:g}s: killed",
+            file=sys.stderr,
         )
     else:
         print(f"stack {config.name!r} stopped", file=sys.stderr)

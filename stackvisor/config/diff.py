@@ -16,6 +16,7 @@ dependencies changed; `restart_set` adds the dependents that asked to follow
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from stackvisor.config.schema import Settings, StackConfig
@@ -74,13 +75,19 @@ def restart_set(diff: ReloadDiff, new: StackConfig) -> set[str]:
     following is transitive (db -> api -> web restarts web when db changes, if both
     links say so). Added services are started, not restarted, so they are left out.
     """
-    added = set(diff.added)
-    result = {name for name in diff.changed if name in new.services}
+    return followers(new, diff.changed, skip=diff.added)
+
+
+def followers(config: StackConfig, names: Iterable[str], skip: Iterable[str] = ()) -> set[str]:
+    """`names` (those in `config`) plus, transitively, every service whose `depends_on`
+    entry on one of them says `restart: true`; services in `skip` are never added."""
+    skipped = set(skip)
+    result = {name for name in names if name in config.services}
     grew = True
     while grew:
         grew = False
-        for name, service in new.services.items():
-            if name in result or name in added:
+        for name, service in config.services.items():
+            if name in result or name in skipped:
                 continue
             if any(dep in result and entry.restart for dep, entry in service.depends_on.items()):
                 result.add(name)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ class Client:
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             conn.close()
             raise NotRunning(f"the stack is not running ({exc})") from None
-        except (socket.timeout, OSError):
+        except (TimeoutError, OSError):
             conn.close()
             raise
 

@@ -30,13 +30,19 @@ async def metrics(request: web.Request) -> web.Response:
         "stackvisor_service_healthy",
         "gauge",
         "1 when the last health check passed.",
-        [f'stackvisor_service_healthy{{service="{r.name}"}} {int(r.state is State.HEALTHY)}' for r in runners],
+        [
+            f'stackvisor_service_healthy{{service="{r.name}"}} {int(r.state is State.HEALTHY)}'
+            for r in runners
+        ],
     )
     out += _metric(
         "stackvisor_service_restarts_total",
         "counter",
         "Restarts since the supervisor started.",
-        [f'stackvisor_service_restarts_total{{service="{r.name}"}} {r.status()["restarts"]}' for r in runners],
+        [
+            f'stackvisor_service_restarts_total{{service="{r.name}"}} {r.status()["restarts"]}'
+            for r in runners
+        ],
     )
     out += _metric(
         "stackvisor_service_state",

@@ -58,6 +58,7 @@ def _event_schema() -> dict[str, Any]:
         )
     return {"oneOf": variants}
 
+
 _ERROR = {
     "type": "object",
     "required": ["error", "detail"],
@@ -66,7 +67,17 @@ _ERROR = {
 
 _SERVICE = {
     "type": "object",
-    "required": ["name", "state", "pid", "port", "health", "restarts", "exit_code", "started_at", "depends_on"],
+    "required": [
+        "name",
+        "state",
+        "pid",
+        "port",
+        "health",
+        "restarts",
+        "exit_code",
+        "started_at",
+        "depends_on",
+    ],
     "properties": {
         "name": {"type": "string"},
         "state": {
@@ -149,11 +160,18 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The service's last output lines; with follow=true, streamed",
                 "parameters": [
                     _NAME,
-                    {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 100000}},
+                    {
+                        "name": "tail",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 100000},
+                    },
                     {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
                 ],
                 "responses": {
-                    "200": {"description": "lines", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "200": {
+                        "description": "lines",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
                     **_errors(400, 404),
                 },
             }
@@ -172,7 +190,10 @@ OPENAPI: dict[str, Any] = {
                         }
                     },
                 },
-                "responses": {"200": _json({"$ref": "#/components/schemas/Status"}), **_errors(400, 404, 409)},
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Status"}),
+                    **_errors(400, 404, 409),
+                },
             }
         },
         "/v1/stop": {

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from stackvisor.config import ConfigError, load_config
 from stackvisor.config.interpolate import port_env
@@ -310,4 +309,3 @@ def read_log_files(config: Stack, names: Sequence[str], lines: int) -> list[str]
         tail = path.read_text(errors="replace").splitlines()[-lines:] if lines else []
         out += [f"{name.ljust(width)} | {line}" for line in tail]
     return out
-

@@ -18,7 +18,17 @@ import socket
 from aiohttp import web
 
 from stackvisor.control import metrics, streams
-from stackvisor.control.http import CLOSING, SUPERVISOR, TOKEN, auth, bool_query, errors, json_body, service_name, supervisor
+from stackvisor.control.http import (
+    CLOSING,
+    SUPERVISOR,
+    TOKEN,
+    auth,
+    bool_query,
+    errors,
+    json_body,
+    service_name,
+    supervisor,
+)
 from stackvisor.control.openapi import OPENAPI
 from stackvisor.errors import ActionConflict, ApiError
 from stackvisor.runtime.supervisor import Supervisor

@@ -123,7 +123,9 @@ class _Filter:
         return not self.services or service in self.services
 
 
-async def _forward(request: web.Request, ws: web.WebSocketResponse, sub: Subscription, wanted: _Filter) -> None:
+async def _forward(
+    request: web.Request, ws: web.WebSocketResponse, sub: Subscription, wanted: _Filter
+) -> None:
     closing = request.app[CLOSING]
     try:
         while not closing.is_set():

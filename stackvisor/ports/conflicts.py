@@ -27,6 +27,7 @@ from typing import Any, Literal
 from stackvisor.config.schema import Service, Strategy
 from stackvisor.ports.levels import ConflictLevel, Policy, classify_all
 from stackvisor.ports.owners import Owner
+from stackvisor.textfmt import format_age, table
 
 PortSpec = int | Literal["auto"] | None
 
@@ -149,14 +150,6 @@ def pick_port(service: Service, busy: Set[int], taken: Set[int], reserved: Set[i
     if service.port == "auto":
         return _Candidates("auto", tuple(skipped))
     return _Candidates(None, tuple(skipped))
-
-
-def format_age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
 
 
 def describe_holder(owner: Owner, now: float) -> str:
@@ -336,8 +329,7 @@ def format_plan(actions: Sequence[PortAction]) -> str:
                 uses,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = table(rows)
     notes = [f"{a.service}: {a.message}" for a in actions if a.is_conflict]
     if notes:
         lines.append("")

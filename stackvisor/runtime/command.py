@@ -59,7 +59,9 @@ class Command:
     pass_fds: tuple[int, ...] = ()
 
 
-def build_command(service: Service, root: Path, variables: dict[str, str], listener_fd: int | None) -> Command:
+def build_command(
+    service: Service, root: Path, variables: dict[str, str], listener_fd: int | None
+) -> Command:
     """The process to start for `service`, with the port variables expanded.
 
     `listener_fd`: a listening socket to hand over (`socket: inherit`).

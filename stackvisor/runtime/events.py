@@ -176,8 +176,16 @@ class WatchFailed(Payload):
 PAYLOADS: dict[EventKind, type[Payload]] = {
     cls.kind: cls
     for cls in (
-        StateChanged, HealthChanged, Restarting, PortConflict, PortMismatch,
-        Reloaded, ReloadFailed, StackChanged, OrphanEnded, WatchFailed,
+        StateChanged,
+        HealthChanged,
+        Restarting,
+        PortConflict,
+        PortMismatch,
+        Reloaded,
+        ReloadFailed,
+        StackChanged,
+        OrphanEnded,
+        WatchFailed,
     )
 }
 assert set(PAYLOADS) == set(EventKind), "every kind of event has a payload"
@@ -192,7 +200,13 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "ts": self.ts, "kind": str(self.kind), "service": self.service, "data": self.data}
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": str(self.kind),
+            "service": self.service,
+            "data": self.data,
+        }
 
 
 class Subscription:

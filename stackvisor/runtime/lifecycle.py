@@ -14,7 +14,7 @@ condition is met, and whether an early exit may mean somebody took the port.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -34,7 +34,7 @@ class Rules:
     name: str
     restart: RestartPolicy = RestartPolicy.ON_FAILURE
     max_restarts: int = 5
-    backoff: Backoff = Backoff()
+    backoff: Backoff = field(default_factory=Backoff)
     healthcheck: bool = False
     has_dependencies: bool = False
 
@@ -138,8 +138,17 @@ class Crashed:
 
 
 LifeEvent = (
-    Start | DependenciesMet | DependencyBroken | Spawned | SpawnFailed | HealthVerdict
-    | Terminating | StopRequested | Exited | BackoffOver | Crashed
+    Start
+    | DependenciesMet
+    | DependencyBroken
+    | Spawned
+    | SpawnFailed
+    | HealthVerdict
+    | Terminating
+    | StopRequested
+    | Exited
+    | BackoffOver
+    | Crashed
 )
 
 
@@ -228,7 +237,9 @@ def step(life: Life, event: LifeEvent, now: float, rules: Rules) -> Step:
         case BackoffOver() if state is State.BACKOFF:
             return Step(life, (), (Spawn(),))
         case Crashed(reason) if State.FAILED in ALLOWED[state]:
-            return _step(life, replace(life, state=State.FAILED, ending=None), [Transition(State.FAILED, reason)])
+            return _step(
+                life, replace(life, state=State.FAILED, ending=None), [Transition(State.FAILED, reason)]
+            )
     return Step(life)
 
 
@@ -255,7 +266,9 @@ def _health(life: Life, healthy: bool, output: str, rules: Rules) -> Step:
 def _stop(life: Life, reason: str) -> Step:
     state = life.state
     if state is State.BACKOFF:
-        return _step(life, replace(life, state=State.STOPPED), [Transition(State.STOPPED, "stopped during backoff")])
+        return _step(
+            life, replace(life, state=State.STOPPED), [Transition(State.STOPPED, "stopped during backoff")]
+        )
     if state is State.PENDING:
         return _step(life, replace(life, state=State.STOPPED), [Transition(State.STOPPED, reason)])
     if state in ALIVE:
@@ -300,7 +313,9 @@ def _exited(life: Life, code: int | None, port_taken: bool, now: float, rules: R
 # ----- decisions around the step ---------------------------------------------------------
 
 
-def may_have_lost_port(life: Life, code: int | None, *, ever_healthy: bool, inherited: bool, now: float) -> bool:
+def may_have_lost_port(
+    life: Life, code: int | None, *, ever_healthy: bool, inherited: bool, now: float
+) -> bool:
     """Is it worth looking whether somebody else took the port of a process that just
     ended? Only for an early failure of a process that never answered its health check
     and did not receive its socket from us."""

@@ -67,7 +67,9 @@ class BackgroundWriter:
                 return
             if self._dropped:
                 dropped, self._dropped = self._dropped, 0
-                data = f"[stackvisor] {dropped} lines not shown (console too slow; see logs/)\n".encode() + data
+                data = (
+                    f"[stackvisor] {dropped} lines not shown (console too slow; see logs/)\n".encode() + data
+                )
             try:
                 self.stream.write(data)
                 self.stream.flush()
@@ -224,9 +226,11 @@ class ServiceLog:
         lines = [line.decode("utf-8", "replace") for line in raw_lines[-TAIL_LINES:]]
         self.tail.extend(lines)
         if self.listeners:
-            every = lines if len(raw_lines) <= TAIL_LINES else [
-                line.decode("utf-8", "replace") for line in raw_lines
-            ]
+            every = (
+                lines
+                if len(raw_lines) <= TAIL_LINES
+                else [line.decode("utf-8", "replace") for line in raw_lines]
+            )
             for listener in list(self.listeners):
                 for line in every:
                     listener(line)

@@ -6,11 +6,12 @@ plans out (stops, starts, swaps configurations); tests check them without a proc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stackvisor import graph
 from stackvisor.config import ReloadDiff, restart_set
+from stackvisor.config.diff import followers
 from stackvisor.config.schema import StackConfig
 from stackvisor.runtime.status import ReloadResult
 
@@ -25,22 +26,6 @@ def selection(config: StackConfig, requested: Sequence[str]) -> set[str]:
         return set(config.services)
     names = [n for n in requested if n in config.services]
     return graph.closure(config.graph(), names) if names else set()
-
-
-def followers(config: StackConfig, names: Iterable[str]) -> set[str]:
-    """`names` plus, transitively, every service whose `depends_on` entry on one of them
-    says `restart: true`."""
-    result = {n for n in names if n in config.services}
-    grew = True
-    while grew:
-        grew = False
-        for name, service in config.services.items():
-            if name not in result and any(
-                dep in result and entry.restart for dep, entry in service.depends_on.items()
-            ):
-                result.add(name)
-                grew = True
-    return result
 
 
 def restart_targets(config: StackConfig, named: Sequence[str], running: set[str]) -> set[str]:

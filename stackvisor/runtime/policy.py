@@ -71,9 +71,7 @@ class RestartTracker:
             return ExitDecision(Verdict.COMPLETED, reason="exited with code 0")
         if self.restarts >= max_restarts:
             what = "unhealthy" if unhealthy else f"exited with code {exit_code}"
-            return ExitDecision(
-                Verdict.FAILED, reason=f"{what}; gave up after {self.restarts} restarts"
-            )
+            return ExitDecision(Verdict.FAILED, reason=f"{what}; gave up after {self.restarts} restarts")
         self.restarts += 1
         delay = backoff_delay(self.restarts, backoff)
         what = "unhealthy" if unhealthy else f"exited with code {exit_code}"

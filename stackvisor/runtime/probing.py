@@ -129,3 +129,11 @@ class HealthProbe:
             await matched.wait()
         finally:
             self.log.listeners.discard(listen)
+
+
+async def port_taken_by_other(ctx: RunnerContext, port: int | None, child: Child) -> bool:
+    """Does somebody outside the child's group listen on its port now?"""
+    if port is None:
+        return False
+    owners = await asyncio.to_thread(ctx.owners.find_owners, port)
+    return any(owner.pgid != child.pgid for owner in owners)

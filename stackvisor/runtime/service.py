@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable
-from typing import Any
 
 from stackvisor.config.schema import Service
 from stackvisor.errors import StartError
@@ -53,10 +51,11 @@ from stackvisor.runtime.lifecycle import (
 )
 from stackvisor.runtime.logs import LineListener, ServiceLog, pump
 from stackvisor.runtime.policy import Health
-from stackvisor.runtime.probing import HealthProbe
+from stackvisor.runtime.probing import HealthProbe, port_taken_by_other
 from stackvisor.runtime.process import Child
 from stackvisor.runtime.states import ALIVE, SETTLED, State
 from stackvisor.runtime.status import ServiceStatus
+from stackvisor.runtime.stopping import until_stopped
 
 _DRAIN_GRACE = 1.0
 
@@ -224,23 +223,6 @@ class ServiceRunner:
             old = move.state
         return result.actions
 
-    async def _or_stop(self, aw: Awaitable[Any]) -> tuple[bool, Any]:
-        """Await `aw` unless a stop request comes first: (stopped, result)."""
-        work = asyncio.ensure_future(aw)
-        stopper = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if work.done():
-            return False, work.result()
-        work.cancel()
-        try:
-            await work
-        except asyncio.CancelledError:
-            pass
-        return True, None
-
     # ----- the lifecycle ---------------------------------------------------------------
 
     async def lifecycle(self) -> None:
@@ -266,7 +248,7 @@ class ServiceRunner:
             self._db_row = None
 
     async def _lifecycle(self) -> None:
-        stopped, verdict = await self._or_stop(self._dependencies())
+        stopped, verdict = await until_stopped(self._stop, self._dependencies())
         if stopped:
             return
         if verdict.ready is False:
@@ -288,7 +270,7 @@ class ServiceRunner:
                 return
             if restart.attempt:
                 self.ctx.bus.publish(Restarting(restart.attempt, restart.delay, restart.reason), self.name)
-            stopped, _ = await self._or_stop(self.ctx.clock.sleep(restart.delay))
+            stopped, _ = await until_stopped(self._stop, self.ctx.clock.sleep(restart.delay))
             if stopped or self.ctx.stopping():
                 self._feed(StopRequested())
                 return
@@ -302,12 +284,6 @@ class ServiceRunner:
 
         await self.ctx.bus.wait_until(lambda: verdict().ready is not None)
         return verdict()
-
-    async def _port_taken_by_other(self, child: Child) -> bool:
-        """Does somebody outside the child's group listen on its port now?"""
-        assert self._port is not None
-        owners = await asyncio.to_thread(self.ctx.owners.find_owners, self._port)
-        return any(owner.pgid != child.pgid for owner in owners)
 
     # ----- one process -----------------------------------------------------------------
 
@@ -413,7 +389,7 @@ class ServiceRunner:
             inherited=self._listener is not None,
             now=self.ctx.clock.now(),
         )
-        return code, lost and await self._port_taken_by_other(child)
+        return code, lost and await port_taken_by_other(self.ctx, self._port, child)
 
     async def _end(self, child: Child, why: str) -> None:
         """Stop signal to the group, SIGKILL after the grace period; waits for the exit."""
@@ -427,4 +403,3 @@ class ServiceRunner:
         actions = self._feed(HealthVerdict(health is Health.HEALTHY, seen))
         if any(isinstance(a, Terminate) for a in actions):
             self._terminate.set()
-

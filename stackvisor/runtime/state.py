@@ -92,12 +92,9 @@ class StateDB:
 
         Children with no recorded exit are always kept: they may be orphans to end.
         """
+        self.db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (keep_events,))
         self.db.execute(
-            "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (keep_events,)
-        )
-        self.db.execute(
-            "DELETE FROM children WHERE exited_at IS NOT NULL"
-            " AND id <= (SELECT MAX(id) FROM children) - ?",
+            "DELETE FROM children WHERE exited_at IS NOT NULL AND id <= (SELECT MAX(id) FROM children) - ?",
             (keep_children,),
         )
 

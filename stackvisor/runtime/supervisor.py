@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
-import psutil
 import structlog
 
 from stackvisor import graph
@@ -43,9 +42,8 @@ from stackvisor.runtime.process import Spawner, become_subreaper
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.state import StateDB
 from stackvisor.runtime.states import State
-from stackvisor.runtime.stopping import stop_in_order
 from stackvisor.runtime.status import ReloadResult, StackStatus
-from stackvisor.system import procfs
+from stackvisor.runtime.stopping import kill_leftovers, stop_in_order
 from stackvisor.system.signals import SignalGate
 
 Companion = Callable[["Supervisor"], Coroutine[Any, Any, None]]
@@ -71,7 +69,6 @@ class Supervisor:
         # Every child carries "<instance>/<service>/<n>": unique across supervisors and runs.
         self.instance = f"{self.pid}-{secrets.token_hex(4)}"
         self.started_at = time.time()
-        self.strategy = strategy
         # In its own process (the CLI) everything below the supervisor is its to end;
         # embedded (tests, tools), only what carries its marker.
         self.owns_process_tree = owns_process_tree
@@ -82,7 +79,9 @@ class Supervisor:
         self.state_db: StateDB | None = None  # opened by `run`
         self.bus = EventBus(record=self._record)
         self.console = console
-        self.ports = PortAssignments(config, bus=self.bus, logger=self.logger, gate=self.gate, strategy=strategy)
+        self.ports = PortAssignments(
+            config, bus=self.bus, logger=self.logger, gate=self.gate, strategy=strategy
+        )
         self._context = RunnerContext(
             root=config.root,
             instance=self.instance,
@@ -94,7 +93,7 @@ class Supervisor:
             logger=self.logger,
             secure_port=self.ports.secure,
             port_env=self.ports.env,
-            stop_timeout=lambda svc: self.config.stop_timeout(svc),
+            stop_timeout=self._stop_timeout,
             dependency=self._dependency,
             stopping=lambda: self.stopping,
             transition_logged=self._log_transition,
@@ -120,8 +119,8 @@ class Supervisor:
 
     # ----- what the services ask of the stack ------------------------------------------
 
-    def port_env(self, name: str) -> dict[str, str]:
-        return self.ports.env(name)
+    def _stop_timeout(self, svc: Service) -> float:
+        return self.config.stop_timeout(svc)  # the settings of the latest reload
 
     def _dependency(self, name: str) -> DependencyFacts | None:
         runner = self.runners.get(name)
@@ -196,7 +195,7 @@ class Supervisor:
                 await self.shutdown()
         finally:
             # Whatever ended the run (also an error), nothing of ours stays behind.
-            self._kill_leftovers()
+            kill_leftovers(self.instance, self.spawner, whole_tree=self.owns_process_tree)
             # Published while the socket still serves, so event streams see the end.
             self.bus.publish(StackChanged("down", reason=self._stop_reason))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
@@ -254,7 +253,7 @@ class Supervisor:
             self.logger.warning("second interrupt: killing everything now")
             for runner in self.runners.values():
                 runner.kill_now()
-            self._kill_leftovers()
+            kill_leftovers(self.instance, self.spawner, whole_tree=self.owns_process_tree)
 
     async def _stop_when_done(self) -> None:
         def done() -> bool:
@@ -353,7 +352,13 @@ class Supervisor:
             return result
 
     def _reload_failed(self, error: str, dry_run: bool, source: str) -> ReloadResult:
-        result: ReloadResult = {"ok": False, "dry_run": dry_run, "source": source, "time": time.time(), "error": error}
+        result: ReloadResult = {
+            "ok": False,
+            "dry_run": dry_run,
+            "source": source,
+            "time": time.time(),
+            "error": error,
+        }
         if not dry_run:
             self.last_reload = result
             self.bus.publish(ReloadFailed(error, source))
@@ -387,19 +392,7 @@ class Supervisor:
         await self.stop_services(self.runners)
         for runner in self.runners.values():
             runner.close_socket()
-        self._kill_leftovers()
-
-    def _kill_leftovers(self) -> None:
-        """Whatever is still below us (a daemonised grandchild, say) is ended now."""
-        leftovers = {p.pid: p for p in procfs.marked(self.instance + "/", prefix=True)}
-        if self.owns_process_tree:
-            try:
-                leftovers.update((p.pid, p) for p in psutil.Process().children(recursive=True))
-            except psutil.Error:
-                pass
-        leftovers.pop(os.getpid(), None)
-        self.gate.kill_all(leftovers.values())
-        self.spawner.reap_orphans()
+        kill_leftovers(self.instance, self.spawner, whole_tree=self.owns_process_tree)
 
     # ----- reporting -------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ class WatchedStack(Protocol):
 
     async def restart_services(self, names: Sequence[str]) -> None: ...
 
+
 ALWAYS_IGNORED = frozenset({".git", "__pycache__", "node_modules", ".stackvisor", ".hypothesis"})
 _TEMPORARY = re.compile(r"(~|\.sw[a-p]|\.tmp|\.swx|\.part|^\.#.*|^#.*#)$")
 
