@@ -22,6 +22,10 @@ from stackvisor.config import ConfigError, load_config, split_host_port
         (" 8000\n", ("127.0.0.1", 8000)),
         (" localhost:65535 ", ("localhost", 65535)),
         ("localhost:08000", ("localhost", 8000)),
+        # Read as before the one parser existed: an empty host is the default one, and
+        # an unbracketed IPv6 address is taken when what precedes the port is one.
+        (":8000", ("127.0.0.1", 8000)),
+        ("::1:8000", ("::1", 8000)),
     ],
 )
 def test_accepted_forms(text: str, expected: tuple[str, int]) -> None:
@@ -43,8 +47,7 @@ def test_a_bare_port_takes_the_default_host() -> None:
         ("localhost:-1", "the port is not a number"),
         ("localhost:8000.5", "the port is not a number"),
         ("localhost:\u00b9", "the port is not a number"),
-        (":8000", "the host is empty"),
-        ("::1:8000", "write an IPv6 address in brackets, [::1]:8000"),
+        ("fe80::zz:8000", "write an IPv6 address in brackets, [fe80::zz]:8000"),
         ("[localhost]:8000", "only an IPv6 address goes in brackets"),
         ("[::1:8000", "'[::1' is not a host name or address"),
         ("my host:8000", "'my host' is not a host name or address"),
@@ -88,10 +91,11 @@ def test_control_tcp_errors_name_the_field(tmp_path: Path, monkeypatch: pytest.M
         "services.yaml:3:10: settings.control.tcp: port must be between 1 and 65535 "
         "(got 99999 in 'localhost:99999')"
     ]
-    assert load_tcp(tmp_path, "::1:7070") == [
+    assert load_tcp(tmp_path, "::1:7070") == []
+    assert load_tcp(tmp_path, "fe80::zz:7070") == [
         "services.yaml:3:10: settings.control.tcp: expected host:port like 127.0.0.1:8000, [::1]:8000, "
-        "localhost:8000 or a bare port like 8000 (got '::1:7070': write an IPv6 address in brackets, "
-        "[::1]:7070)"
+        "localhost:8000 or a bare port like 8000 (got 'fe80::zz:7070': write an IPv6 address in brackets, "
+        "[fe80::zz]:7070)"
     ]
 
 

@@ -16,7 +16,7 @@ _FORMS = "host:port like 127.0.0.1:8000, [::1]:8000, localhost:8000 or a bare po
 def split_host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """`127.0.0.1:8000`, `[::1]:8000`, `localhost:8000` or a bare `8000` -> (host, port).
 
-    A bare port gets `default_host`. An IPv6 host comes back without its brackets, ready
+    A bare port (or `:8000`) gets `default_host`. An IPv6 host comes back without its brackets, ready
     for `socket` and `asyncio`. Anything else raises ValueError naming the accepted forms.
     """
     address = text.strip()
@@ -34,11 +34,15 @@ def split_host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, in
         except ValueError:
             raise _bad(text, "only an IPv6 address goes in brackets") from None
     elif not host:
-        raise _bad(text, "the host is empty")
+        host = default_host  # `:8000`, as a shell or a URL would read it
     elif any(c.isspace() or c in "[]/" for c in host):
         raise _bad(text, f"{host!r} is not a host name or address")
     elif ":" in host:
-        raise _bad(text, f"write an IPv6 address in brackets, [{host}]:{port}")
+        # `::1:8000`: unambiguous only when what precedes the last colon is an address.
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _bad(text, f"write an IPv6 address in brackets, [{host}]:{port}") from None
     return host, _port(port, text)
 
 
