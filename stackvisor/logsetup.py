@@ -21,11 +21,8 @@ from stackvisor.runtime.logs import BackgroundWriter, TextWriter, colour_enabled
 class _JsonTee:
     """A processor that appends each event to a file as JSON before it is rendered."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.fh: TextIO | None = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.fh = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    def __init__(self, fh: TextIO | None) -> None:
+        self.fh = fh
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         if self.fh is not None:
@@ -57,7 +54,11 @@ def configure(log_file: Path | None, *, stream: TextIO | None = None, quiet: boo
     renderer: Any = (
         _Drop() if quiet else structlog.dev.ConsoleRenderer(colors=colour_enabled(out), pad_event_to=0)
     )
-    tee = _JsonTee(log_file)
+    fh = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - the process's log
+    tee = _JsonTee(fh)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
