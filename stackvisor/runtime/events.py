@@ -64,7 +64,7 @@ class StateChanged(Payload):
     reason: str
     pid: int | None
     exit_code: int | None
-    port: int | None = None  # when it starts: the port it was given
+    port: int | None  # the port it has (when it starts: the one it was given)
     delay: float | None = None  # in backoff: seconds until the next start
     logs: tuple[str, ...] | None = None  # when it failed: its last output lines
 

@@ -213,7 +213,7 @@ class ServiceRunner:
                     reason=move.reason,
                     pid=self._child.pid if self._child else None,
                     exit_code=self._exit_code,
-                    port=data.get("port"),
+                    port=data.get("port", self._port),
                     delay=data.get("delay"),
                     logs=tuple(self.log.last(20)) if move.state is State.FAILED else None,
                 ),
