@@ -66,13 +66,16 @@ class Spawner:
     """Starts children and collects the exit of what is reparented to us.
 
     It remembers every child it started until that child's exit is collected, so
-    `reap_orphans` never takes a service's exit status from its `Child`. Use one per
-    process: a second spawner would not know the first one's children, and its
-    `reap_orphans` could collect them.
+    `reap_orphans` never takes a service's exit status from its `Child`. Only a
+    `subreaper` spawner reaps at all: the supervisor in its own process, which has
+    made itself the subreaper of everything below it. Embedded in another program
+    (tests, tools), the program's other children are its own business, and so are
+    the children of any other spawner there.
     """
 
-    def __init__(self, gate: SignalGate) -> None:
+    def __init__(self, gate: SignalGate, *, subreaper: bool = False) -> None:
         self.gate = gate
+        self.subreaper = subreaper
         self._unreaped: set[int] = set()
 
     async def spawn(
@@ -118,8 +121,10 @@ class Spawner:
         Only pids that are not our own tracked children are waited for, so the exit
         status of a service's main process is never stolen from its owner.
         """
-        spared = set(keep) | self._unreaped
         reaped: list[int] = []
+        if not self.subreaper:
+            return reaped
+        spared = set(keep) | self._unreaped
         try:
             kids = psutil.Process().children()
         except psutil.Error:

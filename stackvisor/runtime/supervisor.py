@@ -75,7 +75,7 @@ class Supervisor:
         self.logger = logger or structlog.get_logger("stackvisor")
         self.clock: Clock = clock or MonotonicClock()
         self.gate = SignalGate()
-        self.spawner = Spawner(self.gate)
+        self.spawner = Spawner(self.gate, subreaper=owns_process_tree)
         self.state_db: StateDB | None = None  # opened by `run`
         self.bus = EventBus(record=self._record)
         self.console = console
