@@ -10,6 +10,7 @@ one fixed port, and `working_dir` folders that do not exist. Not here: the doten
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -91,8 +92,17 @@ def _dependency_place(report: Report, service: str, dependency: str) -> Loc:
     return ("services", service, "depends_on", dependency)
 
 
+# Compose's rule for service names. A name becomes a file name (its log) and part of
+# environment variable names, so nothing else may pass: not `..`, not a slash.
+SERVICE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+
+
 def check_stack(config: StackConfig, report: Report) -> None:
-    """The rules that need every service: dependencies, cycles, fixed ports."""
+    """The rules that need every service: names, dependencies, cycles, fixed ports."""
+    for name in config.services:
+        if not SERVICE_NAME.fullmatch(name):
+            message = f"a service name must match {SERVICE_NAME.pattern} (got {name!r})"
+            report.add(("services", name), message, key=True)
     names = set(config.services)
     graph: dict[str, list[str]] = {}
     for name, service in config.services.items():

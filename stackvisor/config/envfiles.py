@@ -11,7 +11,9 @@ under the file's name.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -105,6 +107,9 @@ def _closing_quote(body: str, quote: str) -> int:
     return -1
 
 
+# An env file holds a few variables; this bounds what a mistake (or /dev/zero) can cost.
+MAX_ENV_FILE_BYTES = 1024 * 1024
+
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 
 
@@ -115,12 +120,21 @@ def _unescape(value: str) -> str:
 def read_env_file(path: Path) -> tuple[list[EnvEntry], list[EnvProblem]]:
     """Entries of an env file, and the problems in it.
 
-    Text that is not UTF-8 gives no entries and one problem. A file that cannot be
-    opened raises `OSError` (`FileNotFoundError` when missing): what to say then
-    depends on who named the file.
+    Text that is not UTF-8 gives no entries and one problem, and so does anything
+    that is not a regular file (a device, a pipe) or is larger than
+    `MAX_ENV_FILE_BYTES`. A file that cannot be opened raises `OSError`
+    (`FileNotFoundError` when missing): what to say then depends on who named it.
     """
+    # O_NONBLOCK: opening a named pipe must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return [], [(1, 1, "not a regular file; an env file must be one")]
+        data = fh.read(MAX_ENV_FILE_BYTES + 1)
+    if len(data) > MAX_ENV_FILE_BYTES:
+        return [], [(1, 1, f"larger than {MAX_ENV_FILE_BYTES // 1024 // 1024} MB; an env file may not be")]
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return [], [(1, 1, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]
     entries, problems = parse_env_text(text)

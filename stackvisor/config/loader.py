@@ -95,9 +95,18 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> StackCo
     return config
 
 
+# A stack file is a few kilobytes; this bounds what a mistake (or /dev/zero) can cost.
+MAX_FILE_BYTES = 10 * 1024 * 1024
+
+
 def _read_text(path: Path, report: Report) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            report.add_plain(f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MB; a stack file may not be")
+            return ""
+        return data.decode("utf-8")
     except FileNotFoundError:
         report.add_plain("file not found")
     except IsADirectoryError:

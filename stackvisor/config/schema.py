@@ -13,13 +13,22 @@ still unexpanded here: they are known only once ports are resolved at start time
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import signal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from stackvisor.config.address import split_host_port
 
@@ -27,22 +36,41 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+# The longest duration any field takes: a week. Longer is a typo, and would overflow
+# the event loop's timers.
+MAX_DURATION = 7 * 24 * 3600.0
+
+
 def parse_duration(value: Any) -> float:
-    """`500ms`, `2s`, `1m`, `1h` or a plain number of seconds -> float seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 500ms, 2s, 1m or a number of seconds")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("expected a duration that is not negative")
-        return float(value)
-    if isinstance(value, str):
+    """`500ms`, `2s`, `1m`, `1h` or a plain number of seconds -> float seconds, 0 to a week."""
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    raise ValueError(f"expected a duration like 500ms, 2s, 1m or a number of seconds (got {value!r})")
+            seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds is None or math.isnan(seconds):
+        raise ValueError(f"expected a duration like 500ms, 2s, 1m or a number of seconds (got {value!r})")
+    if seconds < 0:
+        raise ValueError("expected a duration that is not negative")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"expected a duration of at most a week (168h) (got {value!r})")
+    return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+MIN_INTERVAL = 0.01
+
+
+def _interval(seconds: float) -> float:
+    if seconds < MIN_INTERVAL:
+        raise ValueError(f"expected at least 10ms: a shorter interval is a busy loop (got {seconds:g}s)")
+    return seconds
+
+
+# How often something is done: never so often that it becomes a busy loop.
+Interval = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_interval)]
 
 
 class Strategy(StrEnum):
@@ -91,12 +119,12 @@ class HealthCheck(_Model):
     tcp: str | None = None
     exec: str | list[str] | None = None
     log: str | None = None
-    interval: Duration = 10.0
-    timeout: Duration = 2.0
+    interval: Interval = 10.0
+    timeout: Interval = 2.0
     retries: int = Field(default=3, ge=1)
     start_period: Duration = 0.0
     # Until the first success, probe this often: dependents wait on it (Compose's field).
-    start_interval: Duration = 0.02
+    start_interval: Interval = 0.02
 
     @model_validator(mode="after")
     def _one_probe(self) -> HealthCheck:

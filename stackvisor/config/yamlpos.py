@@ -26,6 +26,20 @@ from yaml.scanner import Scanner
 # A place in the document: mapping keys and list indexes from the top.
 Loc = tuple[str | int, ...]
 
+# Bounds that keep a hostile or broken file from eating the machine. An alias repeats
+# what it names, so ten levels of ten aliases would expand to 10^10 values from a
+# few hundred bytes: the values built are counted, aliases included. A stack of a
+# thousand services has some tens of thousands; the limits are far above real files.
+MAX_VALUES = 500_000
+MAX_DEPTH = 100
+
+
+class _TooBig(Exception):
+    def __init__(self, node: Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.message = message
+
 
 @dataclass(frozen=True)
 class YamlProblem:
@@ -96,12 +110,20 @@ class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
         self.keys: dict[Loc, tuple[int, int]] = {}
         self.problems: list[YamlProblem] = []
         self.checked: set[int] = set()
+        self.built = 0
 
     def problem(self, node: Node, path: Loc, message: str) -> None:
         line, column = _mark(node)
         self.problems.append(YamlProblem(line, column, path, message))
 
     def build(self, node: Node, path: Loc, active: frozenset[int]) -> Any:
+        self.built += 1
+        if self.built > MAX_VALUES:
+            raise _TooBig(
+                node, f"the file expands to more than {MAX_VALUES:,} values (aliases repeat what they name)"
+            )
+        if len(path) > MAX_DEPTH:
+            raise _TooBig(node, f"nested more than {MAX_DEPTH} levels deep")
         if id(node) in active:
             self.problem(node, path, "an alias refers to itself; expected a finite value")
             return None
@@ -182,6 +204,14 @@ def parse_yaml(text: str) -> tuple[Document | None, list[YamlProblem]]:
             return None, [YamlProblem(line, column, (), message)]
         loader.values[()] = _mark(root)
         data = loader.build(root, (), frozenset())
+    except _TooBig as exc:
+        line, column = _mark(exc.node)
+        return None, [YamlProblem(line, column, (), f"refused: {exc.message}")]
+    except RecursionError:
+        # PyYAML composes nested blocks recursively: the depth is past what it can read.
+        mark = loader.get_mark() if loader is not None else None
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return None, [YamlProblem(line, column, (), f"refused: nested more than {MAX_DEPTH} levels deep")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)

@@ -57,9 +57,12 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     local = request.transport is not None and isinstance(request.transport.get_extra_info("sockname"), str)
     if not local:  # TCP, or a connection we cannot tell: the token is required
         token = request.app[TOKEN]
-        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        expected = f"Bearer {token}".encode() if token else None
-        if expected is None or not hmac.compare_digest(given, expected):
+        # The scheme is case-insensitive (RFC 7235): `bearer x` is `Bearer x`.
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        valid = scheme.lower() == "bearer" and token is not None
+        if not valid or not hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogateescape"), (token or "").encode()
+        ):
             return error_response(401, "unauthorized", "send Authorization: Bearer <token>")
     return await handler(request)
 
