@@ -62,7 +62,8 @@ def test_deep_nesting_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     message = load_error(tmp_path, f"services:\n  web:\n    command: x\n    env: {{K: {deep}}}\n")
     assert message.startswith("services.yaml:4:") and "nested more than 100 levels deep" in message
     mappings = "".join(f"{'  ' * i}k{i}:\n" for i in range(3000))
-    message = load_error(tmp_path, "services:\n  web: {command: x}\nx-deep:\n" + textwrap.indent(mappings, "  "))
+    text = "services:\n  web: {command: x}\nx-deep:\n" + textwrap.indent(mappings, "  ")
+    message = load_error(tmp_path, text)
     assert "nested more than 100 levels deep" in message
 
 
@@ -105,7 +106,8 @@ def test_durations_have_bounds(tmp_path: Path, value: str, expected: str) -> Non
 
 def test_bounds_leave_real_values_alone(tmp_path: Path) -> None:
     path = tmp_path / "services.yaml"
-    path.write_text("services:\n  web:\n    command: x\n    healthcheck: {tcp: '1', interval: 10ms, timeout: 168h}\n")
+    check = "{tcp: '1', interval: 10ms, timeout: 168h}"
+    path.write_text(f"services:\n  web:\n    command: x\n    healthcheck: {check}\n")
     check = load_config(path).services["web"].healthcheck
     assert check is not None and (check.interval, check.timeout) == (0.01, 168 * 3600)
 
