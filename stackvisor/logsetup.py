@@ -7,6 +7,7 @@ says: state changes, conflicts, reloads. Every event is written as one JSON line
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import MutableMapping
@@ -26,7 +27,9 @@ class _JsonTee:
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         if self.fh is not None:
-            self.fh.write(json.dumps(event, default=str) + "\n")
+            # A full disk loses lines of this log, never the supervisor.
+            with contextlib.suppress(OSError):
+                self.fh.write(json.dumps(event, default=str) + "\n")
         return event
 
 

@@ -10,10 +10,12 @@ failure reports) and any live followers (log health probes, `logs -f`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import sys
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -143,12 +145,20 @@ class RotatingFile:
     Creating one touches no disk: `open` (or the first write) creates the file.
     """
 
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+    # A failing disk is reported once, then at most once a minute with what was lost.
+    REPORT_EVERY = 60.0
+
+    def __init__(
+        self, path: Path, max_bytes: int, backups: int, on_error: Callable[[str], None] | None = None
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
+        self.on_error = on_error
         self._fh: FileIO | None = None
         self._size = 0
+        self._lost_lines = 0
+        self._reported_at: float | None = None
 
     def _open(self, *, truncate: bool = False) -> FileIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,12 +173,33 @@ class RotatingFile:
             self._fh = self._open()
 
     def write(self, data: bytes) -> None:
-        if self._fh is None:
-            self._fh = self._open()
-        self._fh.write(data)
-        self._size += len(data)
-        if self._size >= self.max_bytes:
-            self._rotate()
+        """Append `data`; a failure (a full disk) loses these lines, never the service's
+        supervision: the next write tries again."""
+        try:
+            if self._fh is None:
+                self._fh = self._open()
+            self._fh.write(data)
+            self._size += len(data)
+            if self._size >= self.max_bytes:
+                self._rotate()
+        except OSError as exc:
+            self._lost(data, exc)
+            with contextlib.suppress(OSError):
+                self.close()  # opened afresh by the next write
+            return
+        if self._lost_lines and self.on_error is not None:
+            self.on_error(f"{self.path}: writing again; {self._lost_lines} lines were lost")
+            self._lost_lines = 0
+            self._reported_at = None
+
+    def _lost(self, data: bytes, exc: OSError) -> None:
+        self._lost_lines += max(1, data.count(b"\n"))
+        now = time.monotonic()
+        if self._reported_at is None or now - self._reported_at >= self.REPORT_EVERY:
+            self._reported_at = now
+            if self.on_error is not None:
+                why = exc.strerror or str(exc)
+                self.on_error(f"{self.path}: cannot write ({why}); {self._lost_lines} lines lost so far")
 
     def _rotate(self) -> None:
         self.close()
@@ -218,7 +249,8 @@ class ServiceLog:
             self._emit(data)
 
     def _emit(self, complete: bytes) -> None:
-        self.file.write(complete)
+        # The tail, followers and log probes first: a file that cannot be written (a
+        # full disk) must not keep a health check from seeing its line.
         raw_lines = complete.split(b"\n")[:-1]
         if self.console.stream is not None:
             prefix = self.console.prefix(self.name)
@@ -234,6 +266,7 @@ class ServiceLog:
             for listener in list(self.listeners):
                 for line in every:
                     listener(line)
+        self.file.write(complete)
 
     def note(self, text: str) -> None:
         """A line of the supervisor's about this service (e.g. why it was stopped)."""

@@ -114,7 +114,12 @@ class Supervisor:
 
     def _runner(self, svc: Service) -> ServiceRunner:
         settings = self.config.settings
-        file = RotatingFile(self.paths.service_log(svc.name), settings.log_max_bytes, settings.log_backups)
+        file = RotatingFile(
+            self.paths.service_log(svc.name),
+            settings.log_max_bytes,
+            settings.log_backups,
+            on_error=lambda message: self.logger.warning(message, service=svc.name),
+        )
         return ServiceRunner(self._context, svc, ServiceLog(svc.name, file, self.console))
 
     # ----- what the services ask of the stack ------------------------------------------
