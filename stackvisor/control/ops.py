@@ -108,10 +108,27 @@ def detach(config: StackConfig, argv: Sequence[str], timeout: float = 30.0) -> D
         if code is not None:
             text = out_path.read_bytes()[start:].decode("utf-8", "replace").strip()
             return DetachResult(False, proc.pid, text or f"the supervisor exited with {code}", code or 1)
-        if client.alive():
+        answering = _answering_pid(client)
+        if answering == proc.pid:
             return DetachResult(True, proc.pid)
+        if answering is not None:
+            # Another `up` started its supervisor first: ours gives up on the lock.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+            message = f"another `up` won the race: the stack is running (pid {answering})"
+            return DetachResult(False, answering, message, 1)
         time.sleep(0.02)
     return DetachResult(False, proc.pid, f"the supervisor did not answer within {timeout:g}s", 1)
+
+
+def _answering_pid(client: Client) -> int | None:
+    """The pid of the supervisor answering on the socket, or None when none does yet."""
+    try:
+        status = client.get("/v1/status")
+    except (NotRunning, ApiError, OSError, ValueError):
+        return None
+    pid = status.get("pid") if isinstance(status, dict) else None
+    return pid if isinstance(pid, int) else None
 
 
 @dataclass
