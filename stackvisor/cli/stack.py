@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from stackvisor import graph
 from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, check_names, load, locate
@@ -17,6 +18,9 @@ from stackvisor.cli.render import format_history
 from stackvisor.config.schema import StackConfig, Strategy
 from stackvisor.paths import stack_paths
 from stackvisor.runtime.status import StackStatus
+
+if TYPE_CHECKING:
+    from stackvisor.runtime.state import StateDB
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -45,13 +49,21 @@ def _supervisor_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _known_children(config: StackConfig) -> set[tuple[int, float]]:
+def _open_state(path: Path) -> StateDB:
     from stackvisor.runtime.state import StateDB
 
+    db = StateDB.open(path, os.getpid())
+    note = db.recovery_note()
+    if note is not None:
+        print(f"stackvisor: warning: {note}", file=sys.stderr)
+    return db
+
+
+def _known_children(config: StackConfig) -> set[tuple[int, float]]:
     path = stack_paths(config).state_db
     if not path.exists():
         return set()
-    db = StateDB.open(path, os.getpid())
+    db = _open_state(path)
     try:
         return db.known_children()
     finally:
@@ -98,13 +110,11 @@ def _preflight(config: StackConfig, args: argparse.Namespace) -> int | None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from stackvisor.runtime.state import StateDB
-
     config = load(args)
     path = stack_paths(config).state_db
     rows: list[dict[str, Any]] = []
     if path.exists():
-        db = StateDB.open(path, os.getpid())
+        db = _open_state(path)
         try:
             kinds = () if args.all else ("port_conflict",)
             rows = db.events(kinds=kinds, limit=args.limit)

@@ -306,9 +306,11 @@ def end_orphans(config: Stack) -> list[str]:
     except AlreadyRunning:
         return []
     db = StateDB.open(paths.state_db, os.getpid())
+    note = db.recovery_note()
     try:
         spawner = Spawner(SignalGate())
-        return [e.describe() for e in asyncio.run(end(db, f"down-{os.getpid()}", spawner))]
+        ended = [e.describe() for e in asyncio.run(end(db, f"down-{os.getpid()}", spawner))]
+        return ([f"warning: {note}"] if note else []) + ended
     finally:
         db.close()
         lock.release()

@@ -11,7 +11,9 @@ one row in well under a millisecond, and a crash then loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -64,28 +66,54 @@ class StateDB:
     """An open state.db. `StateDB.open` creates or upgrades the file; the constructor
     only keeps the connection it is given."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path, supervisor_pid: int) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, path: Path, supervisor_pid: int, moved_aside: Path | None = None
+    ) -> None:
         self.db = db
         self.path = path
         self.supervisor_pid = supervisor_pid
+        # Where a corrupt database was moved before this fresh one was made.
+        self.moved_aside = moved_aside
 
     @classmethod
     def open(cls, path: Path, supervisor_pid: int) -> StateDB:
+        """Open (or create) the database. One that sqlite cannot read is moved aside to
+        `state.db.corrupt-<unix time>` and a fresh one is made: the stack keeps working,
+        and what the old one knew is kept for a person to look at."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(children)")}
-        if "marker" not in columns:  # a state.db written before markers were recorded
-            db.execute("ALTER TABLE children ADD COLUMN marker TEXT NOT NULL DEFAULT ''")
-        state = cls(db, path, supervisor_pid)
-        state.prune()
+        try:
+            return cls._ready(path, supervisor_pid, None)
+        except sqlite3.DatabaseError:
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+            return cls._ready(path, supervisor_pid, aside)
+
+    def recovery_note(self) -> str | None:
+        """What to tell a person when a corrupt database was moved aside."""
+        if self.moved_aside is None:
+            return None
+        return f"{self.path} could not be read: moved to {self.moved_aside.name}; using a fresh one"
+
+    @classmethod
+    def _ready(cls, path: Path, supervisor_pid: int, aside: Path | None) -> StateDB:
+        state = cls(_connect(path), path, supervisor_pid, moved_aside=aside)
+        try:
+            state._check()
+        except sqlite3.DatabaseError:
+            state.close()
+            raise
         return state
 
     def close(self) -> None:
         self.db.close()
+
+    def _check(self) -> None:
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(children)")}
+        if "marker" not in columns:  # a state.db written before markers were recorded
+            self.db.execute("ALTER TABLE children ADD COLUMN marker TEXT NOT NULL DEFAULT ''")
+        self.prune()
 
     def prune(self, keep_events: int = 100_000, keep_children: int = 10_000) -> None:
         """Keep the history bounded: the newest events, and the newest exited children.
@@ -165,3 +193,17 @@ class StateDB:
             }
             for ts, spid, seq, kind, service, data in reversed(rows)
         ]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        db.execute("SELECT COUNT(*) FROM children").fetchone()
+    except sqlite3.DatabaseError:
+        db.close()
+        raise
+    return db

@@ -217,6 +217,9 @@ class Supervisor:
         state_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(state_dir, 0o700)
         self.state_db = StateDB.open(self.paths.state_db, self.pid)
+        note = self.state_db.recovery_note()
+        if note is not None:
+            self.logger.warning(note)
         self.ports.earlier_children = self.state_db.known_children()
         for runner in self.runners.values():
             runner.open()
