@@ -24,6 +24,10 @@ class NotRunning(Exception):
     """Nobody answers for the stack: it is not running (exit 3)."""
 
 
+class NotResponding(Exception):
+    """The supervisor holds the stack but does not answer (stopped, stuck): exit 1."""
+
+
 class AlreadyRunning(Exception):
     """Another supervisor holds the stack's lock."""
 

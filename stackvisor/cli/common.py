@@ -48,7 +48,10 @@ def client(config: Stack) -> Client:
     """A client of the running stack's supervisor; NotRunning when there is none."""
     from stackvisor.control import ops
 
-    found = ops.client_for(config)
-    if ops.supervisor_pid(config) is None:
+    pid = ops.supervisor_pid(config)
+    if pid is None:
         raise NotRunning(f"stack {config.name!r} is not running")
+    found = ops.client_for(config, supervisor_pid=pid)
+    if ops.is_stopped(pid):  # it would take the question and never answer
+        raise found.not_responding("asked")
     return found

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from stackvisor.control import sockets
-from stackvisor.errors import ApiError, NotRunning
+from stackvisor.errors import ApiError, NotResponding, NotRunning
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -27,9 +27,21 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class Client:
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+    """`timeout` bounds a question (GET); an action (POST) lasts as long as the services
+    take, unless given one. `supervisor_pid`, when known, names the supervisor in the
+    error when it does not answer."""
+
+    def __init__(self, path: Path, timeout: float = 30.0, supervisor_pid: int | None = None) -> None:
         self.path = path
         self.timeout = timeout
+        self.supervisor_pid = supervisor_pid
+
+    def not_responding(self, waited: float | str | None) -> NotResponding:
+        """The error for a supervisor that did not answer (`waited`: seconds, or a word)."""
+        pid = self.supervisor_pid
+        who = f"the supervisor (pid {pid}, {_process_state(pid)})" if pid else "the supervisor"
+        within = f"within {waited:g}s" if isinstance(waited, (int, float)) else "now"
+        return NotResponding(f"{who} will not answer {within}")
 
     def _open(self, method: str, url: str, body: Any = None, timeout: float | None = 0.0) -> Any:
         """`timeout` 0 means the client's default, None no timeout at all."""
@@ -42,7 +54,10 @@ class Client:
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             conn.close()
             raise NotRunning(f"the stack is not running ({exc})") from None
-        except (TimeoutError, OSError):
+        except TimeoutError:
+            conn.close()
+            raise self.not_responding(conn.timeout) from None
+        except OSError:
             conn.close()
             raise
 
@@ -50,6 +65,8 @@ class Client:
         conn, resp = self._open(method, url, body, timeout)
         try:
             raw = resp.read()
+        except TimeoutError:
+            raise self.not_responding(conn.timeout) from None
         finally:
             conn.close()
         kind = resp.getheader("Content-Type", "")
@@ -84,5 +101,18 @@ class Client:
         try:
             self.get("/v1/status")
             return True
-        except (NotRunning, OSError, ApiError):
+        except (NotRunning, NotResponding, OSError, ApiError):
             return False
+
+
+def _process_state(pid: int) -> str:
+    """How a process is, in words: `stopped (kill -CONT 42 resumes it)`, `running`..."""
+    import psutil
+
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.Error:
+        return "gone"
+    if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+        return f"stopped: kill -CONT {pid} resumes it"
+    return str(status)

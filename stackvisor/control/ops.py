@@ -21,7 +21,7 @@ from stackvisor.config.interpolate import port_env
 from stackvisor.config.schema import StackConfig
 from stackvisor.control import sockets
 from stackvisor.control.client import Client
-from stackvisor.errors import AlreadyRunning, ApiError, NotRunning
+from stackvisor.errors import AlreadyRunning, ApiError, NotResponding, NotRunning
 from stackvisor.paths import StackPaths, stack_paths
 from stackvisor.runtime.states import State
 from stackvisor.runtime.status import ServiceStatus, StackStatus
@@ -67,8 +67,8 @@ def _ref(stack: Stack) -> StackRef:
     return stack if isinstance(stack, StackRef) else StackRef.of(stack)
 
 
-def client_for(stack: Stack, timeout: float = 30.0) -> Client:
-    return Client(_ref(stack).paths.socket, timeout)
+def client_for(stack: Stack, timeout: float = 10.0, supervisor_pid: int | None = None) -> Client:
+    return Client(_ref(stack).paths.socket, timeout, supervisor_pid)
 
 
 def supervisor_pid(stack: Stack) -> int | None:
@@ -121,11 +121,21 @@ def detach(config: StackConfig, argv: Sequence[str], timeout: float = 30.0) -> D
     return DetachResult(False, proc.pid, f"the supervisor did not answer within {timeout:g}s", 1)
 
 
+def is_stopped(pid: int) -> bool:
+    """Is `pid` stopped (SIGSTOP, a debugger)? It then answers nothing until resumed."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
+
+
 def _answering_pid(client: Client) -> int | None:
     """The pid of the supervisor answering on the socket, or None when none does yet."""
     try:
         status = client.get("/v1/status")
-    except (NotRunning, ApiError, OSError, ValueError):
+    except (NotRunning, NotResponding, ApiError, OSError, ValueError):
         return None
     pid = status.get("pid") if isinstance(status, dict) else None
     return pid if isinstance(pid, int) else None
@@ -175,7 +185,7 @@ def failure_report(client: Client, services: list[ServiceStatus], lines: int = 2
         out.append(f"{svc['name']}: {svc['state']}{' - ' + svc['reason'] if svc.get('reason') else ''}")
         try:
             tail = client.get(f"/v1/services/{svc['name']}/logs?tail={lines}")
-        except (ApiError, NotRunning, OSError):
+        except (ApiError, NotRunning, NotResponding, OSError):
             tail = ""
         out += [f"  {svc['name']} | {line}" for line in str(tail).splitlines()]
     return "\n".join(out)
@@ -254,14 +264,20 @@ def down(config: Stack, timeout: float) -> DownResult:
     pid = supervisor_pid(config)
     result = DownResult(pid is not None, pid)
     if pid is not None and pid > 0:
+        from stackvisor.system.signals import SignalGate
+
+        gate = SignalGate()
+        asked = False
         # A stopped or stuck supervisor may accept and never answer: do not wait on it.
-        with contextlib.suppress(NotRunning, ApiError, OSError):
-            client_for(config).post("/v1/stop", timeout=min(timeout, 5.0))
+        with contextlib.suppress(NotRunning, NotResponding, ApiError, OSError):
+            client_for(config, supervisor_pid=pid).post("/v1/stop", timeout=min(timeout, 5.0))
+            asked = True
+        if not asked and _is_our_supervisor(pid, config):
+            # No socket to ask (deleted, say): SIGTERM is the same graceful stop.
+            gate.send(pid, signal.SIGTERM)
         if not _wait_exit(config, pid, timeout) and _is_our_supervisor(pid, config):
             # Last resort: its children die with it (PDEATHSIG), the rest is ended below.
-            from stackvisor.system.signals import SignalGate
-
-            result.killed = SignalGate().send(pid, signal.SIGKILL)
+            result.killed = gate.send(pid, signal.SIGKILL)
             _wait_exit(config, pid, 5.0)
     result.ended = end_orphans(config)
     return result
