@@ -242,9 +242,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         env.update(ops.port_environment(status))
         return ops.run_command(args.cmd, env)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PermissionError) as exc:
+        # As a shell says it: 127 not found, 126 found but not runnable.
         print(f"stackvisor: cannot run {args.cmd[0]!r}: {exc.strerror}", file=sys.stderr)
-        return 127
+        return 127 if isinstance(exc, FileNotFoundError) else 126
     except ops.Terminated as exc:
         return exc.code
     except KeyboardInterrupt:

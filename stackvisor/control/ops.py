@@ -7,6 +7,7 @@ the CLI stays a parser and `run` can reuse `detach`, `wait_ready` and `down`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -199,13 +200,19 @@ def run_command(cmd: Sequence[str], env: dict[str, str], grace: float = 10.0) ->
     background or in a session of its own. Exit codes follow the shell: 128+N
     for a death by signal N.
     """
+    from stackvisor.runtime.process import die_with_parent, pdeathsig_launcher, resolve_program
     from stackvisor.system import procfs
     from stackvisor.system.signals import SignalGate
 
     gate = SignalGate()
     marker = f"run-{os.getpid()}"
     env = {**env, procfs.MARKER: marker}
-    proc = subprocess.Popen(list(cmd), env=env)
+    # CMD dies with us (PR_SET_PDEATHSIG), so even a SIGKILLed `run` leaves nothing:
+    # the stack ends through --exit-with, CMD through this.
+    argv = [resolve_program(cmd[0], None, env.get("PATH", os.defpath)), *cmd[1:]]
+    launcher = pdeathsig_launcher()
+    setup = None if launcher else functools.partial(die_with_parent, os.getpid())
+    proc = subprocess.Popen([*launcher, *argv], env=env, preexec_fn=setup)  # noqa: PLW1509 - fallback
     try:
         try:
             code = proc.wait()

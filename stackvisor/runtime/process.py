@@ -46,7 +46,7 @@ def become_subreaper() -> bool:
         return False
 
 
-def _child_setup(parent: int) -> None:  # runs in the child between fork and exec
+def die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     # The parent may have died before prctl took effect; then we are orphaned already.
     if os.getppid() != parent:
@@ -96,7 +96,7 @@ class Spawner:
         """
         full_env = dict(env)
         full_env[procfs.MARKER] = marker
-        launcher = _pdeathsig_launcher()
+        launcher = pdeathsig_launcher()
         if launcher:
             # Popen would have said "not found" or "permission denied" itself; through the
             # launcher the child would just exit 127. Find the program as exec would.
@@ -167,7 +167,7 @@ def _start(
             start_new_session=True,
             # Unsafe with threads in general; used only without setpriv, where nothing
             # else can set PDEATHSIG in the child.
-            preexec_fn=None if launcher else functools.partial(_child_setup, os.getpid()),  # noqa: PLW1509
+            preexec_fn=None if launcher else functools.partial(die_with_parent, os.getpid()),  # noqa: PLW1509
             pass_fds=pass_fds,
             close_fds=True,
         )
@@ -296,7 +296,7 @@ def resolve_program(name: str, cwd: str | None, path: str) -> str:
 
 
 @functools.cache
-def _pdeathsig_launcher() -> tuple[str, ...]:
+def pdeathsig_launcher() -> tuple[str, ...]:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         return ()
