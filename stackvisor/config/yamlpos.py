@@ -10,6 +10,7 @@ problems into report lines (`report` does; this module only says where and what)
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
+from yaml.events import MappingEndEvent, MappingStartEvent, SequenceEndEvent, SequenceStartEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.parser import Parser
 from yaml.reader import Reader
@@ -35,9 +37,9 @@ MAX_DEPTH = 100
 
 
 class _TooBig(Exception):
-    def __init__(self, node: Node, message: str) -> None:
+    def __init__(self, mark: tuple[int, int], message: str) -> None:
         super().__init__(message)
-        self.node = node
+        self.mark = mark
         self.message = message
 
 
@@ -96,14 +98,71 @@ class Document:
         return (1, 1)
 
 
-class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
-    """PyYAML's safe loader, building plain data itself to keep positions and catch duplicates."""
+class _PyComposer(Reader, Scanner, Parser, Composer, _Resolver):
+    """PyYAML's pure-Python parser: slower, and the one whose error messages people know."""
 
     def __init__(self, text: str) -> None:
         Reader.__init__(self, text)
         Scanner.__init__(self)
         Parser.__init__(self)
         Composer.__init__(self)
+        _Resolver.__init__(self)
+
+
+@functools.cache
+def _c_composer_class() -> Any:
+    """libyaml's parser, about ten times faster (PyYAML may be built without it). It
+    composes nested blocks recursively in C, where too deep a document would crash the
+    process rather than raise: the depth is checked first, on its flat stream of events."""
+    from yaml import cyaml
+
+    class CComposer(cyaml.CParser, _Resolver):  # type: ignore[misc, name-defined]
+        def __init__(self, text: str) -> None:
+            cyaml.CParser.__init__(self, text)  # type: ignore[attr-defined]
+            _Resolver.__init__(self)
+
+    return CComposer
+
+
+def _c_composer(text: str) -> Any:
+    return _c_composer_class()(text)
+
+
+def _check_depth(text: str) -> None:
+    events = _c_composer(text)
+    depth = 0
+    while events.check_event():
+        event = events.get_event()
+        if isinstance(event, (MappingStartEvent, SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                start = event.start_mark
+                mark = (start.line + 1, start.column + 1) if start else (1, 1)
+                raise _TooBig(mark, f"nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(event, (MappingEndEvent, SequenceEndEvent)):
+            depth -= 1
+
+
+def _compose(text: str) -> Node | None:
+    """The document's node graph (an alias is the node it names, not a copy yet)."""
+    if yaml.__with_libyaml__:
+        try:
+            _check_depth(text)
+            node: Node | None = _c_composer(text).get_single_node()
+            return node
+        except yaml.YAMLError:
+            pass  # a broken document: the Python parser below words the error
+    composer = _PyComposer(text)
+    try:
+        return composer.get_single_node()
+    finally:
+        composer.dispose()
+
+
+class _Loader(SafeConstructor, _Resolver):
+    """Builds plain data from the node graph itself, to keep positions and catch duplicates."""
+
+    def __init__(self) -> None:
         SafeConstructor.__init__(self)
         _Resolver.__init__(self)
         self.values: dict[Loc, tuple[int, int]] = {}
@@ -120,10 +179,11 @@ class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
         self.built += 1
         if self.built > MAX_VALUES:
             raise _TooBig(
-                node, f"the file expands to more than {MAX_VALUES:,} values (aliases repeat what they name)"
+                _mark(node),
+                f"the file expands to more than {MAX_VALUES:,} values (aliases repeat what they name)",
             )
         if len(path) > MAX_DEPTH:
-            raise _TooBig(node, f"nested more than {MAX_DEPTH} levels deep")
+            raise _TooBig(_mark(node), f"nested more than {MAX_DEPTH} levels deep")
         if id(node) in active:
             self.problem(node, path, "an alias refers to itself; expected a finite value")
             return None
@@ -171,7 +231,8 @@ class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
             key = key_node.value
             child = path + (key,)
             self.keys[child] = _mark(key_node)
-            empty = isinstance(value_node, ScalarNode) and value_node.value == "" and value_node.style is None
+            # Nothing written: a plain empty scalar (style None, or "" from libyaml).
+            empty = isinstance(value_node, ScalarNode) and value_node.value == "" and not value_node.style
             scalar = isinstance(value_node, ScalarNode) and not empty
             # A scalar is pointed at where it is written; a nested block (or nothing)
             # at its key, which is where the reader looks for it.
@@ -191,10 +252,9 @@ def parse_yaml(text: str) -> tuple[Document | None, list[YamlProblem]]:
     the problems then say why. Otherwise they are the problems within the data
     (duplicate keys, unreadable values, bad merges), in the order they were met.
     """
-    loader: _Loader | None = None
+    loader = _Loader()
     try:
-        loader = _Loader(text)
-        root = loader.get_single_node()
+        root = _compose(text)
         if root is None:
             return None, [YamlProblem(1, 1, (), "the file is empty; expected a mapping with services")]
         if not isinstance(root, MappingNode):
@@ -205,13 +265,12 @@ def parse_yaml(text: str) -> tuple[Document | None, list[YamlProblem]]:
         loader.values[()] = _mark(root)
         data = loader.build(root, (), frozenset())
     except _TooBig as exc:
-        line, column = _mark(exc.node)
+        line, column = exc.mark
         return None, [YamlProblem(line, column, (), f"refused: {exc.message}")]
     except RecursionError:
-        # PyYAML composes nested blocks recursively: the depth is past what it can read.
-        mark = loader.get_mark() if loader is not None else None
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return None, [YamlProblem(line, column, (), f"refused: nested more than {MAX_DEPTH} levels deep")]
+        # The Python parser composes nested blocks recursively (libyaml's depth is checked
+        # first): past what it can read, and past the limit.
+        return None, [YamlProblem(1, 1, (), f"refused: nested more than {MAX_DEPTH} levels deep")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -226,7 +285,4 @@ def parse_yaml(text: str) -> tuple[Document | None, list[YamlProblem]]:
         return None, [YamlProblem(line, column, (), message)]
     except yaml.YAMLError as exc:
         return None, [YamlProblem(1, 1, (), f"invalid YAML: {exc}")]
-    finally:
-        if loader is not None:
-            loader.dispose()
     return Document(data, loader.values, loader.keys), loader.problems
