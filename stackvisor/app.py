@@ -18,11 +18,12 @@ from stackvisor.config.address import split_host_port
 from stackvisor.config.schema import StackConfig, Strategy
 from stackvisor.control.server import ControlServer, ensure_token
 from stackvisor.control.sockets import StackLock, bind_unix
-from stackvisor.errors import AlreadyRunning
+from stackvisor.errors import AlreadyRunning, UnsafePath
 from stackvisor.paths import stack_paths
 from stackvisor.runtime.logs import stdout_console
 from stackvisor.runtime.supervisor import Companion, Lease, Supervisor
 from stackvisor.runtime.watch import watch_stack
+from stackvisor.system.files import dir_mode, secure_dir
 
 
 async def start_control(sup: Supervisor) -> ControlServer:
@@ -81,7 +82,15 @@ def run_supervisor(
     console: bool,
 ) -> int:
     """The supervisor in this process until the stack stops; the exit status of `up`."""
-    log = logsetup.configure(stack_paths(config).supervisor_log)
+    paths = stack_paths(config)
+    mode = config.settings.logs_mode
+    try:
+        secure_dir(paths.state_dir, 0o700)
+        secure_dir(paths.logs, dir_mode(mode))
+        log = logsetup.configure(paths.supervisor_log, file_mode=mode)
+    except UnsafePath as exc:
+        print(f"stackvisor: {exc}", file=sys.stderr)
+        return 1
     width = max(len(n) for n in config.services)
     out = stdout_console(width, enabled=console)
 
@@ -96,7 +105,7 @@ def run_supervisor(
 
     try:
         return asyncio.run(main())
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, UnsafePath) as exc:
         print(f"stackvisor: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -28,6 +28,11 @@ class NotResponding(Exception):
     """The supervisor holds the stack but does not answer (stopped, stuck): exit 1."""
 
 
+class UnsafePath(Exception):
+    """A folder or file stackvisor would write is not safely its own (a link, another
+    user's folder): it refuses to start rather than write there (exit 1)."""
+
+
 class AlreadyRunning(Exception):
     """Another supervisor holds the stack's lock."""
 

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import structlog
 
 from stackvisor.runtime.logs import BackgroundWriter, TextWriter, colour_enabled
+from stackvisor.system.files import open_append
 
 
 class _JsonTee:
@@ -47,7 +48,9 @@ class LogSetup:
             self.tee.fh.flush()
 
 
-def configure(log_file: Path | None, *, stream: TextIO | None = None, quiet: bool = False) -> LogSetup:
+def configure(
+    log_file: Path | None, *, stream: TextIO | None = None, quiet: bool = False, file_mode: int = 0o600
+) -> LogSetup:
     """`stream` defaults to stderr, written from a thread (see `BackgroundWriter`)."""
     writer = None
     out: Any = stream
@@ -58,9 +61,9 @@ def configure(log_file: Path | None, *, stream: TextIO | None = None, quiet: boo
         _Drop() if quiet else structlog.dev.ConsoleRenderer(colors=colour_enabled(out), pad_event_to=0)
     )
     fh = None
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - the process's log
+    if log_file is not None:  # in a folder the caller made safe (see `system.files`)
+        fd = open_append(log_file, file_mode)
+        fh = open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - the process's log
     tee = _JsonTee(fh)
     structlog.configure(
         processors=[

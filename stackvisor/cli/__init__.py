@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from stackvisor import graph
 from stackvisor.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_USAGE, UsageError
 from stackvisor.config import ConfigError
-from stackvisor.errors import ApiError, NotResponding, NotRunning
+from stackvisor.errors import ApiError, NotResponding, NotRunning, UnsafePath
 
 __all__ = ["main"]
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotRunning as exc:
         print(f"stackvisor: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
-    except NotResponding as exc:
+    except (NotResponding, UnsafePath) as exc:
         print(f"stackvisor: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except ApiError as exc:  # a refused API call: say it, no traceback

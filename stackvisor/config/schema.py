@@ -301,6 +301,21 @@ class ControlSettings(_Model):
         return self
 
 
+def _file_mode(value: Any) -> int:
+    """`0640` (YAML reads it as octal), `"0640"` or `"640"` -> 0o640."""
+    if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3}", value.strip()):
+        value = int(value.strip().removeprefix("0").removeprefix("o"), 8)
+    if not isinstance(value, int) or isinstance(value, bool) or value & ~0o666 or value & 0o600 != 0o600:
+        shown = f"{value:04o}" if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+        raise ValueError(
+            f"expected a file mode from 0600 to 0666 that lets the owner read and write (got {shown})"
+        )
+    return value
+
+
+LogsMode = Annotated[int, BeforeValidator(_file_mode)]
+
+
 class Settings(_Model):
     strategy: Strategy = Strategy.INTELLIGENT
     reserved_ports: list[Port] = []
@@ -308,6 +323,9 @@ class Settings(_Model):
     dev_server_patterns: list[str] | None = None
     stop_timeout: Duration = 10.0
     logs_dir: str = "logs"
+    # Who may read the logs: owner only by default (services print secrets); `0640`
+    # lets the group read, and the folder follows (0750).
+    logs_mode: LogsMode = 0o600
     log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     log_backups: int = Field(default=3, ge=0)
     reload: bool = True

@@ -22,10 +22,11 @@ from stackvisor.config.interpolate import port_env
 from stackvisor.config.schema import StackConfig
 from stackvisor.control import sockets
 from stackvisor.control.client import Client
-from stackvisor.errors import AlreadyRunning, ApiError, NotResponding, NotRunning
+from stackvisor.errors import AlreadyRunning, ApiError, NotResponding, NotRunning, UnsafePath
 from stackvisor.paths import StackPaths, stack_paths
 from stackvisor.runtime.states import State
 from stackvisor.runtime.status import ServiceStatus, StackStatus
+from stackvisor.system.files import dir_mode, open_append, secure_dir
 
 READY = frozenset({State.HEALTHY, State.RUNNING, State.COMPLETED})
 BROKEN = frozenset({State.FAILED, State.EXITED})
@@ -86,12 +87,20 @@ class DetachResult:
 
 def detach(config: StackConfig, argv: Sequence[str], timeout: float = 30.0) -> DetachResult:
     """Start `stackvisor _supervise ARGV` in its own session; return once its socket answers."""
+    paths = stack_paths(config)
+    out_path = paths.detached_output
+    mode = config.settings.logs_mode
+    try:
+        secure_dir(paths.state_dir, 0o700)
+        secure_dir(paths.logs, dir_mode(mode))
+        fd = open_append(out_path, mode)
+    except UnsafePath as exc:
+        return DetachResult(False, None, str(exc), 1)
     holder = supervisor_pid(config)
     if holder is not None:
+        os.close(fd)
         return DetachResult(False, holder, f"already running (pid {holder})", 1)
-    out_path = stack_paths(config).detached_output
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path, "ab") as out:
+    with open(fd, "ab") as out:
         start = out.tell()
         proc = subprocess.Popen(
             [sys.executable, "-m", "stackvisor", "_supervise", "-f", str(config.path), *argv],

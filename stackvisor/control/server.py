@@ -152,12 +152,15 @@ def ensure_token(path: os.PathLike[str] | str) -> str:
     env = os.environ.get("STACKVISOR_TOKEN")
     if env:
         return env
-    with contextlib.suppress(FileNotFoundError), open(path) as fh:
-        text = fh.read().strip()
+    # O_NOFOLLOW both ways: a link planted in place of the token is refused, not followed.
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd) as fh:
+            text = fh.read().strip()
         if text:
             return text
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     return token

@@ -10,13 +10,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import pwd
 import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from stackvisor.errors import AlreadyRunning
+from stackvisor.errors import AlreadyRunning, UnsafePath
+from stackvisor.system.files import secure_dir
 
 _MAX_PATH = 100
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 @contextlib.contextmanager
@@ -58,15 +62,30 @@ def bind_unix(path: Path) -> socket.socket:
 
 
 def connect_unix(path: Path, timeout: float = 5.0) -> socket.socket:
+    """A connection to the socket at `path`, only if a process of our own user serves it:
+    another user who replaced the socket gets no question and gives no answer."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         with reachable(path) as where:
             sock.connect(where)
+        pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        if uid != os.geteuid():
+            raise UnsafePath(
+                f"{path} is served by {_user(uid)} (pid {pid}), not by {_user(os.geteuid())}: "
+                "not a supervisor of yours; refusing to talk to it"
+            )
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 class StackLock:
@@ -77,8 +96,15 @@ class StackLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        secure_dir(self.path.parent, 0o700)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            if os.path.islink(self.path):
+                raise UnsafePath(
+                    f"{self.path} is a symbolic link; stackvisor does not write through one"
+                ) from None
+            raise exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -96,9 +122,11 @@ class StackLock:
     def holder(self) -> int | None:
         """The pid of the supervisor holding the lock, or None when nobody does."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
+        except OSError:
+            return None  # a link in place of the lock: no supervisor of ours holds it
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -23,6 +23,9 @@ from io import FileIO
 from pathlib import Path
 from typing import BinaryIO
 
+from stackvisor.errors import UnsafePath
+from stackvisor.system.files import open_append
+
 _COLOURS = [36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96, 31]
 _CHUNK = 65536
 _MAX_LINE = 65536
@@ -149,20 +152,25 @@ class RotatingFile:
     REPORT_EVERY = 60.0
 
     def __init__(
-        self, path: Path, max_bytes: int, backups: int, on_error: Callable[[str], None] | None = None
+        self,
+        path: Path,
+        max_bytes: int,
+        backups: int,
+        on_error: Callable[[str], None] | None = None,
+        mode: int = 0o600,
     ) -> None:
-        self.path = path
+        self.path = path  # in a folder the owner has made safe (see `system.files`)
         self.max_bytes = max_bytes
         self.backups = backups
         self.on_error = on_error
+        self.mode = mode
         self._fh: FileIO | None = None
         self._size = 0
         self._lost_lines = 0
         self._reported_at: float | None = None
 
     def _open(self, *, truncate: bool = False) -> FileIO:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the service
+        fh = FileIO(open_append(self.path, self.mode), "ab", closefd=True)
         if truncate:
             fh.truncate(0)
         self._size = fh.tell()
@@ -182,7 +190,7 @@ class RotatingFile:
             self._size += len(data)
             if self._size >= self.max_bytes:
                 self._rotate()
-        except OSError as exc:
+        except (OSError, UnsafePath) as exc:
             self._lost(data, exc)
             with contextlib.suppress(OSError):
                 self.close()  # opened afresh by the next write
@@ -192,13 +200,13 @@ class RotatingFile:
             self._lost_lines = 0
             self._reported_at = None
 
-    def _lost(self, data: bytes, exc: OSError) -> None:
+    def _lost(self, data: bytes, exc: OSError | UnsafePath) -> None:
         self._lost_lines += max(1, data.count(b"\n"))
         now = time.monotonic()
         if self._reported_at is None or now - self._reported_at >= self.REPORT_EVERY:
             self._reported_at = now
             if self.on_error is not None:
-                why = exc.strerror or str(exc)
+                why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
                 self.on_error(f"{self.path}: cannot write ({why}); {self._lost_lines} lines lost so far")
 
     def _rotate(self) -> None:

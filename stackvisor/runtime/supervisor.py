@@ -1,16 +1,13 @@
 """The stack: one task group owning every service's lifecycle, and the clean stop.
 
-The supervisor starts each selected service's lifecycle at once — a service waits
-only for its own `depends_on` conditions, so independent services start in
-parallel rather than level by level. It owns the shared pieces the services use
-(event bus, state.db, logs, the port assignments, the spawner and its signal gate)
-and is the one place that carries out the order of stopping: dependents before
-their dependencies, independent services in parallel, and afterwards every process
-that is still ours. What to restart and what a reload changes are decided in
-`plans`; what happens to one service in `lifecycle`.
-
-It knows nothing of the control socket or file watching: the composition root
-(`stackvisor.app`) wires those to it, as companions that run while it runs.
+Each selected service's lifecycle starts at once and waits only for its own
+`depends_on` conditions, so independent services start in parallel. The supervisor
+owns what the services share (event bus, state.db, logs, port assignments, the
+spawner and its signal gate) and carries out the order of stopping: dependents
+first, independent services in parallel, then every process that is still ours.
+What to restart and what a reload changes are decided in `plans`; what happens to
+one service in `lifecycle`. The control socket and file watching are not known
+here: the composition root (`stackvisor.app`) wires them in as companions.
 """
 
 from __future__ import annotations
@@ -44,6 +41,7 @@ from stackvisor.runtime.state import StateDB
 from stackvisor.runtime.states import State
 from stackvisor.runtime.status import ReloadResult, StackStatus
 from stackvisor.runtime.stopping import kill_leftovers, stop_in_order
+from stackvisor.system.files import dir_mode, secure_dir
 from stackvisor.system.signals import SignalGate
 
 Companion = Callable[["Supervisor"], Coroutine[Any, Any, None]]
@@ -119,6 +117,7 @@ class Supervisor:
             settings.log_max_bytes,
             settings.log_backups,
             on_error=lambda message: self.logger.warning(message, service=svc.name),
+            mode=settings.logs_mode,
         )
         return ServiceRunner(self._context, svc, ServiceLog(svc.name, file, self.console))
 
@@ -213,9 +212,8 @@ class Supervisor:
         """The state folder (0700: lock, state, socket, token) and state.db. Idempotent."""
         if self.state_db is not None:
             return
-        state_dir = self.paths.state_dir
-        state_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(state_dir, 0o700)
+        secure_dir(self.paths.state_dir, 0o700)
+        secure_dir(self.paths.logs, dir_mode(self.config.settings.logs_mode))
         self.state_db = StateDB.open(self.paths.state_db, self.pid)
         note = self.state_db.recovery_note()
         if note is not None:

@@ -1,0 +1,70 @@
+"""Folders and files stackvisor writes, made so that another local user cannot steer them.
+
+A folder of ours (the state folder, the logs folder) must be a real folder, owned by
+the user stackvisor runs as; one of ours is given its mode, and one that is not ours
+is refused with a message saying why — never chowned or chmodded into shape. Inside
+a folder of ours nobody else can plant a link, and every file is opened with
+`O_NOFOLLOW` besides, so a link planted before we checked is refused, not followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import stat
+from pathlib import Path
+
+from stackvisor.errors import UnsafePath
+
+NOFOLLOW_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def secure_dir(path: Path, mode: int) -> None:
+    """Make sure `path` is a folder of ours with `mode`, creating it (and its parents)."""
+    if not os.path.lexists(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # made meanwhile: checked below
+            os.mkdir(path, mode)
+    info = os.lstat(path)
+    me = os.geteuid()
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafePath(f"{path} is a symbolic link; stackvisor writes only into a real folder of its own")
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePath(f"{path} is not a folder")
+    if info.st_uid != me:
+        raise UnsafePath(
+            f"{path} belongs to {_user(info.st_uid)}, not to {_user(me)}: stackvisor will not write into "
+            "another user's folder (remove it, or run as its owner)"
+        )
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(path, mode, follow_symlinks=False)
+
+
+def open_append(path: Path, mode: int) -> int:
+    """A file descriptor appending to `path` (created with `mode`), never through a link."""
+    try:
+        fd = os.open(path, NOFOLLOW_APPEND, mode)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UnsafePath(f"{path} is a symbolic link; stackvisor does not write through one") from None
+        raise exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise UnsafePath(f"{path} is not a regular file of {_user(os.geteuid())}'s; refusing to write to it")
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.fchmod(fd, mode)
+    return fd
+
+
+def dir_mode(file_mode: int) -> int:
+    """The folder mode that goes with a file mode: whoever may read may also enter."""
+    return file_mode | 0o700 | ((file_mode & 0o044) >> 2)

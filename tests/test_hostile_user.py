@@ -1,0 +1,140 @@
+"""Another local user cannot steer where stackvisor writes, or what its CLI believes.
+
+User `nobody` prepares traps in a shared folder (mode 1777, as /tmp is); root's
+stackvisor must refuse them with a message, and leave the files they point at alone.
+The tests run as root (as CI does) and use `runuser -u nobody`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stackvisor.config import load_config
+from stackvisor.control import ops
+from stackvisor.control.client import Client
+from stackvisor.control.sockets import StackLock
+from stackvisor.errors import UnsafePath
+from stackvisor.paths import StackPaths
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root and runuser"
+)
+NOBODY_PYTHON = "/usr/bin/python3"  # one that user nobody can run
+STACK = f"services:\n  web: {{command: {sys.executable} -c 'import time; time.sleep(300)'}}\n"
+
+
+def as_nobody(*argv: str, cwd: Path) -> None:
+    subprocess.run(["runuser", "-u", "nobody", "--", *argv], cwd=cwd, check=True, timeout=30)
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="stackvisor-shared-", dir="/tmp"))
+    os.chmod(folder, 0o1777)
+    (folder / "services.yaml").write_text(STACK)
+    try:
+        yield folder
+    finally:
+        config = load_config(folder / "services.yaml")
+        if ops.supervisor_pid(config) not in (None, -1):
+            ops.down(config, timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "secret"
+    path.write_text("root's data\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def untouched(path: Path) -> bool:
+    return path.read_text() == "root's data\n"
+
+
+def test_a_state_folder_of_another_user_is_refused(shared: Path, secret: Path) -> None:
+    as_nobody("mkdir", ".stackvisor", cwd=shared)
+    as_nobody("ln", "-s", str(secret), ".stackvisor/lock", cwd=shared)
+    started = ops.detach(load_config(shared / "services.yaml"), [])
+    assert not started.ok and started.code == 1
+    assert ".stackvisor belongs to nobody, not to root" in started.message
+    assert untouched(secret)
+    assert os.stat(shared / ".stackvisor").st_uid != 0  # never chowned into shape
+
+
+def test_a_logs_folder_of_another_user_is_refused(shared: Path, secret: Path) -> None:
+    as_nobody("mkdir", "logs", cwd=shared)
+    as_nobody("ln", "-s", str(secret), "logs/web.log", cwd=shared)
+    started = ops.detach(load_config(shared / "services.yaml"), [])
+    assert not started.ok and "logs belongs to nobody, not to root" in started.message
+    assert untouched(secret)
+
+
+def test_a_link_in_a_folder_of_ours_is_never_written_through(tmp_path: Path, secret: Path) -> None:
+    (tmp_path / "services.yaml").write_text(STACK)
+    paths = StackPaths.at(tmp_path)
+    paths.state_dir.mkdir(mode=0o700)
+    paths.lock.symlink_to(secret)
+    with pytest.raises(UnsafePath, match="is a symbolic link"):
+        StackLock(paths.lock).acquire()
+    paths.lock.unlink()
+    paths.logs.mkdir(mode=0o700)
+    paths.service_log("web").symlink_to(secret)
+    config = load_config(tmp_path / "services.yaml")
+    try:
+        started = ops.detach(config, [])
+    finally:
+        ops.down(config, timeout=30)
+    assert not started.ok and started.message.endswith(
+        "web.log is a symbolic link; stackvisor does not write through one"
+    )
+    assert untouched(secret)
+
+
+def test_logs_are_private_by_default(tmp_path: Path) -> None:
+    (tmp_path / "services.yaml").write_text(STACK)
+    config = load_config(tmp_path / "services.yaml")
+    paths = StackPaths.at(tmp_path)
+    try:
+        assert ops.detach(config, []).ok
+        deadline = time.monotonic() + 10
+        while not paths.service_log("web").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        ops.down(config, timeout=30)
+    assert paths.logs.stat().st_mode & 0o777 == 0o700
+    for log in paths.logs.iterdir():
+        assert log.stat().st_mode & 0o777 == 0o600, log
+
+
+def test_a_socket_served_by_another_user_is_not_believed(shared: Path) -> None:
+    socket_path = shared / "control.sock"
+    server = subprocess.Popen(
+        [
+            "runuser", "-u", "nobody", "--", NOBODY_PYTHON, "-c",
+            "import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8);"
+            " print('ready', flush=True); c, _ = s.accept();"
+            " c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Type: application/json\\r\\n\\r\\n{\"pid\": 1}')",
+            str(socket_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        with pytest.raises(UnsafePath, match="is served by nobody"):
+            Client(socket_path, timeout=5).get("/v1/status")
+    finally:
+        server.kill()
+        server.wait()
