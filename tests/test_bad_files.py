@@ -129,3 +129,22 @@ def test_peak_memory_of_this_process_is_untouched_by_refusals() -> None:
     # The refusals above ran in this process (but the bomb): a guard against a
     # refusal that first builds everything and then complains.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 2_000_000
+
+
+def test_a_private_key_named_as_env_file_is_never_quoted(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    key.write_text(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    os.chmod(key, 0o600)
+    message = load_error(tmp_path, "services:\n  web: {command: x, env_file: id_ed25519}\n")
+    assert "OPENSSH" not in message and "b3Blbn" not in message
+    assert 'expected KEY=VALUE (got "----...", 35 characters)' in message
+
+
+def test_values_under_secret_looking_names_are_shown_as_stars() -> None:
+    from stackvisor.config.explain import _show
+
+    assert _show("hunter2", ("services", "web", "env", "API_TOKEN")) == "***"
+    assert _show("hunter2", ("services", "web", "env", "db_password")) == "***"
+    assert _show("hunter2", ("services", "web", "env", "MODE")) == '"hunter2"'

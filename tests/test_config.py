@@ -274,7 +274,7 @@ def test_bad_line_in_env_file(tmp_path: Path) -> None:
         files={"api.env": 'GOOD=1\nnot a variable line\nQ="open\n'},
     )
     assert errors == [
-        'api.env:2:1: expected KEY=VALUE (got "not a variable line")',
+        'api.env:2:1: expected KEY=VALUE (got "not ...", 19 characters)',
         'api.env:3:1: Q: the " quote is never closed',
     ]
 

@@ -59,7 +59,7 @@ def parse_env_text(text: str) -> tuple[list[EnvEntry], list[tuple[int, str]]]:
         key, equals, rest = content.partition("=")
         key = key.strip()
         if not _ENV_KEY.fullmatch(key):
-            problems.append((number, f"expected KEY=VALUE (got {_quoted(content)})"))
+            problems.append((number, f"expected KEY=VALUE (got {_excerpt(content)})"))
             continue
         if not equals:
             entries.append(EnvEntry(key, None, False, number))
@@ -80,7 +80,7 @@ def parse_env_text(text: str) -> tuple[list[EnvEntry], list[tuple[int, str]]]:
             continue
         after = body[end + 1 :].strip()
         if after and not after.startswith("#"):
-            problems.append((number, f"{key}: unexpected text after the closing quote: {_quoted(after)}"))
+            problems.append((number, f"{key}: unexpected text after the closing quote: {_excerpt(after)}"))
             continue
         value = body[:end]
         if quote == '"':
@@ -89,10 +89,20 @@ def parse_env_text(text: str) -> tuple[list[EnvEntry], list[tuple[int, str]]]:
     return entries, problems
 
 
-def _quoted(text: str) -> str:
-    # Quoted the way the stack file's own messages show a string value, so a line
-    # from an env file and a value from services.yaml read alike.
-    return json.dumps(text if len(text) <= 60 else text[:57] + "...")
+# Names whose values are secrets: never shown in messages, status or events.
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|PRIVATE", re.IGNORECASE)
+
+
+def looks_secret(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def _excerpt(text: str) -> str:
+    """A line of an env file as a message may show it: its first few characters only.
+    The line may be a secret (a private key pointed at by mistake)."""
+    if len(text) <= 4:
+        return json.dumps(text)
+    return f"{json.dumps(text[:4] + '...')}, {len(text)} characters"
 
 
 def _closing_quote(body: str, quote: str) -> int:

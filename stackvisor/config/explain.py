@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from stackvisor.config.envfiles import looks_secret
 from stackvisor.config.report import Report, suggest
 from stackvisor.config.schema import Service, StackConfig
 from stackvisor.config.yamlpos import Loc
@@ -85,14 +86,14 @@ def _explain(errors: list[Any]) -> list[tuple[Loc, str, bool]]:
             continue
         _, error, union_type = members[0]
         expected = " or ".join(_describe_members(union_type))
-        out.append((field_path, f"expected {expected} (got {_show(error['input'])})", False))
+        out.append((field_path, f"expected {expected} (got {_show(error['input'], field_path)})", False))
     return out
 
 
 def _human(error: Any, path: Loc) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
-    got = f" (got {_show(error.get('input'))})"
+    got = f" (got {_show(error.get('input'), path)})"
     if kind in ("value_error", "assertion_error"):
         # The schema's own message, without pydantic's "Value error, " in front.
         return str(ctx["error"]) if "error" in ctx else str(error["msg"])
@@ -242,8 +243,11 @@ def _describe_members(tp: Any) -> list[str]:
     return out
 
 
-def _show(value: Any) -> str:
-    """A value as it would be written in YAML, short enough for one line."""
+def _show(value: Any, path: Loc = ()) -> str:
+    """A value as it would be written in YAML, short enough for one line; `***` for the
+    value of a variable whose name looks secret."""
+    if any(isinstance(part, str) and looks_secret(part) for part in path):
+        return "***"
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
