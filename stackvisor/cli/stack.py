@@ -106,7 +106,34 @@ def _preflight(config: StackConfig, args: argparse.Namespace) -> int | None:
     failing = [a for a in plan if a.action is Action.FAIL]
     for action in failing:
         print(f"stackvisor: {action.service}: {action.message}", file=sys.stderr)
+    if failing:
+        _record_refusal(config, failing)
     return EXIT_FAILURE if failing else None
+
+
+def _record_refusal(config: StackConfig, failing: list[Any]) -> None:
+    """A refused `up` is part of the history, like a conflict met by a running stack."""
+    import time
+
+    from stackvisor.errors import UnsafePath
+    from stackvisor.ports.conflicts import ConflictRecord
+    from stackvisor.runtime.events import Event, PortConflict
+    from stackvisor.system.files import secure_dir
+
+    paths = stack_paths(config)
+    try:
+        secure_dir(paths.state_dir, 0o700)
+    except UnsafePath:
+        return  # the refusal to write there is said when the stack starts
+    db = _open_state(paths.state_db)
+    try:
+        for seq, action in enumerate(failing, 1):
+            data = ConflictRecord.of(action, "failed: up refused, nothing was started").as_dict()
+            service = data.pop("service")
+            payload = PortConflict(**data)
+            db.record_event(Event(seq, time.time(), payload.kind, service, payload.data()))
+    finally:
+        db.close()
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -191,10 +218,28 @@ def _wait(config: StackConfig, names: Sequence[str], timeout: float) -> int:
         ready = [s["name"] for s in result.status["services"] if s.get("selected")]
         print(f"ready: {', '.join(ready)}", file=sys.stderr)
         return EXIT_OK
+    if result.stopped is not None:
+        reason = result.stopped or _last_stop_reason(config)
+        why = f" ({reason})" if reason else ""
+        print(f"stackvisor: the stack was stopped before it was ready{why}", file=sys.stderr)
+        return EXIT_FAILURE
     why = f"not ready after {timeout:g}s" if result.timed_out else "a service failed"
     print(f"stackvisor: {why}", file=sys.stderr)
     print(ops.failure_report(api, result.broken), file=sys.stderr)
     return EXIT_FAILURE
+
+
+def _last_stop_reason(config: StackConfig) -> str:
+    """Why the stack last went down, as its supervisor recorded it."""
+    path = stack_paths(config).state_db
+    if not path.exists():
+        return ""
+    db = _open_state(path)
+    try:
+        rows = [r for r in db.events(kinds=("stack",), limit=5) if r["data"].get("event") == "down"]
+    finally:
+        db.close()
+    return str(rows[-1]["data"].get("reason") or "") if rows else ""
 
 
 def cmd_down(args: argparse.Namespace) -> int:

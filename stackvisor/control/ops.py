@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.client
 import os
 import signal
 import subprocess
@@ -157,6 +158,7 @@ class WaitResult:
     status: StackStatus | None
     broken: list[ServiceStatus] = field(default_factory=list)
     timed_out: bool = False
+    stopped: str | None = None  # the stack was stopped before it was ready: why
 
 
 def wait_ready(
@@ -171,9 +173,12 @@ def wait_ready(
     while True:
         try:
             status = client.get("/v1/status")
-        except NotRunning:
-            return WaitResult(False, status, [], False)
+        except (NotRunning, ConnectionError, http.client.HTTPException):
+            # The supervisor went away while we asked (a `down`, a signal).
+            return WaitResult(False, status, [], False, stopped="")
         assert status is not None
+        if status.get("stopping"):
+            return WaitResult(False, status, [], False, stopped=status.get("stop_reason") or "")
         services = [
             s for s in status["services"] if (s["name"] in names if names else s.get("selected", True))
         ]

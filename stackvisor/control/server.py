@@ -78,7 +78,7 @@ async def restart_many(request: web.Request) -> web.Response:
 async def stop_stack(request: web.Request) -> web.Response:
     await json_body(request)
     sup = supervisor(request)
-    sup.request_stop("stop requested over the control socket")
+    sup.request_stop("stopped by `stackvisor down` or POST /v1/stop")
     return web.json_response({"stopping": True, "pid": sup.pid}, status=202)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from stackvisor.runtime.clock import Clock
 
@@ -60,3 +61,13 @@ async def watch_lease(lease: Lease, clock: Clock, stop: Callable[[str], None]) -
             stop(f"no heartbeat for {lease.seconds:g}s (--lease)")
             return
         await clock.sleep(left)
+
+
+def watches(lease: Lease, clock: Clock, stop: Callable[[str], None]) -> list[Coroutine[Any, Any, None]]:
+    """The watches a lease asks for: --exit-with, --lease, both or none."""
+    found = []
+    if lease.exit_with is not None:
+        found.append(watch_pid(lease.exit_with, stop))
+    if lease.seconds is not None:
+        found.append(watch_lease(lease, clock, stop))
+    return found

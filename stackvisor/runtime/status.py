@@ -44,5 +44,6 @@ class StackStatus(TypedDict):
     file: str
     started_at: float
     stopping: bool
+    stop_reason: NotRequired[str]  # while stopping: why (`down`, a signal, --exit-with...)
     reload: ReloadResult | None
     services: list[ServiceStatus]

@@ -31,7 +31,7 @@ from stackvisor.runtime import orphans, plans
 from stackvisor.runtime.assignments import PortAssignments, fixed
 from stackvisor.runtime.clock import Clock, MonotonicClock
 from stackvisor.runtime.context import RunnerContext
-from stackvisor.runtime.deadman import Lease, watch_lease, watch_pid
+from stackvisor.runtime.deadman import Lease, watches
 from stackvisor.runtime.events import EventBus, OrphanEnded, Reloaded, ReloadFailed, StackChanged
 from stackvisor.runtime.lifecycle import DependencyFacts
 from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
@@ -189,10 +189,7 @@ class Supervisor:
                 watchers: list[asyncio.Task[None]] = [tg.create_task(c(self)) for c in companions]
                 if until_done:
                     watchers.append(tg.create_task(self._stop_when_done()))
-                if self.lease.exit_with is not None:
-                    watchers.append(tg.create_task(watch_pid(self.lease.exit_with, self.request_stop)))
-                if self.lease.seconds is not None:
-                    watchers.append(tg.create_task(watch_lease(self.lease, self.clock, self.request_stop)))
+                watchers += [tg.create_task(w) for w in watches(self.lease, self.clock, self.request_stop)]
                 await self._stop_requested.wait()
                 for watcher in watchers:
                     watcher.cancel()
@@ -205,8 +202,7 @@ class Supervisor:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 loop.remove_signal_handler(sig)
             self.close()
-        failed = [r.name for r in self.runners.values() if r.state is State.FAILED]
-        return 1 if failed else 0
+        return int(any(r.state is State.FAILED for r in self.runners.values()))
 
     def open(self) -> None:
         """The state folder (0700: lock, state, socket, token) and state.db. Idempotent."""
@@ -245,7 +241,7 @@ class Supervisor:
     def stop_event(self) -> asyncio.Event:
         return self._stop_requested
 
-    def request_stop(self, reason: str = "") -> None:
+    def request_stop(self, reason: str = "stop requested") -> None:
         if not self._stop_requested.is_set():
             self._stop_reason = reason
             self._stop_requested.set()
@@ -408,7 +404,7 @@ class Supervisor:
             entry = self.runners[name].status()
             entry["selected"] = name in self.selection
             services.append(entry)
-        return {
+        status: StackStatus = {
             "name": self.config.name,
             "pid": self.pid,
             "file": str(self.config.path),
@@ -417,3 +413,6 @@ class Supervisor:
             "reload": self.last_reload,
             "services": services,
         }
+        if self.stopping:
+            status["stop_reason"] = self._stop_reason
+        return status
