@@ -241,9 +241,9 @@ def test_validate_prints_start_order(tmp_path: Path) -> None:
         tmp_path,
         """
         services:
-          web: {command: x, depends_on: [api]}
-          api: {command: x, depends_on: [db]}
-          db: {command: x}
+          web: {command: "true", depends_on: [api]}
+          api: {command: "true", depends_on: [db]}
+          db: {command: "true"}
         """,
     )
     result = cli("validate", cwd=tmp_path / ".")

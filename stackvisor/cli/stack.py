@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load(args)
+    errors, warnings = _check_programs(config)
+    for line in warnings:
+        print(f"{line} (warning)", file=sys.stderr)
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        return EXIT_USAGE
     order = graph.start_order(config.graph())
     depth = graph.levels(config.graph())
     print(f"{config.path}: stack {config.name!r}, {len(order)} services, in start order:")
@@ -34,6 +40,35 @@ def cmd_validate(args: argparse.Namespace) -> int:
         port = f" port {svc.port}" if svc.port is not None else ""
         print(f"  {'  ' * depth[name]}{name}{port}{'  <- ' + deps if deps else ''}")
     return EXIT_OK
+
+
+def _check_programs(config: StackConfig) -> tuple[list[str], list[str]]:
+    """Programs that are not there: errors for a list or a simple command (exec would
+    fail), warnings for the first word of a compound shell command (it may be a builtin)."""
+    from stackvisor.config.commands import program
+    from stackvisor.config.report import display
+    from stackvisor.config.yamlpos import parse_yaml
+    from stackvisor.runtime.process import resolve_program
+
+    document, _ = parse_yaml(config.path.read_text(encoding="utf-8"))
+    errors: list[str] = []
+    warnings: list[str] = []
+    for name, svc in config.services.items():
+        found, certain = program(svc.command)
+        if found is None or "$" in found:
+            continue  # nothing to look for before the stack's ports are known
+        cwd = str(config.root / svc.working_dir) if svc.working_dir else str(config.root)
+        try:
+            resolve_program(found, cwd, os.environ.get("PATH", os.defpath))
+            continue
+        except FileNotFoundError:
+            why = f"program {found!r} not found" + ("" if "/" in found else " on the PATH")
+        except PermissionError:
+            why = f"program {found!r} is not executable"
+        line, column = document.locate(("services", name, "command")) if document else (1, 1)
+        text = f"{display(config.path)}:{line}:{column}: services.{name}.command: {why}"
+        (errors if certain else warnings).append(text)
+    return errors, warnings
 
 
 def _supervisor_argv(args: argparse.Namespace) -> list[str]:

@@ -10,18 +10,16 @@ and exec the service (the systemd protocol).
 from __future__ import annotations
 
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from stackvisor.config.commands import shell_argv
 from stackvisor.config.interpolate import interpolate
 from stackvisor.config.schema import Service
 from stackvisor.errors import StartError
 from stackvisor.runtime.process import resolve_program
 
-# A shell is needed only for these; otherwise `exec` makes the service the direct child.
-_SHELL_SYNTAX = re.compile(r"[;&|<>()`\n]|^\s*(if|for|while|until|case|\{|!)\b")
 # Moves the socket to fd 3 and sets LISTEN_PID to its own pid, which `exec` passes on
 # to the service: done after fork without a preexec_fn (the shell cannot: dash knows
 # fds 0-9 only).
@@ -33,12 +31,6 @@ _HAND_OVER = (
     "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES=sys.argv[2])\n"
     "os.execvp(sys.argv[3], sys.argv[3:])\n"
 )
-
-
-def shell_argv(command: str) -> list[str]:
-    if _SHELL_SYNTAX.search(command):
-        return ["/bin/sh", "-c", command]
-    return ["/bin/sh", "-c", f"exec {command}"]
 
 
 def interpolate_value(value: str | list[str], variables: dict[str, str]) -> str | list[str]:
