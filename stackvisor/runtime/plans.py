@@ -16,7 +16,7 @@ from stackvisor.config.schema import StackConfig
 from stackvisor.runtime.status import ReloadResult
 
 # Settings that take effect only when the supervisor starts again.
-RESTART_SETTINGS = frozenset({"control", "logs_dir", "log_max_bytes", "log_backups", "reload"})
+RESTART_SETTINGS = frozenset({"control", "logs_dir", "logs_mode", "log_max_bytes", "log_backups", "reload"})
 
 
 def selection(config: StackConfig, requested: Sequence[str]) -> set[str]:
