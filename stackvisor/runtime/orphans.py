@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import psutil
 
 from stackvisor.runtime.process import Spawner
-from stackvisor.runtime.state import ChildRecord, StateDB
+from stackvisor.runtime.state import INSTANCE, ChildRecord, StateDB
 from stackvisor.system import procfs
 
 
@@ -34,6 +34,8 @@ class Ended:
     extra: int  # other processes of its group or with its marker
 
     def describe(self) -> str:
+        if self.service == INSTANCE:
+            return f"ended {self.extra} processes left by a killed supervisor"
         more = f" and {self.extra} of its descendants" if self.extra else ""
         return f"ended orphaned {self.service} (pid {self.pid}){more} left by a killed supervisor"
 
@@ -44,6 +46,8 @@ def _is_recorded_leader(record: ChildRecord) -> bool:
     A zombie leader counts (it still holds its pid and so its group's number); a
     start time we cannot read proves nothing, so it does not.
     """
+    if record.pid <= 0:
+        return False  # a supervisor's own record: its marker alone finds what is left
     found = procfs.create_time(record.pid)
     return found is not None and procfs.same_start(found, record.create_time)
 
@@ -72,7 +76,9 @@ def _family(record: ChildRecord) -> list[psutil.Process]:
                 except psutil.Error:
                     continue
     if record.marker:
-        found.update((p.pid, p) for p in procfs.marked(record.marker))
+        # "<instance>/" stands for everything that supervisor ever started.
+        prefix = record.marker.endswith("/")
+        found.update((p.pid, p) for p in procfs.marked(record.marker, prefix=prefix))
     found.pop(os.getpid(), None)
     return list(found.values())
 
@@ -84,7 +90,7 @@ def find_orphans(db: StateDB, instance: str) -> list[tuple[ChildRecord, list[psu
     alive: whatever another one recorded and is still running was left behind.
     """
     found = []
-    for record in db.live_children():
+    for record in [*db.live_children(), *db.live_instances()]:
         if record.marker.startswith(instance + "/"):
             continue
         found.append((record, _family(record)))
@@ -102,7 +108,10 @@ async def end_orphans(db: StateDB, instance: str, spawner: Spawner, grace: float
     await _wait_gone(victims, 2.0, spawner)
     ended = []
     for record, procs in found:
-        db.child_exited(record.id, None)
+        if record.is_instance:
+            db.instance_ended(record.id)
+        else:
+            db.child_exited(record.id, None)
         if procs:
             leader = [p for p in procs if p.pid == record.pid]
             ended.append(Ended(record.service, record.pid, len(procs) - len(leader)))

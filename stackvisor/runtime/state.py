@@ -47,7 +47,19 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS supervisors (
+    id INTEGER PRIMARY KEY,
+    marker TEXT NOT NULL,
+    supervisor_pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL
+);
 """
+
+
+# The `service` of a supervisor's own record among the children it left (not a
+# service name: names cannot be "*").
+INSTANCE = "*"
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,11 @@ class ChildRecord:
     port: int | None
     supervisor_pid: int
     marker: str
+
+    @property
+    def is_instance(self) -> bool:
+        """A supervisor's own record: its marker prefix stands for all it started."""
+        return self.service == INSTANCE
 
 
 class StateDB:
@@ -125,6 +142,11 @@ class StateDB:
             "DELETE FROM children WHERE exited_at IS NOT NULL AND id <= (SELECT MAX(id) FROM children) - ?",
             (keep_children,),
         )
+        self.db.execute(
+            "DELETE FROM supervisors WHERE ended_at IS NOT NULL"
+            " AND id <= (SELECT MAX(id) FROM supervisors) - ?",
+            (keep_children,),
+        )
 
     def child_started(
         self, service: str, pid: int, pgid: int, create_time: float, port: int | None, marker: str
@@ -136,6 +158,26 @@ class StateDB:
             (service, pid, pgid, create_time, port, self.supervisor_pid, marker, time.time()),
         )
         return int(cur.lastrowid or 0)
+
+    def instance_started(self, instance: str) -> int:
+        """A supervisor's own record, written before it starts anything: its marker,
+        `<instance>/`, finds every process it ever started, also one started in the
+        instant before a SIGKILL left no time to record it."""
+        cur = self.db.execute(
+            "INSERT INTO supervisors (marker, supervisor_pid, started_at) VALUES (?, ?, ?)",
+            (instance + "/", self.supervisor_pid, time.time()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def instance_ended(self, row: int) -> None:
+        self.db.execute("UPDATE supervisors SET ended_at = ? WHERE id = ?", (time.time(), row))
+
+    def live_instances(self) -> list[ChildRecord]:
+        """Supervisors with no recorded end, as records of what they may have left."""
+        rows = self.db.execute(
+            "SELECT id, marker, supervisor_pid FROM supervisors WHERE ended_at IS NULL ORDER BY id"
+        ).fetchall()
+        return [ChildRecord(row, INSTANCE, 0, 0, 0.0, None, pid, marker) for row, marker, pid in rows]
 
     def child_exited(self, row: int, exit_code: int | None) -> None:
         self.db.execute(

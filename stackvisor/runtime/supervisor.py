@@ -211,6 +211,7 @@ class Supervisor:
         secure_dir(self.paths.state_dir, 0o700)
         secure_dir(self.paths.logs, dir_mode(self.config.settings.logs_mode))
         self.state_db = StateDB.open(self.paths.state_db, self.pid)
+        self._instance_row = self.state_db.instance_started(self.instance)
         note = self.state_db.recovery_note()
         if note is not None:
             self.logger.warning(note)
@@ -223,6 +224,7 @@ class Supervisor:
         for runner in self.runners.values():
             runner.close()
         if self.state_db is not None:
+            self.state_db.instance_ended(self._instance_row)
             self.state_db.close()
             self.state_db = None
 
