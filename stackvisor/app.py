@@ -10,8 +10,11 @@ Nothing below this module imports the control server or the watcher's wiring.
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from stackvisor import logsetup
 from stackvisor.config.address import split_host_port
@@ -24,6 +27,9 @@ from stackvisor.runtime.logs import stdout_console
 from stackvisor.runtime.supervisor import Companion, Lease, Supervisor
 from stackvisor.runtime.watch import watch_stack
 from stackvisor.system.files import dir_mode, secure_dir
+
+# How often the stack's files are checked for having been deleted under it.
+REACHABLE_CHECK = 1.0
 
 
 async def start_control(sup: Supervisor) -> ControlServer:
@@ -56,9 +62,14 @@ async def serve(
     except AlreadyRunning:
         sup.close()
         raise
+    loop = asyncio.get_running_loop()
+    assert lock.socket is not None
+    loop.add_reader(lock.socket.fileno(), lock.drain)
     try:
         server = await start_control(sup) if control else None
         companions: list[Companion] = [watch_stack] if sup.config.settings.reload else []
+        if server is not None:
+            companions.append(functools.partial(keep_reachable, server=server, lock=lock))
         try:
             return await sup.run(selection, until_done=until_done, lease=lease, companions=companions)
         finally:
@@ -66,10 +77,40 @@ async def serve(
                 await server.close()
                 sup.paths.socket.unlink(missing_ok=True)
     finally:
+        loop.remove_reader(lock.socket.fileno())
         # In its own process the lock goes with the process, so `down`, which waits
         # for it, returns only once the supervisor is really gone.
         if not sup.owns_process_tree:
             lock.release()
+
+
+async def keep_reachable(sup: Supervisor, *, server: ControlServer, lock: StackLock) -> None:
+    """Once a second: a deleted control socket, state.db or lock file (`rm`, `git clean
+    -fdx`) is made again, so the CLI can always reach the running stack. The lock
+    itself cannot be lost (see `StackLock`)."""
+    socket_id = _identity(sup.paths.socket)
+    while True:
+        await asyncio.sleep(REACHABLE_CHECK)
+        try:
+            if _identity(sup.paths.socket) != socket_id:
+                secure_dir(sup.paths.state_dir, 0o700)
+                await server.replace_unix(bind_unix(sup.paths.socket))
+                socket_id = _identity(sup.paths.socket)
+                sup.logger.warning(f"{sup.paths.socket} was deleted: made again")
+            if sup.ledger.reopen_if_gone():
+                sup.logger.warning(f"{sup.paths.state_db} was deleted: made again from memory")
+            if not lock.path.exists():
+                lock.rewrite_file()
+        except (OSError, UnsafePath) as exc:
+            sup.logger.error(f"cannot make the stack's files again: {exc}")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
 
 
 def run_supervisor(

@@ -142,6 +142,14 @@ class ControlServer:
             await tcp_site.start()
             self.sites.append(tcp_site)
 
+    async def replace_unix(self, unix_sock: socket.socket) -> None:
+        """Serve on a new unix socket (the old one's file was deleted); stop the old one."""
+        old = self.sites[0]
+        site = web.SockSite(self.runner, unix_sock)
+        await site.start()
+        self.sites[0] = site
+        await old.stop()
+
     async def close(self) -> None:
         self.app[CLOSING].set()
         await self.runner.cleanup()

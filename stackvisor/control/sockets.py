@@ -8,7 +8,9 @@ open directory when the path is too long.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import os
 import pwd
 import socket
@@ -89,17 +91,39 @@ def _user(uid: int) -> str:
 
 
 class StackLock:
-    """flock on `.stackvisor/lock`, holding the supervisor's pid; released when it dies."""
+    """One supervisor per stack, held for as long as its process lives.
+
+    The authority is an abstract unix socket named after the stack's folder: the kernel
+    frees the name when the process dies, and no file operation can remove it, so
+    deleting `.stackvisor/` (`git clean -fdx`) cannot let a second supervisor in. Who
+    holds it is asked by connecting (`SO_PEERCRED` gives the pid). `.stackvisor/lock`
+    is also flocked and holds the pid, for people and older tools.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int | None = None
+        self.socket: socket.socket | None = None
+        root = os.path.realpath(path.parent.parent)
+        digest = hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        self.name = f"\0stackvisor-lock/{os.geteuid()}/{digest}"
 
     def acquire(self) -> None:
         secure_dir(self.path.parent, 0o700)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self.name)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise AlreadyRunning(self.holder()) from None
+            raise
+        sock.listen(16)
+        sock.setblocking(False)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
+            sock.close()
             if os.path.islink(self.path):
                 raise UnsafePath(
                     f"{self.path} is a symbolic link; stackvisor does not write through one"
@@ -109,24 +133,67 @@ class StackLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            sock.close()
             raise AlreadyRunning(self.holder()) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+        self.socket = sock
+
+    def rewrite_file(self) -> None:
+        """The lock file was deleted: a new one, flocked, with our pid (the lock itself,
+        the abstract socket, was never lost)."""
+        secure_dir(self.path.parent, 0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = fd
+
+    def drain(self) -> None:
+        """Accept and close the questions of `holder()` (so they never fill the backlog)."""
+        if self.socket is None:
+            return
+        while True:
+            try:
+                conn, _ = self.socket.accept()
+            except (BlockingIOError, OSError):
+                return
+            conn.close()
 
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
 
     def holder(self) -> int | None:
         """The pid of the supervisor holding the lock, or None when nobody does."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(2.0)
+        try:
+            sock.connect(self.name)
+            pid, uid, _ = _PEERCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            )
+        except (ConnectionRefusedError, FileNotFoundError):
+            return self._file_holder()
+        except OSError:
+            return -1  # held, but not telling by whom (its backlog is full)
+        finally:
+            sock.close()
+        if uid != os.geteuid():
+            raise UnsafePath(f"the lock of {self.path.parent.parent} is taken by {_user(uid)}'s pid {pid}")
+        return int(pid)
+
+    def _file_holder(self) -> int | None:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return None
         except OSError:
-            return None  # a link in place of the lock: no supervisor of ours holds it
+            return None  # no lock file, or a link in its place: no supervisor of ours
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

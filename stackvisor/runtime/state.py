@@ -12,6 +12,7 @@ one row in well under a millisecond, and a crash then loses nothing.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sqlite3
@@ -249,3 +250,69 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+class Ledger:
+    """One supervisor's records in state.db: itself, the children it started, its events.
+
+    It hands out its own handles for children, so that when the file is deleted under a
+    running supervisor (`git clean -fdx`) `reopen_if_gone` makes a fresh one, records
+    the supervisor and its live children again, and the runners' handles stay valid.
+    """
+
+    def __init__(self, path: Path, supervisor_pid: int, instance: str) -> None:
+        self.path = path
+        self.supervisor_pid = supervisor_pid
+        self.instance = instance
+        self.db: StateDB | None = None
+        self._instance_row = 0
+        self._handles = itertools.count(1)
+        self._live: dict[int, tuple[int, tuple[Any, ...]]] = {}  # handle -> (row, what was recorded)
+
+    def open(self) -> str | None:
+        """Open (or create) the file and record this supervisor; a note if it was corrupt."""
+        self.db = StateDB.open(self.path, self.supervisor_pid)
+        self._instance_row = self.db.instance_started(self.instance)
+        return self.db.recovery_note()
+
+    @property
+    def is_open(self) -> bool:
+        return self.db is not None
+
+    def known_children(self) -> set[tuple[int, float]]:
+        return self.db.known_children() if self.db is not None else set()
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.instance_ended(self._instance_row)
+            self.db.close()
+            self.db = None
+
+    def reopen_if_gone(self) -> bool:
+        """When the file was deleted: a fresh one with what is alive recorded again."""
+        if self.db is None or self.path.exists():
+            return False
+        self.db.close()
+        self.open()
+        assert self.db is not None
+        for handle, (_, recorded) in list(self._live.items()):
+            self._live[handle] = (self.db.child_started(*recorded), recorded)
+        return True
+
+    def child_started(
+        self, service: str, pid: int, pgid: int, create_time: float, port: int | None, marker: str
+    ) -> int:
+        assert self.db is not None
+        recorded = (service, pid, pgid, create_time, port, marker)
+        handle = next(self._handles)
+        self._live[handle] = (self.db.child_started(*recorded), recorded)
+        return handle
+
+    def child_exited(self, handle: int, exit_code: int | None) -> None:
+        row, _ = self._live.pop(handle, (None, ()))
+        if row is not None and self.db is not None:
+            self.db.child_exited(row, exit_code)
+
+    def record_event(self, event: Event) -> None:
+        if self.db is not None:
+            self.db.record_event(event)

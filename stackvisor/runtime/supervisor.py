@@ -37,7 +37,7 @@ from stackvisor.runtime.lifecycle import DependencyFacts
 from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
 from stackvisor.runtime.process import Spawner, become_subreaper
 from stackvisor.runtime.service import ServiceRunner
-from stackvisor.runtime.state import StateDB
+from stackvisor.runtime.state import Ledger, StateDB
 from stackvisor.runtime.states import State
 from stackvisor.runtime.status import ReloadResult, StackStatus
 from stackvisor.runtime.stopping import kill_leftovers, stop_in_order
@@ -74,8 +74,8 @@ class Supervisor:
         self.clock: Clock = clock or MonotonicClock()
         self.gate = SignalGate()
         self.spawner = Spawner(self.gate, subreaper=owns_process_tree)
-        self.state_db: StateDB | None = None  # opened by `run`
-        self.bus = EventBus(record=self._record)
+        self.ledger = Ledger(self.paths.state_db, self.pid, self.instance)  # opened by `open`
+        self.bus = EventBus(record=self.ledger.record_event)
         self.console = console
         self.ports = PortAssignments(
             config, bus=self.bus, logger=self.logger, gate=self.gate, strategy=strategy
@@ -87,7 +87,7 @@ class Supervisor:
             clock=self.clock,
             spawner=self.spawner,
             owners=self.ports.owners,
-            ledger=self,
+            ledger=self.ledger,
             logger=self.logger,
             secure_port=self.ports.secure,
             port_env=self.ports.env,
@@ -129,20 +129,6 @@ class Supervisor:
     def _dependency(self, name: str) -> DependencyFacts | None:
         runner = self.runners.get(name)
         return runner.facts() if runner is not None and name in self.selection else None
-
-    def child_started(
-        self, service: str, pid: int, pgid: int, create_time: float, port: int | None, marker: str
-    ) -> int:
-        assert self.state_db is not None
-        return self.state_db.child_started(service, pid, pgid, create_time, port, marker)
-
-    def child_exited(self, row: int, exit_code: int | None) -> None:
-        if self.state_db is not None:
-            self.state_db.child_exited(row, exit_code)
-
-    def _record(self, event: Any) -> None:
-        if self.state_db is not None:
-            self.state_db.record_event(event)
 
     def _log_transition(self, name: str, old: State, new: State, reason: str) -> None:
         # "pending" is bookkeeping: in the JSON log, not on the terminal.
@@ -204,18 +190,20 @@ class Supervisor:
             self.close()
         return int(any(r.state is State.FAILED for r in self.runners.values()))
 
+    @property
+    def state_db(self) -> StateDB | None:
+        return self.ledger.db
+
     def open(self) -> None:
         """The state folder (0700: lock, state, socket, token) and state.db. Idempotent."""
-        if self.state_db is not None:
+        if self.ledger.is_open:
             return
         secure_dir(self.paths.state_dir, 0o700)
         secure_dir(self.paths.logs, dir_mode(self.config.settings.logs_mode))
-        self.state_db = StateDB.open(self.paths.state_db, self.pid)
-        self._instance_row = self.state_db.instance_started(self.instance)
-        note = self.state_db.recovery_note()
+        note = self.ledger.open()
         if note is not None:
             self.logger.warning(note)
-        self.ports.earlier_children = self.state_db.known_children()
+        self.ports.earlier_children = self.ledger.known_children()
         for runner in self.runners.values():
             runner.open()
 
@@ -223,10 +211,7 @@ class Supervisor:
         """Release the files: the services' logs and state.db. Idempotent."""
         for runner in self.runners.values():
             runner.close()
-        if self.state_db is not None:
-            self.state_db.instance_ended(self._instance_row)
-            self.state_db.close()
-            self.state_db = None
+        self.ledger.close()
 
     def heartbeat(self) -> float | None:
         return self.lease.renew(self.clock)
