@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stackvisor.errors import UnsafePath
 from stackvisor.runtime.events import Event
 
 _SCHEMA = """
@@ -99,6 +100,9 @@ class StateDB:
         `state.db.corrupt-<unix time>` and a fresh one is made: the stack keeps working,
         and what the old one knew is kept for a person to look at."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            if os.path.islink(f"{path}{suffix}"):  # sqlite would write through it
+                raise UnsafePath(f"{path}{suffix} is a symbolic link; stackvisor does not write through one")
         try:
             return cls._ready(path, supervisor_pid, None)
         except sqlite3.DatabaseError:
