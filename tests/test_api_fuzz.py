@@ -8,13 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import alive, cli, client, end_stack, free_ports, supervisor_pid, write_stack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import alive, cli, free_ports, kill_marked, kill_tree, write_stack
-
-from stackvisor.control import sockets
-from stackvisor.paths import StackPaths
-from stackvisor.control.client import Client
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -59,16 +55,13 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Any:
         """,
     )
     up = cli("up", "-d", "--wait", cwd=root)
-    pid = sockets.StackLock(StackPaths.at(root).lock).holder()
+    pid = supervisor_pid(root)
     try:
         assert up.returncode == 0, up.stderr
-        client = Client(root / ".stackvisor" / "control.sock", timeout=30)
-        yield root, client, client.get("/openapi.json"), pid
+        api = client(root)
+        yield api, api.get("/openapi.json"), pid
     finally:
-        cli("down", "--timeout", "10", cwd=root)
-        if pid:
-            kill_tree(pid)
-        kill_marked(root)
+        end_stack(root, pid)
 
 
 def operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -100,7 +93,7 @@ def requests(draw: st.DrawFn, doc: dict[str, Any], names: list[str]) -> tuple[st
 
 
 def test_streams_answer_with_their_headers(api: Any) -> None:
-    root, client, doc, pid = api
+    client, _, _ = api
     for url in ("/v1/events?since=0", "/v1/services/api/logs?follow=true&tail=5"):
         conn, resp = client._open("GET", url, timeout=10)
         try:
@@ -116,7 +109,7 @@ def test_streams_answer_with_their_headers(api: Any) -> None:
 
 
 def test_fuzzed_requests_never_get_a_5xx(api: Any) -> None:
-    root, client, doc, pid = api
+    client, doc, pid = api
     names = ["api", "job", "worker"]
     seen: dict[int, int] = {}
 

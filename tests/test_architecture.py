@@ -43,8 +43,9 @@ def imports(path: Path, known: set[str]) -> set[str]:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
-        for name in names:
+        for imported in names:
             # `from stackvisor.runtime import process` imports the module process.
+            name = imported
             while name and name not in known:
                 name = name.rpartition(".")[0]
             if name.startswith("stackvisor") and name != "stackvisor":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from support import async_wait_for, free_ports, running_stack, transitions, until_state, write_stack
+from conftest import async_wait_for, free_ports, running_stack, transitions, until_state, write_stack
 
 from stackvisor.runtime.clock import FakeClock
 from stackvisor.runtime.supervisor import Lease
@@ -45,7 +45,7 @@ async def test_a_thirty_second_backoff_passes_when_the_clock_says_so(tmp_path: P
             backoff: {{initial: 30s, max: 60s}}
             max_restarts: 1
         """,
-        server=False,
+        programs=False,
     )
     clock = FakeClock()
     async with running_stack(path, clock=clock) as sup:
@@ -57,7 +57,15 @@ async def test_a_thirty_second_backoff_passes_when_the_clock_says_so(tmp_path: P
         assert str(sup.runners["crash"].state) == "backoff"
         clock.advance(0.1)
         await until_state(sup, "crash", "failed")
-        assert transitions(sup, "crash") == ["pending", "starting", "running", "backoff", "starting", "running", "failed"]
+        assert transitions(sup, "crash") == [
+            "pending",
+            "starting",
+            "running",
+            "backoff",
+            "starting",
+            "running",
+            "failed",
+        ]
 
 
 async def test_health_retries_count_on_the_clock(tmp_path: Path) -> None:
@@ -98,7 +106,9 @@ async def test_health_retries_count_on_the_clock(tmp_path: Path) -> None:
 
 
 async def test_the_lease_ends_the_stack_when_no_heartbeat_comes(tmp_path: Path) -> None:
-    path = write_stack(tmp_path, f"services:\n  a: {{command: {PY} -c 'import time; time.sleep(300)'}}\n", server=False)
+    path = write_stack(
+        tmp_path, f"services:\n  a: {{command: {PY} -c 'import time; time.sleep(300)'}}\n", programs=False
+    )
     clock = FakeClock()
     async with running_stack(path, clock=clock, lease=Lease(seconds=60)) as sup:
         await until_state(sup, "a", "running")

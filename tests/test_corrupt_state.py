@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-import pytest
+from conftest import SLEEP, cli, supervisor_pid, write_stack
 
-from stackvisor.cli import main
 from stackvisor.config import load_config
 from stackvisor.control import ops
 from stackvisor.paths import StackPaths
@@ -36,22 +34,16 @@ def test_the_database_is_moved_aside_and_a_fresh_one_made(tmp_path: Path) -> Non
     again.close()
 
 
-def test_history_up_and_down_work_over_a_corrupt_database(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "services.yaml"
-    path.write_text(f"services:\n  a: {{command: {sys.executable} -c 'import time; time.sleep(300)'}}\n")
-    monkeypatch.chdir(tmp_path)
+def test_history_up_and_down_work_over_a_corrupt_database(tmp_path: Path, detached) -> None:
+    path = write_stack(tmp_path, f'services:\n  a: {{command: "{SLEEP}"}}\n', programs=False)
     garbage(tmp_path)
-    assert main(["history"]) == 0
-    err = capsys.readouterr().err
+    history = cli("history", cwd=tmp_path)
+    assert history.returncode == 0
+    err = history.stderr
     assert "warning:" in err and "moved to state.db.corrupt-" in err and "Traceback" not in err
     garbage(tmp_path)
-    config = load_config(path)
-    try:
-        started = ops.detach(config, [])
-        assert started.ok, started.message
-    finally:
-        result = ops.down(config, timeout=30)
-    assert result.was_running and ops.supervisor_pid(config) is None
+    up = detached(tmp_path, wait=False)
+    assert up.returncode == 0, up.stderr
+    result = ops.down(load_config(path), timeout=30)
+    assert result.was_running and supervisor_pid(tmp_path) is None
     assert len(list((tmp_path / ".stackvisor").glob("state.db.corrupt-*"))) >= 1

@@ -8,6 +8,7 @@ tested, not waits for something to happen.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -16,14 +17,13 @@ import time
 from pathlib import Path
 
 import psutil
+from conftest import child_env, client, wait_for
 
 from stackvisor.config import load_config
 from stackvisor.control import ops
-from stackvisor.control.client import Client
 from stackvisor.paths import StackPaths
 from stackvisor.system import procfs
 
-REPO = Path(__file__).resolve().parent.parent
 POINTS = 30
 SERVICES = 8
 # A service whose shell stays (two background children and `wait`): what is left when
@@ -46,12 +46,14 @@ def survivors(supervisor_pid: int) -> list[str]:
     return left
 
 
+def answering_or_gone(root: Path, supervisor: subprocess.Popen[bytes]) -> bool:
+    return supervisor.poll() is not None or client(root, timeout=2).alive()
+
+
 def test_a_supervisor_killed_at_any_point_leaves_nothing_after_down(tmp_path: Path) -> None:
     path = tmp_path / "services.yaml"
     path.write_text(stack(0))
     config = load_config(path)
-    env = dict(os.environ, PYTHONPATH=str(REPO), NO_COLOR="1")
-    socket = StackPaths.at(tmp_path).socket
     failures = []
     for point in range(POINTS):
         during_reload = point % 3 == 2
@@ -59,17 +61,15 @@ def test_a_supervisor_killed_at_any_point_leaves_nothing_after_down(tmp_path: Pa
         supervisor = subprocess.Popen(
             [sys.executable, "-m", "stackvisor", "_supervise", "-f", str(path)],
             cwd=tmp_path,
-            env=env,
+            env=child_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         try:
             if during_reload:
-                deadline = time.monotonic() + 30
-                while not Client(socket, timeout=2).alive():
-                    assert time.monotonic() < deadline and supervisor.poll() is None
-                    time.sleep(0.01)
+                wait_for(functools.partial(answering_or_gone, tmp_path, supervisor), timeout=30)
+                assert supervisor.poll() is None
                 path.write_text(stack(point))  # every service changes: a reload restarts all
                 delay /= 2
             time.sleep(delay)  # the fault point
@@ -106,10 +106,7 @@ def test_a_child_started_just_before_the_kill_is_found_by_its_supervisors_marker
     # As the service would be: a shell in a session of its own, not recorded anywhere.
     orphan = subprocess.Popen(["sh", "-c", "sleep 1000 & sleep 1000 & wait"], env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 10
-        while len(procfs.marked(f"{instance}/", prefix=True)) < 3:
-            assert time.monotonic() < deadline, "the shell never started its children"
-            time.sleep(0.01)
+        wait_for(lambda: len(procfs.marked(f"{instance}/", prefix=True)) >= 3)  # the shell's children
         result = ops.down(config, timeout=30)
         assert result.ended == ["ended 3 processes left by a killed supervisor"]
         assert procfs.marked(f"{instance}/", prefix=True) == []

@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import SLEEP, Start, end_stack, wait_for
 
 from stackvisor.config import load_config
 from stackvisor.control import ops
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root and runuser"
 )
 NOBODY_PYTHON = "/usr/bin/python3"  # one that user nobody can run
-STACK = f"services:\n  web: {{command: {sys.executable} -c 'import time; time.sleep(300)'}}\n"
+STACK = f'services:\n  web: {{command: "{SLEEP}"}}\n'
 
 
 def as_nobody(*argv: str, cwd: Path) -> None:
@@ -44,9 +43,7 @@ def shared() -> Iterator[Path]:
     try:
         yield folder
     finally:
-        config = load_config(folder / "services.yaml")
-        if ops.supervisor_pid(config) not in (None, -1):
-            ops.down(config, timeout=30)
+        end_stack(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -94,7 +91,7 @@ def test_a_link_in_a_folder_of_ours_is_never_written_through(tmp_path: Path, sec
     try:
         started = ops.detach(config, [])
     finally:
-        ops.down(config, timeout=30)
+        end_stack(tmp_path)
     assert not started.ok and started.message.endswith(
         "web.log is a symbolic link; stackvisor does not write through one"
     )
@@ -107,20 +104,17 @@ def test_logs_are_private_by_default(tmp_path: Path) -> None:
     paths = StackPaths.at(tmp_path)
     try:
         assert ops.detach(config, []).ok
-        deadline = time.monotonic() + 10
-        while not paths.service_log("web").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for(paths.service_log("web").exists)
     finally:
-        ops.down(config, timeout=30)
+        end_stack(tmp_path)
     assert paths.logs.stat().st_mode & 0o777 == 0o700
     for log in paths.logs.iterdir():
         assert log.stat().st_mode & 0o777 == 0o600, log
 
 
-def test_a_socket_served_by_another_user_is_not_believed(shared: Path) -> None:
+def test_a_socket_served_by_another_user_is_not_believed(shared: Path, start: Start) -> None:
     socket_path = shared / "control.sock"
-    server = subprocess.Popen(
+    server = start(
         [
             "runuser", "-u", "nobody", "--", NOBODY_PYTHON, "-c",
             "import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8);"
@@ -129,12 +123,8 @@ def test_a_socket_served_by_another_user_is_not_believed(shared: Path) -> None:
             str(socket_path),
         ],
         stdout=subprocess.PIPE,
-        text=True,
+        own_group=True,  # runuser and the server it runs
     )  # fmt: skip
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        with pytest.raises(UnsafePath, match="is served by nobody"):
-            Client(socket_path, timeout=5).get("/v1/status")
-    finally:
-        server.kill()
-        server.wait()
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    with pytest.raises(UnsafePath, match="is served by nobody"):
+        Client(socket_path, timeout=5).get("/v1/status")

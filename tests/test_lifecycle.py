@@ -70,7 +70,7 @@ def test_transition_pending_to_starting_to_running_without_healthcheck() -> None
 
 
 def test_transition_pending_to_failed_when_a_dependency_breaks() -> None:
-    life, seen, _ = run([Start(), DependencyBroken("db failed")])
+    _, seen, _ = run([Start(), DependencyBroken("db failed")])
     assert seen == ["pending", "failed"]
 
 
@@ -80,7 +80,7 @@ def test_transition_pending_to_failed_when_the_spawn_fails() -> None:
 
 
 def test_transition_starting_to_healthy_and_back_to_unhealthy_then_stopping() -> None:
-    life, seen, actions = run([Start(), DependenciesMet(), Spawned(1), HealthVerdict(True, "ok")])
+    life, seen, _ = run([Start(), DependenciesMet(), Spawned(1), HealthVerdict(True, "ok")])
     assert seen[-1] == "healthy"
     result = step(life, HealthVerdict(False, "503"), 0.0, RULES)
     # Unhealthy is a state people see; the runner then begins the termination.
@@ -194,13 +194,16 @@ def test_may_have_lost_port_only_for_an_early_failure() -> None:
     assert not may_have_lost_port(early, 1, ever_healthy=True, inherited=False, now=1.0)
     assert not may_have_lost_port(early, 1, ever_healthy=False, inherited=True, now=1.0)
     assert not may_have_lost_port(early, 1, ever_healthy=False, inherited=False, now=60.0)
-    assert not may_have_lost_port(Life(State.STARTING, port=None), 1, ever_healthy=False, inherited=False, now=0.0)
+    unknown_port = Life(State.STARTING, port=None)
+    assert not may_have_lost_port(unknown_port, 1, ever_healthy=False, inherited=False, now=0.0)
 
 
 # ----- dependency conditions ------------------------------------------------------------
 
 
-def facts(state: State, spawned: bool = False, restart: RestartPolicy = RestartPolicy.ON_FAILURE) -> DependencyFacts:
+def facts(
+    state: State, spawned: bool = False, restart: RestartPolicy = RestartPolicy.ON_FAILURE
+) -> DependencyFacts:
     return DependencyFacts(state, spawned, restart, reason="why")
 
 
@@ -283,7 +286,9 @@ def test_plan_reload(tmp_path: Path) -> None:
     old = load(tmp_path, STACK)
     new = load(
         tmp_path,
-        STACK.replace("db: {command: x}", "db: {command: y}").replace("  worker: {command: x, depends_on: [db]}\n", "")
+        STACK.replace("db: {command: x}", "db: {command: y}").replace(
+            "  worker: {command: x, depends_on: [db]}\n", ""
+        )
         + "  extra: {command: x}\n",
     )
     diff = diff_configs(old, new)

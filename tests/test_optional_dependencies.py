@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from support import running_stack, until_state, write_stack
+from conftest import running_stack, until_state, write_stack
 
 STACK = """
 services:
@@ -20,7 +20,7 @@ services:
 
 
 async def test_an_optional_dependency_that_fails_does_not_block(tmp_path: Path) -> None:
-    path = write_stack(tmp_path, STACK.format(required="false"), server=False)
+    path = write_stack(tmp_path, STACK.format(required="false"), programs=False)
     async with running_stack(path) as sup:
         await until_state(sup, "db", "exited")
         await until_state(sup, "api", "running")
@@ -28,7 +28,7 @@ async def test_an_optional_dependency_that_fails_does_not_block(tmp_path: Path) 
 
 
 async def test_a_required_dependency_that_fails_fails_the_dependent(tmp_path: Path) -> None:
-    path = write_stack(tmp_path, STACK.format(required="true"), server=False)
+    path = write_stack(tmp_path, STACK.format(required="true"), programs=False)
     async with running_stack(path) as sup:
         await until_state(sup, "api", "failed")
         assert "dependency db cannot meet service_completed_successfully" in sup.runners["api"].reason

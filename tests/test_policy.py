@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from stackvisor.config.schema import Backoff, RestartPolicy
@@ -48,8 +50,12 @@ def test_crash_loop_gives_up_after_max_restarts() -> None:
         tracker.started(now)
         now += 0.1  # crashes at once
         decision = tracker.decide(
-            policy=RestartPolicy.ON_FAILURE, exit_code=1, unhealthy=False,
-            max_restarts=3, backoff=BACKOFF, now=now,
+            policy=RestartPolicy.ON_FAILURE,
+            exit_code=1,
+            unhealthy=False,
+            max_restarts=3,
+            backoff=BACKOFF,
+            now=now,
         )
         if decision.verdict is Verdict.RESTART:
             delays.append(decision.delay)
@@ -61,7 +67,13 @@ def test_crash_loop_gives_up_after_max_restarts() -> None:
 
 def test_staying_up_resets_the_restart_budget() -> None:
     tracker = RestartTracker()
-    kw = dict(policy=RestartPolicy.ON_FAILURE, exit_code=1, unhealthy=False, max_restarts=2, backoff=BACKOFF)
+    kw = {
+        "policy": RestartPolicy.ON_FAILURE,
+        "exit_code": 1,
+        "unhealthy": False,
+        "max_restarts": 2,
+        "backoff": BACKOFF,
+    }
     tracker.started(0.0)
     assert tracker.decide(now=1.0, **kw).delay == 0.5
     tracker.started(2.0)
@@ -151,7 +163,7 @@ def test_a_quick_success_after_fast_failures_is_healthy() -> None:
     assert tracker.record(True, 0.10) is Health.HEALTHY
 
 
-def test_the_history_is_pruned_but_live_children_are_kept(tmp_path) -> None:  # noqa: ANN001
+def test_the_history_is_pruned_but_live_children_are_kept(tmp_path: Path) -> None:
     from stackvisor.runtime.events import Event
     from stackvisor.runtime.state import StateDB
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
-from test_ports_helpers import HolderFactory, free_port, holders
+from conftest import exit_status, free_port
 
 from stackvisor.config.schema import Service, Settings, StackConfig, Strategy
 from stackvisor.ports import (
@@ -33,13 +32,6 @@ from stackvisor.ports import (
     terminate_holder,
 )
 from stackvisor.system.signals import SignalGate
-
-
-@pytest.fixture
-def spawn() -> Iterator[HolderFactory]:
-    with holders() as factory:
-        yield factory
-
 
 GRACE = 1.0
 
@@ -86,7 +78,7 @@ async def test_aggressive_ends_the_holder_and_its_process_group(spawn) -> None:
     assert (resolution.conflict.action, resolution.conflict.outcome) == ("terminate", "ok")
     assert is_free(holder.port)
     assert not holder.alive()
-    assert holder.proc.wait(timeout=5) is not None  # the shell went with the group
+    assert await exit_status(holder.proc) is not None  # the shell went with the group
     assert not shell.is_running()
 
 
@@ -96,7 +88,7 @@ async def test_aggressive_escalates_to_sigkill_after_the_grace_period(spawn) -> 
     ctx.grace = 0.3
     resolution = await secure_port(api(holder.port), ctx)
     assert resolution.port == holder.port
-    assert holder.proc.wait(timeout=5) == -9
+    assert await exit_status(holder.proc) == -9
 
 
 async def test_a_group_member_that_ignores_sigterm_is_killed_after_its_shell_left(spawn) -> None:
@@ -124,7 +116,7 @@ async def test_intelligent_ends_an_idle_dev_server_when_no_alternative_exists(sp
     assert resolution.port == holder.port
     assert (resolution.conflict.level, resolution.conflict.action) == ("medium", "terminate")
     assert is_free(holder.port)
-    assert holder.proc.wait(timeout=5) is not None
+    assert await exit_status(holder.proc) is not None
 
 
 async def test_intelligent_keeps_a_dev_server_with_established_connections(spawn) -> None:
@@ -146,7 +138,7 @@ async def test_a_stale_child_is_removed_by_every_strategy(spawn, strategy: Strat
     resolution = await secure_port(api(holder.port, free_port()), ctx)
     assert resolution.port == holder.port
     assert (resolution.conflict.level, resolution.conflict.action) == ("low", "terminate")
-    assert holder.proc.wait(timeout=5) is not None
+    assert await exit_status(holder.proc) is not None
 
 
 async def test_a_process_pattern_match_is_removed(spawn) -> None:
@@ -154,7 +146,7 @@ async def test_a_process_pattern_match_is_removed(spawn) -> None:
     service = api(holder.port, free_port(), process_patterns=["api-server"])
     resolution = await secure_port(service, context(Strategy.CONSERVATIVE))
     assert (resolution.port, resolution.conflict.level) == (holder.port, "low")
-    assert holder.proc.wait(timeout=5) is not None
+    assert await exit_status(holder.proc) is not None
 
 
 @pytest.mark.parametrize("strategy", list(Strategy))
@@ -228,7 +220,7 @@ async def test_terminations_go_through_the_contexts_gate_and_search(spawn, tmp_p
     ctx.grace = GRACE
     resolution = await secure_port(config.services["api"], ctx)
     assert (resolution.port, resolution.conflict.outcome) == (holder.port, "ok")
-    assert holder.proc.wait(timeout=5) is not None
+    assert await exit_status(holder.proc) is not None
     assert ("group", holder.pid, signal.SIGTERM) in gate.asked  # it leads its own group
     assert search.sightings.seen  # the holder was found by the context's search
 
@@ -238,7 +230,7 @@ async def test_a_group_shared_with_the_supervisor_is_not_signalled(spawn) -> Non
     assert os.getpgid(holder.pid) == os.getpgid(0)
     resolution = await secure_port(api(holder.port), context(Strategy.AGGRESSIVE))
     assert resolution.conflict.outcome == "ok"
-    assert holder.proc.wait(timeout=5) is not None  # the holder alone; we are still here
+    assert await exit_status(holder.proc) is not None  # the holder alone; we are still here
 
 
 async def test_a_protected_holder_is_never_signalled(spawn) -> None:
@@ -285,7 +277,7 @@ async def test_strategy_precedence(spawn) -> None:
     assert holder.alive()
     ctx.strategy_override = Strategy.AGGRESSIVE  # and a command-line override wins over it
     assert (await secure_port(service, ctx)).port == holder.port
-    assert holder.proc.wait(timeout=5) is not None
+    assert await exit_status(holder.proc) is not None
 
 
 def test_plan_stack_does_nothing_and_keeps_targets_apart(spawn, tmp_path: Path) -> None:

@@ -12,21 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import psutil
 import pytest
-from test_ports_helpers import HolderFactory, holders, wait_until
+from conftest import Start, wait_for
 
 from stackvisor.ports import fdwalk, tables
 from stackvisor.ports.owners import OwnerSearch, find_owner, find_owners
 from stackvisor.system import procfs
-
-
-@pytest.fixture
-def spawn() -> Iterator[HolderFactory]:
-    with holders() as factory:
-        yield factory
 
 
 @pytest.mark.parametrize("host", ["::1", "::", "127.0.0.2", "0.0.0.0", "127.0.0.1"])
@@ -53,7 +46,7 @@ def test_owner_facts(spawn) -> None:
     clients = [socket.create_connection(("127.0.0.1", holder.port)) for _ in range(2)]
     try:
         # The kernel completes the handshake before accept(): both are ESTABLISHED.
-        assert wait_until(lambda: find_owner(holder.port).established == 2)
+        wait_for(lambda: find_owner(holder.port).established == 2)
         owner = find_owner(holder.port)
     finally:
         for client in clients:
@@ -210,18 +203,13 @@ time.sleep(60)
 """
 
 
-def test_a_big_process_whose_newest_socket_follows_the_wanted_one_is_read_first() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", MANY], stdout=subprocess.PIPE, text=True)
-    try:
-        ports = [int(p) for p in proc.stdout.readline().split()]
-        listener = tables.listeners([ports[3]])[0][0]
-        order = fdwalk._visit_order({0}, [], [listener.inode])
-        assert order[0] == proc.pid
-        assert find_owner(ports[3]).pid == proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+def test_a_big_process_whose_newest_socket_follows_the_wanted_one_is_read_first(start: Start) -> None:
+    proc = start([sys.executable, "-c", MANY], stdout=subprocess.PIPE)
+    ports = [int(p) for p in proc.stdout.readline().split()]
+    listener = tables.listeners([ports[3]])[0][0]
+    order = fdwalk._visit_order({0}, [], [listener.inode])
+    assert order[0] == proc.pid
+    assert find_owner(ports[3]).pid == proc.pid
 
 
 def test_a_remembered_socket_is_checked_before_it_is_believed(spawn) -> None:

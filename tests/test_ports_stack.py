@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import (
+from conftest import (
     alive,
     async_wait_for,
     children_rows,
     cli,
+    exit_status,
     free_ports,
-    kill_tree,
     running_stack,
     state_events,
     until_state,
@@ -29,33 +26,15 @@ from stackvisor.ports import is_free
 
 pytestmark = pytest.mark.timeout(60)
 
-HOLDER = (
-    "import socket, sys, time; s = socket.socket(); "
-    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
-    "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('ready', flush=True); time.sleep(300)"
-)
+
+def outsider(spawn, port: int):
+    """A process of somebody else's holding `port`, in our own process group."""
+    return spawn("127.0.0.1", port, own_group=False)
 
 
-@pytest.fixture
-def holder() -> Iterator[object]:
-    """Start an outside process holding a port; ended after the test whatever happens."""
-    started: list[subprocess.Popen[str]] = []
-
-    def hold(port: int) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(port)], stdout=subprocess.PIPE, text=True)
-        started.append(proc)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        return proc
-
-    yield hold
-    for proc in started:
-        kill_tree(proc.pid)
-        proc.wait()
-
-
-async def test_conservative_migrates_and_the_dependent_sees_the_new_port(tmp_path: Path, holder) -> None:
+async def test_conservative_migrates_and_the_dependent_sees_the_new_port(tmp_path: Path, spawn) -> None:
     wanted, alternative, web_port = free_ports(3)
-    outside = holder(wanted)
+    outside = outsider(spawn, wanted)
     seen = tmp_path / "seen"
     path = write_stack(
         tmp_path,
@@ -87,9 +66,9 @@ async def test_conservative_migrates_and_the_dependent_sees_the_new_port(tmp_pat
     assert recorded and recorded[0]["outcome"] == "ok"
 
 
-async def test_aggressive_ends_the_holder_and_takes_the_port(tmp_path: Path, holder) -> None:
+async def test_aggressive_ends_the_holder_and_takes_the_port(tmp_path: Path, spawn) -> None:
     (wanted,) = free_ports(1)
-    outside = holder(wanted)
+    outside = outsider(spawn, wanted)
     path = write_stack(
         tmp_path,
         f"""
@@ -103,14 +82,14 @@ async def test_aggressive_ends_the_holder_and_takes_the_port(tmp_path: Path, hol
     async with running_stack(path, strategy=Strategy.AGGRESSIVE) as sup:
         await until_state(sup, "api", "healthy")
         assert sup.runners["api"].port == wanted
-        outside.wait(5)
+        await exit_status(outside.proc)
         conflict = next(e for e in sup.bus.backlog if e.kind == "port_conflict")
         assert (conflict.data["action"], conflict.data["outcome"]) == ("terminate", "ok")
 
 
-async def test_services_migrating_at_once_get_different_ports(tmp_path: Path, holder) -> None:
+async def test_services_migrating_at_once_get_different_ports(tmp_path: Path, spawn) -> None:
     web_port, admin_port, first, second = free_ports(4)
-    holders = [holder(web_port), holder(admin_port)]
+    holders = [outsider(spawn, web_port), outsider(spawn, admin_port)]
     path = write_stack(
         tmp_path,
         f"""
@@ -135,9 +114,9 @@ async def test_services_migrating_at_once_get_different_ports(tmp_path: Path, ho
         assert all(alive(h.pid) for h in holders)
 
 
-def test_conservative_without_alternative_exits_1_before_starting_anything(tmp_path: Path, holder) -> None:
+def test_conservative_without_alternative_exits_1_before_starting_anything(tmp_path: Path, spawn) -> None:
     (wanted,) = free_ports(1)
-    outside = holder(wanted)
+    outside = outsider(spawn, wanted)
     write_stack(
         tmp_path,
         f"""
@@ -158,9 +137,9 @@ def test_conservative_without_alternative_exits_1_before_starting_anything(tmp_p
     assert alive(outside.pid)
 
 
-def test_ports_command_and_history(tmp_path: Path, holder) -> None:
+def test_ports_command_and_history(tmp_path: Path, spawn, detached) -> None:
     wanted, alternative = free_ports(2)
-    outside = holder(wanted)
+    outside = outsider(spawn, wanted)
     write_stack(
         tmp_path,
         f"""
@@ -182,11 +161,9 @@ def test_ports_command_and_history(tmp_path: Path, holder) -> None:
     dry = cli("up", "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0 and "migrate" in dry.stdout
     assert children_rows(tmp_path) == []
-    up = cli("up", "-d", "--wait", cwd=tmp_path)
-    try:
-        assert up.returncode == 0, up.stderr
-    finally:
-        cli("down", cwd=tmp_path)
+    up = detached(tmp_path)
+    assert up.returncode == 0, up.stderr
+    assert cli("down", cwd=tmp_path).returncode == 0
     history = cli("history", cwd=tmp_path)
     assert "migrate" in history.stdout and f"{wanted} -> {alternative}" in history.stdout
     rows = json.loads(cli("history", "--json", cwd=tmp_path).stdout)

@@ -3,52 +3,17 @@ descendants, process groups and environment markers."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
 
 import psutil
-import pytest
-from test_ports_helpers import wait_until
+from conftest import Start, wait_for, zombie
 
 from stackvisor.system import procfs
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
-Start = Callable[..., subprocess.Popen[str]]
-
-
-@pytest.fixture
-def start() -> Iterator[Start]:
-    """Popen, with every process (and the group of those in a session of their own)
-    killed and reaped after the test, whatever happened."""
-    started: list[tuple[subprocess.Popen[str], bool]] = []
-
-    def run(argv: list[str], *, own_group: bool = False, **kw: object) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(argv, start_new_session=own_group, text=True, **kw)
-        started.append((proc, own_group))
-        return proc
-
-    yield run
-    for proc, own_group in started:
-        # proc is not reaped yet, so its pid (and group number) is still its own.
-        if own_group:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.kill()
-        proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
-
-
-def zombie(proc: subprocess.Popen[str]) -> bool:
-    try:
-        return psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def no_such_pid() -> int:
@@ -79,7 +44,7 @@ def test_same_process_is_alive_and_started_when_recorded(start: Start) -> None:
     assert not procfs.same_process(sleeper.pid, began - 1.0)  # what a recycled pid looks like
     assert not procfs.same_process(no_such_pid(), None)
     quick = start([sys.executable, "-c", "pass"])
-    assert wait_until(lambda: zombie(quick))
+    wait_for(lambda: zombie(quick.pid))
     started = procfs.create_time(quick.pid)  # a zombie still has its start time
     assert started is not None
     assert not procfs.same_process(quick.pid, started)  # but it is gone for every purpose
@@ -91,7 +56,7 @@ def test_running_is_false_for_a_zombie_and_a_reaped_process(start: Start) -> Non
     assert procfs.running(proc)
     assert child.stdin is not None
     child.stdin.close()  # it exits now, and stays a zombie until we wait for it
-    assert wait_until(lambda: zombie(child))
+    wait_for(lambda: zombie(child.pid))
     assert not procfs.running(proc)
     child.wait(timeout=5)
     assert not procfs.running(proc)
@@ -99,7 +64,7 @@ def test_running_is_false_for_a_zombie_and_a_reaped_process(start: Start) -> Non
 
 def test_ancestors_and_descendants(start: Start) -> None:
     shell = start(["/bin/sh", "-c", "sleep 60 & wait"], own_group=True)
-    assert wait_until(lambda: len(procfs.descendants(shell.pid)) == 1)
+    wait_for(lambda: len(procfs.descendants(shell.pid)) == 1)
     (grandchild,) = procfs.descendants(shell.pid)
     assert {grandchild.pid, shell.pid, os.getpid(), os.getppid()} <= procfs.ancestors(grandchild.pid)
     assert {os.getpid(), os.getppid()} <= procfs.ancestors(os.getpid())
@@ -110,12 +75,12 @@ def test_ancestors_and_descendants(start: Start) -> None:
 
 def test_group_members_are_live_and_not_zombies(start: Start) -> None:
     shell = start(["/bin/sh", "-c", "sleep 60 & wait"], own_group=True)
-    assert wait_until(lambda: len(procfs.group_members(shell.pid)) == 2)
+    wait_for(lambda: len(procfs.group_members(shell.pid)) == 2)
     (sleeper,) = procfs.descendants(shell.pid)
     assert sorted(procfs.group_members(shell.pid)) == sorted([shell.pid, sleeper.pid])
     assert os.getpid() not in procfs.group_members(shell.pid)
     quick = start([sys.executable, "-c", "pass"], own_group=True)
-    assert wait_until(lambda: zombie(quick))
+    wait_for(lambda: zombie(quick.pid))
     assert procfs.group_members(quick.pid) == []  # its only member is a zombie
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from pathlib import Path
 
 import psutil
+from conftest import SLEEP, end_stack
 
 from stackvisor.config import load_config
 from stackvisor.control import ops
@@ -14,7 +14,7 @@ from stackvisor.control import ops
 
 def test_two_racing_detached_ups_one_wins_and_the_other_says_so(tmp_path: Path) -> None:
     path = tmp_path / "services.yaml"
-    path.write_text(f"services:\n  a: {{command: {sys.executable} -c 'import time; time.sleep(300)'}}\n")
+    path.write_text(f'services:\n  a: {{command: "{SLEEP}"}}\n')
     config = load_config(path)
     results: list[ops.DetachResult] = []
     barrier = threading.Barrier(2)
@@ -39,5 +39,5 @@ def test_two_racing_detached_ups_one_wins_and_the_other_says_so(tmp_path: Path) 
         assert losers[0].pid == winners[0].pid  # the loser names the supervisor that runs
         assert "won the race" in losers[0].message or "already running" in losers[0].message
     finally:
-        ops.down(config, timeout=30)
+        end_stack(tmp_path)
     assert ops.supervisor_pid(config) is None

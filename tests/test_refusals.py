@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SLEEP, child_env, end_stack
 
 from stackvisor.cli import main
 
@@ -35,20 +36,18 @@ def test_a_refused_up_is_in_the_history(
 
 
 def test_up_wait_says_when_down_stopped_the_stack(tmp_path: Path) -> None:
-    import os
     import subprocess
 
     from stackvisor.config import load_config
     from stackvisor.control import ops
 
-    never = f"{{command: {sys.executable} -c 'import time; time.sleep(300)', healthcheck: {{exec: 'false'}}}}"
+    never = f'{{command: "{SLEEP}", healthcheck: {{exec: "false"}}}}'
     (tmp_path / "services.yaml").write_text(f"services:\n  web: {never}\n")
     config = load_config(tmp_path / "services.yaml")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), NO_COLOR="1")
     up = subprocess.Popen(
         [sys.executable, "-m", "stackvisor", "up", "-d", "--wait", "--timeout", "120"],
         cwd=tmp_path,
-        env=env,
+        env=child_env(),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -65,4 +64,4 @@ def test_up_wait_says_when_down_stopped_the_stack(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
             up.wait()
-        ops.down(config, timeout=30)
+        end_stack(tmp_path)

@@ -1,61 +1,40 @@
-"""Hot reload with a real detached supervisor and real file edits."""
+"""Hot reload with a real supervisor, its file watcher and control socket, and real file edits."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import textwrap
-from collections.abc import Iterator
+import asyncio
 from pathlib import Path
 
 import pytest
-from support import cli, kill_marked, kill_tree, wait_for, write_stack
+from conftest import (
+    SLEEP,
+    alive,
+    cli,
+    running_stack,
+    save,
+    transitions,
+    until,
+    until_ready,
+    watching,
+    write_stack,
+)
 
 from stackvisor.config import load_config
-from stackvisor.control import sockets
-from stackvisor.paths import StackPaths
 from stackvisor.runtime.watch import classify_changes, glob_regex, watch_targets
 
 pytestmark = pytest.mark.timeout(120)
 
-SLEEP = "python3 -c 'import time; time.sleep(300)'"
+
+def pids(sup) -> dict[str, int | None]:
+    return {s["name"]: s["pid"] for s in sup.status()["services"]}
 
 
-def status(root: Path) -> dict:
-    result = cli("status", "--json", cwd=root)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+def states(sup) -> dict[str, str]:
+    return {s["name"]: s["state"] for s in sup.status()["services"]}
 
 
-def pids(root: Path) -> dict[str, int | None]:
-    return {s["name"]: s["pid"] for s in status(root)["services"]}
-
-
-def states(root: Path) -> dict[str, str]:
-    return {s["name"]: s["state"] for s in status(root)["services"]}
-
-
-def save(path: Path, text: str) -> None:
-    """Save like an editor: a temporary file renamed over the original."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(textwrap.dedent(text))
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def stack(root: Path, text: str, *up_args: str) -> Iterator[None]:
-    write_stack(root, text)
-    result = cli("up", "-d", "--wait", *up_args, cwd=root)
-    pid = sockets.StackLock(StackPaths.at(root).lock).holder()
-    try:
-        assert result.returncode == 0, result.stderr
-        yield
-    finally:
-        cli("down", cwd=root)
-        if pid:
-            kill_tree(pid)
-        kill_marked(root)
+def last_reload(sup) -> dict:
+    return sup.status()["reload"] or {}
 
 
 BASE = f"""
@@ -69,83 +48,98 @@ services:
 """
 
 
-def test_changing_one_env_restarts_only_that_service(tmp_path: Path) -> None:
-    with stack(tmp_path, BASE):
-        before = pids(tmp_path)
-        save(tmp_path / "services.yaml", BASE.replace("MODE: one", "MODE: two"))
-        wait_for(lambda: pids(tmp_path)["api"] not in (None, before["api"]), timeout=2)
-        wait_for(lambda: states(tmp_path)["api"] == "running")
-        after = pids(tmp_path)
+async def test_changing_one_env_restarts_only_that_service(tmp_path: Path) -> None:
+    path = write_stack(tmp_path, BASE)
+    async with running_stack(path) as sup:
+        await until_ready(sup)
+        await watching(tmp_path)
+        before = pids(sup)
+        save(path, BASE.replace("MODE: one", "MODE: two"))
+        await until(sup, lambda: pids(sup)["api"] not in (None, before["api"]), timeout=2)
+        await until(sup, lambda: states(sup)["api"] == "running")
+        after = pids(sup)
         assert after["db"] == before["db"] and after["web"] == before["web"]
-        reload = status(tmp_path)["reload"]
+        reload = last_reload(sup)
         assert reload["ok"] and reload["changed"] == ["api"]
 
 
-def test_restart_true_dependents_follow_and_others_do_not(tmp_path: Path) -> None:
+async def test_restart_true_dependents_follow_and_others_do_not(tmp_path: Path) -> None:
     text = BASE.replace("depends_on: [api]", "depends_on: {api: {restart: true}}")
-    with stack(tmp_path, text):
-        before = pids(tmp_path)
-        save(tmp_path / "services.yaml", text.replace("MODE: one", "MODE: two"))
-        wait_for(lambda: pids(tmp_path)["web"] not in (None, before["web"]))
-        wait_for(lambda: set(states(tmp_path).values()) == {"running"})
-        after = pids(tmp_path)
+    path = write_stack(tmp_path, text)
+    async with running_stack(path) as sup:
+        await until_ready(sup)
+        await watching(tmp_path)
+        before = pids(sup)
+        save(path, text.replace("MODE: one", "MODE: two"))
+        await until(sup, lambda: pids(sup)["web"] not in (None, before["web"]))
+        await until(sup, lambda: set(states(sup).values()) == {"running"})
+        after = pids(sup)
         assert after["api"] != before["api"] and after["db"] == before["db"]
 
 
-def test_env_file_edit_is_a_change(tmp_path: Path) -> None:
+async def test_env_file_edit_is_a_change(tmp_path: Path) -> None:
     (tmp_path / "api.env").write_text("MODE=one\n")
-    text = BASE.replace("env: {MODE: one}", "env_file: api.env")
-    with stack(tmp_path, text):
-        before = pids(tmp_path)
+    path = write_stack(tmp_path, BASE.replace("env: {MODE: one}", "env_file: api.env"))
+    async with running_stack(path) as sup:
+        await until_ready(sup)
+        await watching(tmp_path)
+        before = pids(sup)
         save(tmp_path / "api.env", "MODE=two\n")
-        wait_for(lambda: pids(tmp_path)["api"] not in (None, before["api"]), timeout=2)
-        assert pids(tmp_path)["db"] == before["db"]
+        await until(sup, lambda: pids(sup)["api"] not in (None, before["api"]), timeout=2)
+        assert pids(sup)["db"] == before["db"]
 
 
-def test_add_and_remove_services(tmp_path: Path) -> None:
-    with stack(tmp_path, BASE):
-        before = pids(tmp_path)
-        added = BASE + f"  extra: {{command: \"{SLEEP}\"}}\n"
-        save(tmp_path / "services.yaml", added)
-        wait_for(lambda: states(tmp_path).get("extra") == "running")
-        assert {k: v for k, v in pids(tmp_path).items() if k != "extra"} == before
-        removed = added.replace(f"  web: {{command: \"{SLEEP}\", depends_on: [api]}}\n", "")
-        save(tmp_path / "services.yaml", removed)
-        wait_for(lambda: "web" not in states(tmp_path))
-        wait_for(lambda: not _alive(before["web"]))
-        assert pids(tmp_path)["api"] == before["api"]
+async def test_add_and_remove_services(tmp_path: Path) -> None:
+    path = write_stack(tmp_path, BASE)
+    async with running_stack(path) as sup:
+        await until_ready(sup)
+        await watching(tmp_path)
+        before = pids(sup)
+        added = BASE + f'  extra: {{command: "{SLEEP}"}}\n'
+        save(path, added)
+        await until(sup, lambda: states(sup).get("extra") == "running")
+        assert {k: v for k, v in pids(sup).items() if k != "extra"} == before
+        removed = added.replace(f'  web: {{command: "{SLEEP}", depends_on: [api]}}\n', "")
+        save(path, removed)
+        await until(sup, lambda: "web" not in states(sup))
+        await until(sup, lambda: not alive(before["web"]))
+        assert pids(sup)["api"] == before["api"]
 
 
-def test_invalid_file_changes_nothing_and_fixing_it_applies(tmp_path: Path) -> None:
-    with stack(tmp_path, BASE):
-        before = pids(tmp_path)
-        save(tmp_path / "services.yaml", BASE.replace("env: {MODE: one}", "env: {MODE: one\n"))
-        wait_for(lambda: (status(tmp_path)["reload"] or {}).get("ok") is False)
-        report = status(tmp_path)["reload"]
-        assert "services.yaml:" in report["error"]
-        assert pids(tmp_path) == before
-        manual = cli("reload", cwd=tmp_path)
+async def test_invalid_file_changes_nothing_and_fixing_it_applies(tmp_path: Path) -> None:
+    path = write_stack(tmp_path, BASE)
+    async with running_stack(path) as sup:
+        await until_ready(sup)
+        await watching(tmp_path)
+        before = pids(sup)
+        save(path, BASE.replace("env: {MODE: one}", "env: {MODE: one\n"))
+        await until(sup, lambda: last_reload(sup).get("ok") is False)
+        assert "services.yaml:" in last_reload(sup)["error"]
+        assert pids(sup) == before
+        manual = await asyncio.to_thread(cli, "reload", "-f", str(path))
         assert manual.returncode == 2 and "nothing changed" in manual.stderr
-        save(tmp_path / "services.yaml", BASE.replace("MODE: one", "MODE: fixed"))
-        wait_for(lambda: (status(tmp_path)["reload"] or {}).get("ok") is True)
-        wait_for(lambda: pids(tmp_path)["api"] not in (None, before["api"]))
+        save(path, BASE.replace("MODE: one", "MODE: fixed"))
+        await until(sup, lambda: last_reload(sup).get("ok") is True)
+        await until(sup, lambda: pids(sup)["api"] not in (None, before["api"]))
 
 
-def test_reload_command_and_dry_run(tmp_path: Path) -> None:
+async def test_reload_command_and_dry_run(tmp_path: Path) -> None:
     text = BASE.replace("services:", "settings: {reload: false}\nservices:")
-    with stack(tmp_path, text):
-        before = pids(tmp_path)
-        (tmp_path / "services.yaml").write_text(textwrap.dedent(text.replace("MODE: one", "MODE: two")))
-        dry = cli("reload", "--dry-run", cwd=tmp_path)
+    path = write_stack(tmp_path, text)
+    async with running_stack(path) as sup:
+        await until_ready(sup)
+        before = pids(sup)
+        path.write_text(text.replace("MODE: one", "MODE: two"))
+        dry = await asyncio.to_thread(cli, "reload", "--dry-run", "-f", str(path))
         assert dry.returncode == 0, dry.stderr
         assert "would apply: changed: api" in dry.stdout
-        assert pids(tmp_path) == before
-        done = cli("reload", cwd=tmp_path)
+        assert pids(sup) == before
+        done = await asyncio.to_thread(cli, "reload", "-f", str(path))
         assert done.returncode == 0 and "applied: changed: api" in done.stdout
-        wait_for(lambda: pids(tmp_path)["api"] not in (None, before["api"]))
+        await until(sup, lambda: pids(sup)["api"] not in (None, before["api"]))
 
 
-def test_a_service_in_backoff_takes_the_new_config(tmp_path: Path) -> None:
+async def test_a_service_in_backoff_takes_the_new_config(tmp_path: Path) -> None:
     text = f"""
     services:
       ok: {{command: "{SLEEP}"}}
@@ -153,41 +147,37 @@ def test_a_service_in_backoff_takes_the_new_config(tmp_path: Path) -> None:
         command: python3 -c "raise SystemExit(1)"
         backoff: {{initial: 5s}}
     """
-    write_stack(tmp_path, text)
-    up = cli("up", "-d", cwd=tmp_path)
-    pid = sockets.StackLock(StackPaths.at(tmp_path).lock).holder()
-    try:
-        assert up.returncode == 0, up.stderr
-        wait_for(lambda: states(tmp_path)["flaky"] == "backoff")
-        ok_pid = pids(tmp_path)["ok"]
-        save(tmp_path / "services.yaml", text.replace('raise SystemExit(1)', "import time; time.sleep(300)"))
-        wait_for(lambda: states(tmp_path)["flaky"] == "running", timeout=3)
-        assert pids(tmp_path)["ok"] == ok_pid
-    finally:
-        cli("down", cwd=tmp_path)
-        if pid:
-            kill_tree(pid)
-        kill_marked(tmp_path)
+    path = write_stack(tmp_path, text)
+    async with running_stack(path) as sup:
+        await until(sup, lambda: states(sup)["flaky"] == "backoff")
+        await watching(tmp_path)
+        ok_pid = pids(sup)["ok"]
+        save(path, text.replace("raise SystemExit(1)", "import time; time.sleep(300)"))
+        await until(sup, lambda: states(sup)["flaky"] == "running", timeout=3)
+        assert pids(sup)["ok"] == ok_pid
 
 
-def test_the_selection_survives_a_reload(tmp_path: Path) -> None:
+async def test_the_selection_survives_a_reload(tmp_path: Path) -> None:
     text = f"""
     services:
       db: {{command: "{SLEEP}"}}
       api: {{command: "{SLEEP}", depends_on: [db], env: {{MODE: one}}}}
       other: {{command: "{SLEEP}"}}
     """
-    with stack(tmp_path, text, "api"):
-        assert states(tmp_path)["other"] == "stopped"
-        changed = text.replace("MODE: one", "MODE: two") + f"  new: {{command: \"{SLEEP}\"}}\n"
-        save(tmp_path / "services.yaml", changed)
-        wait_for(lambda: (status(tmp_path)["reload"] or {}).get("ok") is True)
-        wait_for(lambda: states(tmp_path)["api"] == "running")
-        assert states(tmp_path)["other"] == "stopped"
-        assert states(tmp_path)["new"] == "stopped"
+    path = write_stack(tmp_path, text)
+    async with running_stack(path, "api") as sup:
+        await until_ready(sup)
+        await watching(tmp_path)
+        assert states(sup)["other"] == "stopped"
+        changed = text.replace("MODE: one", "MODE: two") + f'  new: {{command: "{SLEEP}"}}\n'
+        save(path, changed)
+        await until(sup, lambda: last_reload(sup).get("ok") is True)
+        await until(sup, lambda: states(sup)["api"] == "running")
+        assert states(sup)["other"] == "stopped"
+        assert states(sup)["new"] == "stopped"
 
 
-def test_a_watch_glob_burst_restarts_the_service_once(tmp_path: Path) -> None:
+async def test_a_watch_glob_burst_restarts_the_service_once(tmp_path: Path) -> None:
     src = tmp_path / "src" / "pkg"
     src.mkdir(parents=True)
     (src / "app.py").write_text("x = 0\n")
@@ -197,26 +187,20 @@ def test_a_watch_glob_burst_restarts_the_service_once(tmp_path: Path) -> None:
       app: {{command: "{SLEEP}", watch: ["src/**/*.py"]}}
       other: {{command: "{SLEEP}"}}
     """
-    with stack(tmp_path, text):
-        before = pids(tmp_path)
+    path = write_stack(tmp_path, text)
+    async with running_stack(path) as sup:
+        await until_ready(sup)
+        await watching(src)
+        before = pids(sup)
         (src / "notes.txt").write_text("not watched\n")
         for i in range(10):
             (src / "app.py").write_text(f"x = {i}\n")
-        wait_for(lambda: pids(tmp_path)["app"] not in (None, before["app"]))
-        wait_for(lambda: states(tmp_path)["app"] == "running")
-        history = cli("history", "--all", "--json", cwd=tmp_path)
-        starts = [
-            e for e in json.loads(history.stdout)
-            if e["service"] == "app" and e["kind"] == "state" and e["data"]["new"] == "starting"
-        ]
-        assert len(starts) == 2  # the first start, and one restart for the burst
-        assert pids(tmp_path)["other"] == before["other"]
-
-
-def _alive(pid: int | None) -> bool:
-    from support import alive
-
-    return pid is not None and alive(pid)
+        await until(sup, lambda: pids(sup)["app"] not in (None, before["app"]))
+        await until(sup, lambda: states(sup)["app"] == "running")
+        assert (
+            transitions(sup, "app").count("starting") == 2
+        )  # the first start, and one restart for the burst
+        assert pids(sup)["other"] == before["other"]
 
 
 # ----- the pure half -------------------------------------------------------------------
@@ -250,12 +234,12 @@ def test_classify_changes_and_targets(tmp_path: Path) -> None:
           api: {command: x, watch: ["api/**/*.py"], env_file: a.env}
           web: {command: x, watch: ["web/*.html"]}
         """,
-        server=False,
+        programs=False,
     )
     config = load_config(path)
     root = config.root
 
-    def classify(*names: str):  # noqa: ANN202
+    def classify(*names: str):
         return classify_changes(config, [root / n for n in names], "logs")
 
     assert classify("services.yaml").reload

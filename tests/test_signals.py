@@ -13,39 +13,17 @@ import os
 import select
 import shutil
 import signal
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
-from test_ports_helpers import wait_until
+from conftest import Start, wait_for
 
 from stackvisor.system import procfs
 from stackvisor.system.signals import SignalGate
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 NOBODY = 65534
-Start = Callable[..., subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def start() -> Iterator[Start]:
-    """Popen in a session of its own; each process group is killed and reaped after
-    the test, whatever happened."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def run(argv: list[str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, start_new_session=True)
-        started.append(proc)
-        return proc
-
-    yield run
-    for proc in started:
-        # proc is not reaped yet, so its group number is still its own.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 def gone(proc: psutil.Process) -> bool:
@@ -66,7 +44,7 @@ def test_pid_1_the_supervisor_and_its_ancestors_are_refused() -> None:
 def test_another_users_process_is_refused_unless_proved_ours(start: Start) -> None:
     if shutil.which("runuser") is None or os.getuid() != 0:
         pytest.skip("needs root and runuser")
-    runuser = start(["runuser", "-u", "nobody", "--", "sleep", "30"])
+    runuser = start(["runuser", "-u", "nobody", "--", "sleep", "30"], own_group=True)
 
     def sleeper() -> psutil.Process | None:
         family = [runuser.pid, *(p.pid for p in procfs.descendants(runuser.pid))]
@@ -77,7 +55,7 @@ def test_another_users_process_is_refused_unless_proved_ours(start: Start) -> No
                     return proc
         return None
 
-    assert wait_until(lambda: sleeper() is not None)
+    wait_for(lambda: sleeper() is not None)
     target = sleeper()
     assert target is not None
     gate = SignalGate()
@@ -87,11 +65,11 @@ def test_another_users_process_is_refused_unless_proved_ours(start: Start) -> No
     # A descendant of ours that switched user may be ended when the caller proved it ours.
     assert gate.may_signal(target.pid, ours=True)
     assert gate.send(target.pid, signal.SIGTERM, ours=True)
-    assert wait_until(lambda: gone(target))
+    wait_for(lambda: gone(target))
 
 
 def test_our_own_child_may_be_signalled(start: Start) -> None:
-    child = start(SLEEPER)
+    child = start(SLEEPER, own_group=True)
     gate = SignalGate()
     assert gate.may_signal(child.pid)
     assert gate.send(child.pid, signal.SIGTERM)
@@ -103,16 +81,16 @@ def test_send_group_signals_a_group_we_lead_but_never_our_own(start: Start) -> N
     assert not gate.send_group(os.getpgrp(), 0)
     assert not gate.send_group(1, 0)
     assert not gate.send_group(os.getppid(), 0)  # an ancestor's number, whoever leads it
-    shell = start(["/bin/sh", "-c", "sleep 60 & wait"])
-    assert wait_until(lambda: len(procfs.group_members(shell.pid)) == 2)
+    shell = start(["/bin/sh", "-c", "sleep 60 & wait"], own_group=True)
+    wait_for(lambda: len(procfs.group_members(shell.pid)) == 2)
     (member,) = procfs.descendants(shell.pid)
     assert gate.send_group(shell.pid, signal.SIGTERM)
     assert shell.wait(timeout=5) is not None
-    assert wait_until(lambda: gone(member))
+    wait_for(lambda: gone(member))
 
 
 def test_kill_all_kills_what_still_runs(start: Start) -> None:
-    children = [start(SLEEPER), start(SLEEPER)]
+    children = [start(SLEEPER, own_group=True), start(SLEEPER, own_group=True)]
     procs = [psutil.Process(c.pid) for c in children]
     children[0].kill()
     children[0].wait(timeout=5)  # reaped: its psutil handle no longer names a process

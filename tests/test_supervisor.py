@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import async_wait_for, children_rows, free_ports, running_stack, transitions, until_state, write_stack
+from conftest import (
+    async_wait_for,
+    children_rows,
+    event_time,
+    free_ports,
+    running_stack,
+    transitions,
+    until_state,
+    write_stack,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -18,12 +27,6 @@ def started_at(root: Path) -> dict[str, float]:
     for row in children_rows(root):
         out.setdefault(row["service"], row["create_time"])
     return out
-
-
-def event_time(sup, name: str, state: str) -> float:
-    return next(
-        e.ts for e in sup.bus.backlog if e.kind == "state" and e.service == name and e.data["new"] == state
-    )
 
 
 async def test_dependency_order_and_service_healthy_gate(tmp_path: Path) -> None:
@@ -67,6 +70,7 @@ async def test_dependency_order_and_service_healthy_gate(tmp_path: Path) -> None
 
 async def test_independent_services_do_not_wait_for_each_other(tmp_path: Path) -> None:
     slow, fast = free_ports(2)
+    go = tmp_path / "go"
     path = write_stack(
         tmp_path,
         f"""
@@ -74,7 +78,7 @@ async def test_independent_services_do_not_wait_for_each_other(tmp_path: Path) -
           slow:
             command: {PY} server.py
             port: {slow}
-            env: {{DELAY: "1.5"}}
+            env: {{GO: "{go}"}}
             healthcheck: {{tcp: "127.0.0.1:${{PORT}}"}}
           slow_dependent:
             command: {PY} -c "import time; time.sleep(60)"
@@ -89,6 +93,9 @@ async def test_independent_services_do_not_wait_for_each_other(tmp_path: Path) -
         """,
     )
     async with running_stack(path) as sup:
+        # slow binds its port only when told to: until then it cannot be healthy.
+        await until_state(sup, "fast_dependent", "running")
+        go.touch()
         await until_state(sup, "slow_dependent", "running")
         # Not level by level: fast's dependent ran before slow was even healthy.
         assert event_time(sup, "fast_dependent", "starting") < event_time(sup, "slow", "healthy")
@@ -186,7 +193,9 @@ async def test_unhealthy_service_is_restarted(tmp_path: Path) -> None:
         await until_state(sup, "api", "unhealthy")
         sick.unlink()
         await async_wait_for(
-            lambda: sup.runners["api"].status()["pid"] != first_pid and str(sup.runners["api"].state) == "healthy"
+            lambda: (
+                sup.runners["api"].status()["pid"] != first_pid and str(sup.runners["api"].state) == "healthy"
+            )
         )
         assert sup.runners["api"].status()["restarts"] == 1
         seen = transitions(sup, "api")
@@ -255,7 +264,10 @@ async def test_port_variables_reach_command_env_and_dependents(tmp_path: Path) -
     async with running_stack(path) as sup:
         await async_wait_for(lambda: out.exists() and out.read_text().strip())
         assert out.read_text().split() == [
-            str(api_port), str(db_port), f"redis://127.0.0.1:{db_port}", str(api_port)
+            str(api_port),
+            str(db_port),
+            f"redis://127.0.0.1:{db_port}",
+            str(api_port),
         ]
         assert str(sup.runners["api"].state) == "running"
 
@@ -280,7 +292,9 @@ async def test_programs_are_found_from_the_working_dir_and_missing_ones_fail_cle
         await until_state(sup, "relative", "running")
         await until_state(sup, "missing", "failed")
         await until_state(sup, "denied", "failed")
-        assert "cannot start 'no-such-program-here': No such file or directory" in sup.runners["missing"].reason
+        assert (
+            "cannot start 'no-such-program-here': No such file or directory" in sup.runners["missing"].reason
+        )
         assert "Permission denied" in sup.runners["denied"].reason
         await async_wait_for(lambda: any("ran from" in line for line in sup.runners["relative"].tail(5)))
         assert sup.runners["missing"].status()["restarts"] == 0

@@ -5,62 +5,42 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from conftest import SLEEP, cli, supervisor_pid, write_stack
 
-from stackvisor.cli import main
 from stackvisor.config import load_config
-from stackvisor.config.schema import StackConfig
 from stackvisor.control import ops
 from stackvisor.paths import StackPaths
 from stackvisor.runtime.state import StateDB
 
-STACK = f"services:\n  a: {{command: {sys.executable} -c 'import time; time.sleep(300)'}}\n"
 
-
-@pytest.fixture
-def detached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[StackConfig, int]]:
-    (tmp_path / "services.yaml").write_text(STACK)
-    monkeypatch.chdir(tmp_path)
-    config = load_config(tmp_path / "services.yaml")
-    started = ops.detach(config, [])
-    assert started.ok, started.message
-    assert started.pid is not None
-    try:
-        yield config, started.pid
-    finally:
-        if ops.is_stopped(started.pid):
-            os.kill(started.pid, signal.SIGCONT)
-        ops.down(config, timeout=30)
-
-
-def test_a_stopped_supervisor_is_named_not_waited_for(
-    detached: tuple[StackConfig, int], capsys: pytest.CaptureFixture[str]
-) -> None:
-    _, pid = detached
+def test_a_stopped_supervisor_is_named_not_waited_for(tmp_path: Path, detached) -> None:
+    write_stack(tmp_path, f'services:\n  a: {{command: "{SLEEP}"}}\n', programs=False)
+    assert detached(tmp_path, wait=False).returncode == 0
+    pid = supervisor_pid(tmp_path)
     os.kill(pid, signal.SIGSTOP)
     try:
         began = time.monotonic()
-        assert main(["status"]) == 1
+        status = cli("status", cwd=tmp_path)
+        assert status.returncode == 1
         assert time.monotonic() - began < 5
-        err = capsys.readouterr().err
-        assert f"the supervisor (pid {pid}, stopped: kill -CONT {pid} resumes it) will not answer" in err
+        assert (
+            f"the supervisor (pid {pid}, stopped: kill -CONT {pid} resumes it) will not answer"
+            in status.stderr
+        )
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert main(["status"]) == 0
+    assert cli("status", cwd=tmp_path).returncode == 0
 
 
-def test_down_stops_gracefully_when_the_socket_is_gone(
-    detached: tuple[StackConfig, int], tmp_path: Path
-) -> None:
-    config, _ = detached
+def test_down_stops_gracefully_when_the_socket_is_gone(tmp_path: Path, detached) -> None:
+    path = write_stack(tmp_path, f'services:\n  a: {{command: "{SLEEP}"}}\n', programs=False)
+    assert detached(tmp_path, wait=False).returncode == 0
     StackPaths.at(tmp_path).socket.unlink()
     began = time.monotonic()
-    result = ops.down(config, timeout=30)
+    result = ops.down(load_config(path), timeout=30)
     assert result.was_running and not result.killed
     assert time.monotonic() - began < 15  # not the whole timeout, then SIGKILL
     db = StateDB.open(StackPaths.at(tmp_path).state_db, os.getpid())

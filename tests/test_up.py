@@ -1,4 +1,5 @@
-"""`stackvisor up` as a real process: signals, stop timeouts, orphans, output, exit statuses."""
+"""`stackvisor up` as a real process (signals, stop timeouts, orphans, output, exit
+statuses), and what the CLI says about bad files and names."""
 
 from __future__ import annotations
 
@@ -9,126 +10,97 @@ import time
 from pathlib import Path
 
 import pytest
-from support import alive, children_rows, cli, state_events, supervisor_process, wait_for, write_program, write_stack
+from conftest import (
+    SLEEP,
+    alive,
+    cli,
+    cli_process,
+    reached,
+    read_pids,
+    service_pid,
+    wait_for,
+    write_program,
+    write_stack,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
 PY = "python3"
 
 
-def service_pid(root: Path, name: str) -> int:
-    rows = wait_for(lambda: [r for r in children_rows(root) if r["service"] == name])
-    return int(rows[-1]["pid"])
-
-
-def test_child_ignoring_sigterm_is_killed_after_stop_timeout(tmp_path: Path) -> None:
-    write_program(
-        tmp_path,
-        "stubborn.py",
-        """
-        import signal, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print("ignoring SIGTERM", flush=True)
-        while True:
-            time.sleep(1)
-        """,
-    )
+def test_child_ignoring_sigterm_is_killed_after_stop_timeout(tmp_path: Path, up_process) -> None:
     write_stack(
         tmp_path,
         f"""
         services:
           stubborn:
-            command: {PY} stubborn.py
+            command: {PY} stubborn.py SIGTERM
             stop_timeout: 1s
             healthcheck: {{log: "ignoring SIGTERM"}}
         """,
     )
-    with supervisor_process(tmp_path) as sup:
-        pid = service_pid(tmp_path, "stubborn")
-        wait_for(lambda: any(e.get("new") == "healthy" for e in state_events(tmp_path, "stubborn")))
-        sent = time.monotonic()
-        sup.send_signal(signal.SIGTERM)
-        wait_for(lambda: not alive(pid), timeout=5)
-        assert time.monotonic() - sent <= 1.0 + 1.0
-        assert sup.wait(10) == 0
+    sup = up_process(tmp_path)
+    pid = service_pid(tmp_path, "stubborn")
+    wait_for(lambda: reached(tmp_path, "stubborn", "healthy"))
+    sent = time.monotonic()
+    sup.send_signal(signal.SIGTERM)
+    wait_for(lambda: not alive(pid), timeout=5)
+    assert time.monotonic() - sent <= 1.0 + 1.0
+    assert sup.wait(10) == 0
 
 
-def test_grandchildren_are_gone_after_stop_even_after_setsid(tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    write_program(
-        tmp_path,
-        "parent.py",
-        f"""
-        import subprocess, sys, time
-        sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
-        kid = subprocess.Popen(sleeper)
-        escaped = subprocess.Popen(sleeper, start_new_session=True)
-        open("{pids}.tmp", "w").write(f"{{kid.pid}} {{escaped.pid}}")
-        import os; os.rename("{pids}.tmp", "{pids}")
-        print("spawned", flush=True)
-        time.sleep(300)
-        """,
-    )
-    write_stack(tmp_path, f"services:\n  parent:\n    command: {PY} parent.py\n")
-    with supervisor_process(tmp_path) as sup:
-        wait_for(pids.exists)
-        kid, escaped = map(int, pids.read_text().split())
-        assert alive(kid) and alive(escaped)
-        assert os.getpgid(escaped) != os.getpgid(kid)
-        sup.send_signal(signal.SIGINT)
-        assert sup.wait(15) == 0
-        wait_for(lambda: not alive(kid) and not alive(escaped), timeout=3)
+def test_grandchildren_are_gone_after_stop_even_after_setsid(tmp_path: Path, up_process) -> None:
+    pidfile = tmp_path / "pids"
+    write_stack(tmp_path, f"services:\n  parent:\n    command: {PY} family.py {pidfile}\n")
+    sup = up_process(tmp_path)
+    kid, escaped = read_pids(pidfile)
+    assert alive(kid) and alive(escaped)
+    assert os.getpgid(escaped) != os.getpgid(kid)
+    sup.send_signal(signal.SIGINT)
+    assert sup.wait(15) == 0
+    wait_for(lambda: not alive(kid) and not alive(escaped), timeout=3)
 
 
-def test_what_an_exited_service_left_behind_is_ended(tmp_path: Path) -> None:
-    pidfile = tmp_path / "daemon.pid"
-    write_program(
-        tmp_path,
-        "daemonise.py",
-        f"""
-        import os, subprocess, sys, time
-        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
-        open("{pidfile}", "w").write(str(p.pid))
-        time.sleep(300)
-        """,
-    )
+def test_what_an_exited_service_left_behind_is_ended(tmp_path: Path, up_process) -> None:
+    pidfile = tmp_path / "pids"
     write_stack(
         tmp_path,
-        f"services:\n  daemon:\n    command: {PY} daemonise.py\n    restart: 'no'\n",
+        f"services:\n  daemon:\n    command: {PY} family.py {pidfile}\n    restart: 'no'\n",
     )
-    with supervisor_process(tmp_path) as sup:
-        wait_for(lambda: pidfile.exists() and pidfile.read_text())
-        orphan = int(pidfile.read_text())
-        parent = service_pid(tmp_path, "daemon")
-        assert alive(orphan)
-        os.kill(parent, signal.SIGKILL)  # the orphan is reparented to the supervisor
-        wait_for(lambda: any(e.get("new") == "exited" for e in state_events(tmp_path, "daemon")))
-        # Not at stop only: a service's leftovers go when the service ends (ports, files).
-        wait_for(lambda: not alive(orphan), timeout=3)
-        assert sup.poll() is None
-        sup.send_signal(signal.SIGTERM)
-        assert sup.wait(15) == 0
+    sup = up_process(tmp_path)
+    _, orphan = read_pids(pidfile)  # the one that escaped into a session of its own
+    parent = service_pid(tmp_path, "daemon")
+    assert alive(orphan)
+    os.kill(parent, signal.SIGKILL)  # the orphan is reparented to the supervisor
+    wait_for(lambda: reached(tmp_path, "daemon", "exited"))
+    # Not at stop only: a service's leftovers go when the service ends (ports, files).
+    wait_for(lambda: not alive(orphan), timeout=3)
+    assert sup.poll() is None
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(15) == 0
 
 
-def test_children_die_with_a_sigkilled_supervisor(tmp_path: Path) -> None:
+def test_children_die_with_a_sigkilled_supervisor(tmp_path: Path, up_process) -> None:
     write_stack(
         tmp_path,
         f"""
         services:
-          a: {{command: "{PY} -c 'import time; time.sleep(300)'"}}
-          b: {{command: "{PY} -c 'import time; time.sleep(300)'", depends_on: [a]}}
+          a: {{command: "{SLEEP}"}}
+          b: {{command: "{SLEEP}", depends_on: [a]}}
         """,
     )
-    with supervisor_process(tmp_path) as sup:
-        pids = [service_pid(tmp_path, "a"), service_pid(tmp_path, "b")]
-        sup.kill()
-        sup.wait(5)
-        killed = time.monotonic()
-        wait_for(lambda: not any(alive(p) for p in pids), timeout=2)
-        assert time.monotonic() - killed <= 2
+    sup = up_process(tmp_path)
+    pids = [service_pid(tmp_path, "a"), service_pid(tmp_path, "b")]
+    sup.kill()
+    sup.wait(5)
+    killed = time.monotonic()
+    wait_for(lambda: not any(alive(p) for p in pids), timeout=2)
+    assert time.monotonic() - killed <= 2
 
 
-def test_fifty_megabytes_of_output_every_line_logged_and_supervisor_responsive(tmp_path: Path) -> None:
+def test_fifty_megabytes_of_output_every_line_logged_and_supervisor_responsive(
+    tmp_path: Path, up_process
+) -> None:
     lines = 500_000  # 100 bytes each: 50 MB
     write_program(
         tmp_path,
@@ -161,17 +133,15 @@ def test_fifty_megabytes_of_output_every_line_logged_and_supervisor_responsive(t
           ticker: {{command: "{PY} ticker.py"}}
         """,
     )
-    with supervisor_process(tmp_path, stdout=subprocess.DEVNULL) as sup:
-        wait_for(
-            lambda: any(e.get("new") == "completed" for e in state_events(tmp_path, "spew")), timeout=60
-        )
-        # Responsive while and after draining: the other service's output kept flowing.
-        before = (tmp_path / "logs" / "ticker.log").read_text().count("tick")
-        wait_for(lambda: (tmp_path / "logs" / "ticker.log").read_text().count("tick") > before + 3, timeout=3)
-        sent = time.monotonic()
-        sup.send_signal(signal.SIGTERM)
-        assert sup.wait(15) == 0
-        assert time.monotonic() - sent < 5
+    sup = up_process(tmp_path, stdout=subprocess.DEVNULL)
+    wait_for(lambda: reached(tmp_path, "spew", "completed"), timeout=60)
+    # Responsive while and after draining: the other service's output kept flowing.
+    before = (tmp_path / "logs" / "ticker.log").read_text().count("tick")
+    wait_for(lambda: (tmp_path / "logs" / "ticker.log").read_text().count("tick") > before + 3, timeout=3)
+    sent = time.monotonic()
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(15) == 0
+    assert time.monotonic() - sent < 5
     with open(tmp_path / "logs" / "spew.log") as fh:
         numbers = [int(line[:12]) for line in fh]
     assert numbers == list(range(lines))
@@ -186,7 +156,7 @@ def test_exit_status_is_1_when_a_service_failed(tmp_path: Path) -> None:
           fine: {{command: "{PY} -c 'print(1)'"}}
         """,
     )
-    result = cli("up", "--exit-when-done", cwd=tmp_path)
+    result = cli_process("up", "--exit-when-done", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "broken | " not in result.stdout  # it printed nothing
     assert "fine   | 1" in result.stdout
@@ -202,7 +172,7 @@ def test_console_lines_are_prefixed_and_uncoloured_without_a_terminal(tmp_path: 
           second: {{command: "{PY} -c 'print(\\"hello from two\\")'"}}
         """,
     )
-    result = cli("up", "--exit-when-done", cwd=tmp_path)
+    result = cli_process("up", "--exit-when-done", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "one    | hello from one" in result.stdout
     assert "second | hello from two" in result.stdout
@@ -218,7 +188,8 @@ def test_console_lines_are_prefixed_and_uncoloured_without_a_terminal(tmp_path: 
         ("services:\n  api:\n    command: x\n    restart: sometimes\n", ":4:14:", "expected one of"),
         ("services:\n  api:\n    command: [x\n", ":", "services.yaml"),
         (
-            "services:\n  a:\n    command: x\n    depends_on: [b]\n  b:\n    command: x\n    depends_on: [a]\n",
+            "services:\n  a:\n    command: x\n    depends_on: [b]\n"
+            "  b:\n    command: x\n    depends_on: [a]\n",
             "",
             "a -> b -> a",
         ),
@@ -259,32 +230,20 @@ def test_unknown_service_on_the_command_line(tmp_path: Path) -> None:
     assert "unknown service apii" in result.stderr
 
 
-def test_a_second_interrupt_kills_at_once(tmp_path: Path) -> None:
-    write_program(
-        tmp_path,
-        "stubborn.py",
-        """
-        import signal, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("ignoring", flush=True)
-        while True:
-            time.sleep(1)
-        """,
-    )
+def test_a_second_interrupt_kills_at_once(tmp_path: Path, up_process) -> None:
     write_stack(
         tmp_path,
-        f"services:\n  stubborn:\n    command: {PY} stubborn.py\n    stop_timeout: 60s\n"
+        f"services:\n  stubborn:\n    command: {PY} stubborn.py SIGTERM SIGINT\n    stop_timeout: 60s\n"
         "    healthcheck: {log: ignoring}\n",
     )
-    with supervisor_process(tmp_path) as sup:
-        pid = service_pid(tmp_path, "stubborn")
-        wait_for(lambda: any(e.get("new") == "healthy" for e in state_events(tmp_path, "stubborn")))
-        sup.send_signal(signal.SIGINT)
-        wait_for(lambda: any(e.get("new") == "stopping" for e in state_events(tmp_path, "stubborn")))
-        assert alive(pid)  # the first interrupt waits for the 60 s grace period
-        sent = time.monotonic()
-        sup.send_signal(signal.SIGINT)
-        sup.wait(10)
-        assert time.monotonic() - sent < 5
-        wait_for(lambda: not alive(pid), timeout=2)
+    sup = up_process(tmp_path)
+    pid = service_pid(tmp_path, "stubborn")
+    wait_for(lambda: reached(tmp_path, "stubborn", "healthy"))
+    sup.send_signal(signal.SIGINT)
+    wait_for(lambda: reached(tmp_path, "stubborn", "stopping"))
+    assert alive(pid)  # the first interrupt waits for the 60 s grace period
+    sent = time.monotonic()
+    sup.send_signal(signal.SIGINT)
+    sup.wait(10)
+    assert time.monotonic() - sent < 5
+    wait_for(lambda: not alive(pid), timeout=2)
