@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import SLEEP, cli, supervisor_pid, write_stack
+from conftest import SLEEP, cli, supervisor_pid, wait_for, write_stack
 
 from stackvisor.config import load_config
 from stackvisor.control import ops
@@ -22,6 +22,7 @@ def test_a_stopped_supervisor_is_named_not_waited_for(tmp_path: Path, detached) 
     pid = supervisor_pid(tmp_path)
     os.kill(pid, signal.SIGSTOP)
     try:
+        wait_for(lambda: ops.is_stopped(pid))  # the signal is delivered, not sent
         began = time.monotonic()
         status = cli("status", cwd=tmp_path)
         assert status.returncode == 1
