@@ -56,7 +56,10 @@ def test_broken_yaml_is_worded_by_the_python_parser(monkeypatch: pytest.MonkeyPa
     )
 
 
-def test_without_libyaml_deep_nesting_is_still_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_libyaml_deep_nesting_is_still_refused_where_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(yaml, "__with_libyaml__", False)
-    document, problems = yamlpos.parse_yaml("a: " + "[" * 5000 + "]" * 5000 + "\n")
-    assert document is None and "nested more than 100 levels deep" in problems[0].message
+    document, problems = yamlpos.parse_yaml(
+        "services:\n  a:\n    env: {K: " + "[" * 5000 + "]" * 5000 + "}\n"
+    )
+    assert document is None
+    assert (problems[0].line, problems[0].message) == (3, "refused: nested more than 100 levels deep")

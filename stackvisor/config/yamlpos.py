@@ -128,8 +128,10 @@ def _c_composer(text: str) -> Any:
     return _c_composer_class()(text)
 
 
-def _check_depth(text: str) -> None:
-    events = _c_composer(text)
+def _check_depth(events: Any) -> None:
+    """Refuse a document nested deeper than `MAX_DEPTH`, from its flat stream of events
+    (both parsers compose recursively: too deep a document would crash the C one and
+    exhaust Python's stack in the other)."""
     depth = 0
     while events.check_event():
         event = events.get_event()
@@ -147,11 +149,16 @@ def _compose(text: str) -> Node | None:
     """The document's node graph (an alias is the node it names, not a copy yet)."""
     if yaml.__with_libyaml__:
         try:
-            _check_depth(text)
+            _check_depth(_c_composer(text))
             node: Node | None = _c_composer(text).get_single_node()
             return node
         except yaml.YAMLError:
             pass  # a broken document: the Python parser below words the error
+    checker = _PyComposer(text)
+    try:
+        _check_depth(checker)
+    finally:
+        checker.dispose()
     composer = _PyComposer(text)
     try:
         return composer.get_single_node()
