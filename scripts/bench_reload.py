@@ -284,10 +284,10 @@ def part_reload(args: argparse.Namespace) -> dict[str, float]:
                         f"detect {detects[-1] * 1000:6.1f}, stop+spawn {respawns[-1] * 1000:6.1f}, "
                         f"new process to accepted {comes_up[-1] * 1000:6.1f}"
                     )
-                pids = " pids: " + ", ".join(moved) if moved else ""
+                moved_note = " pids: " + ", ".join(moved) if moved else ""
                 print(
                     f"edit {edit:2d}: new server accepted {total * 1000:7.1f} ms after the write, "
-                    f"overhead {(total - own) * 1000:+7.1f} ms ({parts}){pids}",
+                    f"overhead {(total - own) * 1000:+7.1f} ms ({parts}){moved_note}",
                     flush=True,
                 )
                 time.sleep(args.gap)

@@ -363,6 +363,11 @@ async def test_tcp_needs_the_bearer_token(tmp_path: Path) -> None:
         assert await asyncio.to_thread(get, {"Authorization": "Bearer wrong"}) == 401
         assert await asyncio.to_thread(get, {"Authorization": "Bearer " + "\u00e9" * 10}) == 401
         assert await asyncio.to_thread(get, {"Authorization": f"Bearer {token}"}) == 200
+        # The scheme is case-insensitive (RFC 7235); the token is not.
+        assert await asyncio.to_thread(get, {"Authorization": f"bearer {token}"}) == 200
+        assert await asyncio.to_thread(get, {"Authorization": f"BEARER  {token} "}) == 200
+        assert await asyncio.to_thread(get, {"Authorization": f"Bearer {token.upper()}x"}) == 401
+        assert await asyncio.to_thread(get, {"Authorization": f"Basic {token}"}) == 401
         # the unix socket needs no token: its 0600 mode is the guard
         status = await asyncio.to_thread(client(tmp_path).get, "/v1/status")
         assert status["services"][0]["name"] == "a"
