@@ -10,6 +10,7 @@ one fixed port, and `working_dir` folders that do not exist. Not here: the doten
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from stackvisor.config.envfiles import EnvEntry, read_env_file
 from stackvisor.config.interpolate import InterpolationError, interpolate
 from stackvisor.config.report import Report, display, suggest
 from stackvisor.config.schema import Condition, Service, StackConfig
+from stackvisor.config.users import may_become, resolve_user
 from stackvisor.config.yamlpos import Loc
 from stackvisor.graph import find_cycle
 
@@ -70,6 +72,25 @@ def _env_file_value(
     except InterpolationError as exc:
         report.add_at(entry.line, 1, f"{entry.key}: {exc}", file=display(file))
         return None
+
+
+def check_users(config: StackConfig, report: Report, euid: int | None = None) -> None:
+    """Each `user` exists, and this supervisor may become it (only root changes user)."""
+    euid = os.geteuid() if euid is None else euid
+    for name, service in config.services.items():
+        if service.user is None:
+            continue
+        try:
+            user = resolve_user(service.user)
+        except ValueError as exc:
+            report.add(("services", name, "user"), str(exc))
+            continue
+        if not may_become(user, euid):
+            report.add(
+                ("services", name, "user"),
+                f"only root can run a service as another user (stackvisor runs as uid {euid}, "
+                f"{service.user} is uid {user.uid})",
+            )
 
 
 def check_working_dirs(config: StackConfig, root: Path, report: Report) -> None:

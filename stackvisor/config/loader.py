@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from stackvisor.config.checks import apply_env_files, check_stack, check_working_dirs
+from stackvisor.config.checks import apply_env_files, check_stack, check_users, check_working_dirs
 from stackvisor.config.envfiles import read_dotenv
 from stackvisor.config.explain import validate
 from stackvisor.config.interpolate import InterpolationError, interpolate, port_variables
@@ -90,6 +90,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> StackCo
 
     config = apply_env_files(config, root, variables, kept, report)
     check_working_dirs(config, root, report)
+    check_users(config, report)
     check_stack(config, report)
     report.raise_if_any()
     return config

@@ -177,6 +177,8 @@ class Service(_Model):
     env: dict[str, str] = {}
     env_file: list[str] = []
     working_dir: str | None = None
+    # Run as this user (`NAME` or `NAME:GROUP`, names or ids), as Compose's `user`.
+    user: str | None = None
     restart: RestartPolicy = RestartPolicy.ON_FAILURE
     max_restarts: int = Field(default=5, ge=0)
     backoff: Backoff = Backoff()

@@ -17,6 +17,7 @@ from pathlib import Path
 from stackvisor.config.commands import shell_argv
 from stackvisor.config.interpolate import interpolate
 from stackvisor.config.schema import Service
+from stackvisor.config.users import UserSpec, resolve_user
 from stackvisor.errors import StartError
 from stackvisor.runtime.process import resolve_program
 
@@ -49,6 +50,7 @@ class Command:
     cwd: str
     env: dict[str, str]
     pass_fds: tuple[int, ...] = ()
+    user: UserSpec | None = None
 
 
 def build_command(
@@ -71,4 +73,16 @@ def build_command(
     env = dict(os.environ)
     env.update({k: interpolate(v, variables) for k, v in service.env.items()})
     env.update(variables)
-    return Command(argv, cwd, env, pass_fds)
+    try:
+        user = resolve_user(service.user) if service.user else None
+    except ValueError as exc:  # the user database changed since the file was checked
+        raise StartError(f"cannot start as {service.user!r}: {exc}") from None
+    if user is not None:
+        env.update({k: v for k, v in user_environment(user).items() if k not in service.env})
+    return Command(argv, cwd, env, pass_fds, user)
+
+
+def user_environment(user: UserSpec) -> dict[str, str]:
+    """What a login would set for the user: HOME, USER, LOGNAME."""
+    name = user.name or str(user.uid)
+    return {"HOME": user.home or "/", "USER": name, "LOGNAME": name}

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import aiohttp
 
 from stackvisor.config.address import split_host_port
+from stackvisor.config.users import UserSpec
 from stackvisor.runtime.logs import pump
 from stackvisor.runtime.process import Spawner
 
@@ -50,10 +51,11 @@ async def probe_exec(
     env: Mapping[str, str],
     cwd: str | None,
     marker: str,
+    user: UserSpec | None = None,
 ) -> tuple[bool, str]:
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     try:
-        child = await spawner.spawn(argv, env=env, cwd=cwd, marker=marker)
+        child = await spawner.spawn(argv, env=env, cwd=cwd, marker=marker, user=user)
     except OSError as exc:
         return False, f"exec {shlex.join(argv)}: {exc}"
     chunks: list[bytes] = []

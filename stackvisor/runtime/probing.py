@@ -18,8 +18,9 @@ import aiohttp
 
 from stackvisor.config.interpolate import interpolate
 from stackvisor.config.schema import HealthCheck
+from stackvisor.config.users import UserSpec
 from stackvisor.runtime import health
-from stackvisor.runtime.command import interpolate_value
+from stackvisor.runtime.command import interpolate_value, user_environment
 from stackvisor.runtime.context import RunnerContext
 from stackvisor.runtime.events import PortMismatch
 from stackvisor.runtime.logs import ServiceLog
@@ -37,6 +38,7 @@ class HealthProbe:
     inherited: bool  # the listening socket is ours, handed over
     log: ServiceLog
     changed: Callable[[Health, str], None]
+    user: UserSpec | None = None  # an `exec` check runs as the service's user
 
     async def run(self) -> None:
         """Probe until the process exits (or, for a `log` check, until it matches)."""
@@ -80,6 +82,8 @@ class HealthProbe:
         assert check.exec is not None
         env = dict(os.environ)
         env.update(variables)
+        if self.user is not None:
+            env.update(user_environment(self.user))
         return await health.probe_exec(
             self.ctx.spawner,
             interpolate_value(check.exec, variables),
@@ -87,6 +91,7 @@ class HealthProbe:
             env,
             str(self.ctx.root),
             f"{self.ctx.instance}/{self.name}/probe",
+            self.user,
         )
 
     async def _owns_port(self) -> tuple[bool, str]:

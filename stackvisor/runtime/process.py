@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from stackvisor.config.users import UserSpec
 from stackvisor.system import procfs
 from stackvisor.system.signals import SignalGate
 
@@ -86,6 +87,7 @@ class Spawner:
         cwd: str | None,
         marker: str,
         pass_fds: tuple[int, ...] = (),
+        user: UserSpec | None = None,
     ) -> Child:
         """Start `argv` in a new session with stdout and stderr on one pipe we drain.
 
@@ -93,6 +95,10 @@ class Spawner:
         forces a full fork of the supervisor (about 5 ms, blocking the event loop);
         util-linux's `setpriv --pdeathsig` sets it in the child instead, and lets
         Python use vfork (0.2 ms). The preexec_fn stays as the fallback.
+
+        `user`: the child runs as that user. A change of credentials clears
+        PDEATHSIG, so it is set after the change: setpriv sets it last, and Popen
+        runs the preexec_fn after its own `user`/`group` change.
         """
         full_env = dict(env)
         full_env[procfs.MARKER] = marker
@@ -101,7 +107,9 @@ class Spawner:
             # Popen would have said "not found" or "permission denied" itself; through the
             # launcher the child would just exit 127. Find the program as exec would.
             argv = [resolve_program(argv[0], cwd, full_env.get("PATH", os.defpath)), *argv[1:]]
-        popen, read_fd = _start(argv, launcher, full_env, cwd, pass_fds)
+        if launcher and user is not None:
+            launcher = (*launcher[:1], *_setpriv_user(user), *launcher[1:])
+        popen, read_fd = _start(argv, launcher, full_env, cwd, pass_fds, None if launcher else user)
         self._unreaped.add(popen.pid)
         child = Child(
             pid=popen.pid,
@@ -145,12 +153,18 @@ class Spawner:
         self._unreaped.discard(pid)
 
 
+def _setpriv_user(user: UserSpec) -> tuple[str, ...]:
+    groups = "--init-groups" if user.name else "--clear-groups"
+    return (f"--reuid={user.uid}", f"--regid={user.gid}", groups)
+
+
 def _start(
     argv: list[str],
     launcher: tuple[str, ...],
     env: dict[str, str],
     cwd: str | None,
     pass_fds: tuple[int, ...],
+    user: UserSpec | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """The fork itself: (the Popen, the read end of the output pipe). With the launcher
     Python uses vfork, so this returns in well under a millisecond."""
@@ -170,6 +184,9 @@ def _start(
             preexec_fn=None if launcher else functools.partial(die_with_parent, os.getpid()),  # noqa: PLW1509
             pass_fds=pass_fds,
             close_fds=True,
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+            extra_groups=list(user.groups) if user else None,
         )
     except BaseException:
         os.close(read_fd)

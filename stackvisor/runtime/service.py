@@ -19,6 +19,7 @@ import socket
 import time
 
 from stackvisor.config.schema import Service
+from stackvisor.config.users import UserSpec
 from stackvisor.errors import StartError
 from stackvisor.runtime.command import build_command
 from stackvisor.runtime.context import RunnerContext
@@ -82,6 +83,7 @@ class ServiceRunner:
         self._db_row: int | None = None
         self._listener: socket.socket | None = None  # kept across restarts with socket: inherit
         self._keep_socket = False  # set while a restart stops the service
+        self._user: UserSpec | None = None  # who the current process runs as
 
     # ----- what the stack may read -----------------------------------------------------
 
@@ -301,11 +303,17 @@ class ServiceRunner:
         self._health = None
         try:
             child = await self.ctx.spawner.spawn(
-                command.argv, env=command.env, cwd=command.cwd, marker=marker, pass_fds=command.pass_fds
+                command.argv,
+                env=command.env,
+                cwd=command.cwd,
+                marker=marker,
+                pass_fds=command.pass_fds,
+                user=command.user,
             )
         except OSError as exc:
             raise StartError(f"cannot start {command.argv[0]!r}: {exc.strerror or exc}") from None
         self._child = child
+        self._user = command.user
         self._started_at = time.time()
         self._spawned = True
         self._db_row = self.ctx.ledger.child_started(
@@ -347,6 +355,7 @@ class ServiceRunner:
                     self._listener is not None,
                     self.log,
                     self._health_changed,
+                    self._user,
                 )
                 prober = tg.create_task(probe.run())
             while True:
