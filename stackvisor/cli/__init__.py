@@ -9,11 +9,12 @@ asks a running stack); what they print in `render`.
 from __future__ import annotations
 
 import http.client
+import os
 import sys
 from collections.abc import Sequence
 
 from stackvisor import graph
-from stackvisor.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_USAGE, UsageError
+from stackvisor.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, UsageError
 from stackvisor.config import ConfigError
 from stackvisor.errors import ApiError, NotResponding, NotRunning, UnsafePath
 
@@ -53,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if exc.status in (400, 404) else EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`stackvisor logs | head -1`): nothing more to say, and
+        # nothing to flush at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (OSError, http.client.HTTPException, ValueError) as exc:  # a broken answer
         print(f"stackvisor: the supervisor did not answer properly: {exc}", file=sys.stderr)
         return EXIT_FAILURE

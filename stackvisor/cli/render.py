@@ -30,7 +30,12 @@ def format_status(status: StackStatus) -> str:
                 detail[:60],
             )
         )
-    return "\n".join([f"stack {status['name']} (supervisor pid {status['pid']})", *table(rows)])
+    lines = [f"stack {status['name']} (supervisor pid {status['pid']})", *table(rows)]
+    reload = status.get("reload")
+    if reload and not reload["ok"]:
+        error = reload.get("error", "").strip()
+        lines += ["", "the last edit of the stack file was refused; it runs as before:", *error.splitlines()]
+    return "\n".join(lines)
 
 
 def format_history(rows: list[dict[str, Any]], *, conflicts_only: bool) -> str:

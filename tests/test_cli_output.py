@@ -1,0 +1,45 @@
+"""What the CLI prints in the situations people meet: a pipe closed early, a refused edit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import SLEEP, child_env, running_stack, until_state, write_stack
+
+from stackvisor.cli.render import format_status
+from stackvisor.paths import StackPaths
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+    write_stack(tmp_path, f'services:\n  a: {{command: "{SLEEP}"}}\n', programs=False)
+    logs = StackPaths.at(tmp_path).logs
+    logs.mkdir(mode=0o700)
+    (logs / "a.log").write_text("".join(f"line {i} of what the service printed\n" for i in range(20_000)))
+    # `stackvisor logs -n 20000 | head -1`, with the stack not running: the files are read.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stackvisor", "logs", "-n", "20000"],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"a | line 0 of what the service printed\n"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(30) == 0
+    assert err == b""
+
+
+async def test_plain_status_shows_a_refused_edit(tmp_path: Path) -> None:
+    path = write_stack(tmp_path, f'services:\n  a: {{command: "{SLEEP}"}}\n', programs=False)
+    async with running_stack(path) as sup:
+        await until_state(sup, "a", "running")
+        path.write_text("services:\n  a: {command: 42, nonsense: 1}\n")
+        result = await sup.reload()
+        assert not result["ok"]
+        text = format_status(sup.status())
+    assert "the last edit of the stack file was refused; it runs as before:" in text
+    assert "services.yaml:2:" in text and "nonsense" in text
