@@ -94,6 +94,7 @@ def config_files(config: StackConfig) -> set[Path]:
 class Changes:
     reload: bool
     services: frozenset[str]
+    any: bool = False  # some relevant file changed (not a temporary one, not in logs)
 
 
 def classify_changes(config: StackConfig, paths: Iterable[Path], logs_dir: str) -> Changes:
@@ -102,6 +103,7 @@ def classify_changes(config: StackConfig, paths: Iterable[Path], logs_dir: str) 
     reload_files = config_files(config)
     reload = False
     services: set[str] = set()
+    relevant = False
     for path in paths:
         if path in reload_files:
             reload = True
@@ -115,11 +117,12 @@ def classify_changes(config: StackConfig, paths: Iterable[Path], logs_dir: str) 
             continue
         if _TEMPORARY.search(parts[-1]):
             continue
+        relevant = True
         text = rel.as_posix()
         for name, svc in config.services.items():
             if any(glob_regex(p.removeprefix("./")).match(text) for p in svc.watch):
                 services.add(name)
-    return Changes(reload, frozenset(services))
+    return Changes(reload, frozenset(services), reload or relevant)
 
 
 def glob_base(root: Path, pattern: str) -> Path:
@@ -214,19 +217,28 @@ async def _handle(
     restart: asyncio.Event,
 ) -> None:
     stopped = asyncio.ensure_future(sup.stop_event.wait())
+    # A reload from elsewhere (`stackvisor reload`, the API) may change what to watch.
+    reloads = sup.bus.subscribe()
     try:
         while True:
             getter = asyncio.ensure_future(batches.get())
-            await asyncio.wait({getter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            reloaded = asyncio.ensure_future(reloads.get())
+            await asyncio.wait({getter, stopped, reloaded}, return_when=asyncio.FIRST_COMPLETED)
             if not getter.done():
                 getter.cancel()
-                restart.set()
-                return
+                if stopped.done() or _moved(sup, targets):
+                    restart.set()
+                    return
+                continue
+            reloaded.cancel()
             changes = classify_changes(
                 sup.config, {Path(p) for _, p in getter.result()}, sup.config.settings.logs_dir
             )
             debounce = sup.config.settings.reload_debounce
-            if changes.reload:
+            last = sup.last_reload
+            # While the file on disk is refused, any change may be the fix (an env file
+            # it names that did not exist yet): try again.
+            if changes.reload or (last is not None and not last["ok"] and changes.any):
                 try:
                     await sup.reload(source="watch")
                 except ActionConflict:
@@ -243,11 +255,17 @@ async def _handle(
                 except ActionConflict:
                     restart.set()
                     return
-            if watch_targets(sup.config) != targets or sup.config.settings.reload_debounce != debounce:
+            if _moved(sup, targets) or sup.config.settings.reload_debounce != debounce:
                 restart.set()
                 return
     finally:
         stopped.cancel()
+        reloads.close()
+
+
+def _moved(sup: WatchedStack, targets: WatchTargets) -> bool:
+    """Does the configuration now want other folders watched?"""
+    return watch_targets(sup.config) != targets
 
 
 class _AnyEvent:
