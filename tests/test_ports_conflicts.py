@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -110,6 +111,16 @@ CLASSIFY_CASES = [
 )
 def test_classify(holder: Owner, expected: ConflictLevel) -> None:
     assert classify(holder, API, POLICY).level is expected
+
+
+def test_a_root_stacks_child_started_as_another_user_is_its_own() -> None:
+    """`user: postgres` under a root supervisor: the recorded child is a stale copy (low);
+    to a non-root supervisor the same process can only be somebody else's (critical)."""
+    child = owner(pid=4000, create_time=NOW - 50.0, uid=999, user="postgres")
+    assert classify(child, API, replace(POLICY, uid=0)).level is ConflictLevel.LOW
+    assert classify(child, API, POLICY).level is ConflictLevel.CRITICAL
+    stranger = owner(pid=4001, create_time=NOW - 50.0, uid=999, user="postgres")
+    assert classify(stranger, API, replace(POLICY, uid=0)).level is ConflictLevel.CRITICAL
 
 
 def test_dev_patterns_are_overridable() -> None:

@@ -152,9 +152,8 @@ async def test_a_process_pattern_match_is_removed(spawn) -> None:
 @pytest.mark.parametrize("strategy", list(Strategy))
 async def test_another_users_holder_is_never_signalled(spawn, strategy: Strategy) -> None:
     holder = spawn(user="nobody")
-    started = psutil.Process(holder.pid).create_time()
-    # Even listed as our own stale child and matching the patterns, it stays.
-    ctx = context(strategy, known_children={(holder.pid, started)})
+    # Even matching the service's patterns, it stays: nothing says it is ours.
+    ctx = context(strategy)
     with pytest.raises(PortConflictError) as caught:
         await secure_port(api(holder.port, process_patterns=["python3"]), ctx)
     assert "another user (nobody)" in str(caught.value)
@@ -164,6 +163,20 @@ async def test_another_users_holder_is_never_signalled(spawn, strategy: Strategy
     resolution = await secure_port(api(holder.port, alternative), ctx)
     assert resolution.port == alternative
     assert holder.alive()
+
+
+@pytest.mark.parametrize("strategy", list(Strategy))
+async def test_a_recorded_child_of_this_stack_is_ours_whatever_its_user(spawn, strategy: Strategy) -> None:
+    """`user: postgres` makes a child of another uid: recorded by this stack (pid and start
+    time), it is a stale copy to end, not another user's process to spare."""
+    holder = spawn(user="nobody")
+    started = psutil.Process(holder.pid).create_time()
+    ctx = context(strategy, known_children={(holder.pid, started)})
+    resolution = await secure_port(api(holder.port), ctx)
+    assert resolution.port == holder.port
+    assert resolution.conflict is not None
+    assert (resolution.conflict.level, resolution.conflict.action) == ("low", "terminate")
+    assert await exit_status(holder.proc) is not None
 
 
 async def test_a_recycled_pid_is_not_signalled(spawn) -> None:

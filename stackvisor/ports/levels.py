@@ -121,7 +121,12 @@ def untouchable(owner: Owner, policy: Policy) -> str | None:
         return "it is pid 1"
     if owner.pid in policy.lineage:
         return "it is stackvisor itself or one of its parent processes"
-    if owner.uid != policy.uid or (owner.euid is not None and owner.euid != policy.uid):
+    other_user = owner.uid != policy.uid or (owner.euid is not None and owner.euid != policy.uid)
+    # A child a root stack started as another user (`user: postgres`) is still its own:
+    # its pid and start time are recorded, so it is that very process. (A non-root
+    # stack cannot start one; its child of another user went through a setuid program.)
+    ours = policy.uid == 0 and is_known_child(owner, policy.known_children)
+    if other_user and not ours:
         return f"it belongs to another user ({owner.user or owner.uid})"
     protected = matching_pattern(owner, policy.protected)
     if protected is not None:

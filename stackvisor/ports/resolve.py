@@ -37,7 +37,7 @@ from stackvisor.ports.conflicts import (
     plan_port,
     plan_services,
 )
-from stackvisor.ports.levels import DEFAULT_DEV_PATTERNS, Policy, untouchable
+from stackvisor.ports.levels import DEFAULT_DEV_PATTERNS, Policy, is_known_child, untouchable
 from stackvisor.ports.owners import Owner, OwnerSearch, describe_process
 from stackvisor.system import procfs
 from stackvisor.system.signals import SignalGate
@@ -225,15 +225,21 @@ def _safe_group(pgid: int, policy: Policy, port: int) -> list[tuple[int, float |
 
 
 def _signal(
-    gate: SignalGate, pgid: int | None, targets: Sequence[tuple[int, float | None]], sig: int
+    gate: SignalGate,
+    pgid: int | None,
+    targets: Sequence[tuple[int, float | None]],
+    sig: int,
+    *,
+    ours: bool = False,
 ) -> None:
     """`sig` to process group `pgid` when given and the gate lets it through, else to
-    each of `targets` that is still the process we saw."""
+    each of `targets` that is still the process we saw. `ours`: a recorded child of this
+    stack, which may run as another user."""
     if pgid is not None and gate.send_group(pgid, sig):
         return
     for pid, started in targets:
         if procfs.same_process(pid, started):
-            gate.send(pid, sig)
+            gate.send(pid, sig, ours=ours)
 
 
 async def terminate_holder(owner: Owner, policy: Policy, grace: float, gate: SignalGate) -> Termination:
@@ -251,7 +257,8 @@ async def terminate_holder(owner: Owner, policy: Policy, grace: float, gate: Sig
         return Termination(Ending.GONE)  # ended by itself since the scan
     pid = fresh.pid
     assert pid is not None
-    if not gate.may_signal(pid):
+    ours = policy.uid == 0 and is_known_child(fresh, policy.known_children)
+    if not gate.may_signal(pid, ours=ours):
         why = f"the signal gate refuses pid {pid} (pid 1, stackvisor, its ancestors, another user's)"
         return Termination(Ending.REFUSED, why)
     group = None
@@ -261,7 +268,7 @@ async def terminate_holder(owner: Owner, policy: Policy, grace: float, gate: Sig
             group = None
     targets = group if group else [(pid, fresh.create_time)]
     pgid = fresh.pgid if group else None
-    _signal(gate, pgid, targets, signal.SIGTERM)
+    _signal(gate, pgid, targets, signal.SIGTERM, ours=ours)
     alive = await _wait_gone(targets, grace)
     if not alive:
         return Termination(Ending.ENDED)
@@ -276,7 +283,7 @@ async def terminate_holder(owner: Owner, policy: Policy, grace: float, gate: Sig
         group = await asyncio.to_thread(_safe_group, pgid, policy, owner.port)
         if group is None or not all(gate.may_signal(member) for member, _ in group):
             pgid = None
-    _signal(gate, pgid, alive, signal.SIGKILL)
+    _signal(gate, pgid, alive, signal.SIGKILL, ours=ours)
     alive = await _wait_gone(alive, _KILL_WAIT)
     if alive:
         pids = ", ".join(str(p) for p, _ in alive)
