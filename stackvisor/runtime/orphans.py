@@ -106,6 +106,8 @@ async def end_orphans(db: StateDB, instance: str, spawner: Spawner, grace: float
     await _wait_gone(victims, grace, spawner)
     spawner.gate.kill_all(victims)
     await _wait_gone(victims, 2.0, spawner)
+    if found:  # a supervisor was killed: what it was starting may appear only now
+        await _sweep(db, instance, spawner)
     ended = []
     for record, procs in found:
         if record.is_instance:
@@ -116,6 +118,26 @@ async def end_orphans(db: StateDB, instance: str, spawner: Spawner, grace: float
             leader = [p for p in procs if p.pid == record.pid]
             ended.append(Ended(record.service, record.pid, len(procs) - len(leader)))
     return ended
+
+
+# A supervisor killed while it was starting a child leaves, for an instant, a process
+# between fork and exec: it does not carry the marker yet (its environment is still the
+# supervisor's) and its PDEATHSIG is not set yet. A moment later it has the marker and
+# may start children of its own. So once orphans were ended, look again until two
+# looks in a row find nothing.
+_SWEEP_EVERY = 0.05
+_SWEEP_FOR = 1.0
+
+
+async def _sweep(db: StateDB, instance: str, spawner: Spawner) -> None:
+    deadline = time.monotonic() + _SWEEP_FOR
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(_SWEEP_EVERY)
+        late = [p for _, procs in find_orphans(db, instance) for p in procs if procfs.running(p)]
+        quiet = 0 if late else quiet + 1
+        spawner.gate.kill_all(late)
+        await _wait_gone(late, 2.0, spawner)
 
 
 async def _wait_gone(procs: Iterable[psutil.Process], timeout: float, spawner: Spawner) -> None:
