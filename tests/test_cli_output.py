@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,21 @@ async def test_plain_status_shows_a_refused_edit(tmp_path: Path) -> None:
         text = format_status(sup.status())
     assert "the last edit of the stack file was refused; it runs as before:" in text
     assert "services.yaml:2:" in text and "nonsense" in text
+
+
+def test_ports_against_a_running_stack_keeps_its_own_services(tmp_path: Path, detached) -> None:
+    from conftest import cli, free_ports
+
+    (port,) = free_ports(1)
+    write_stack(
+        tmp_path,
+        f"services:\n  web:\n    command: python3 server.py\n    port: {port}\n"
+        "    healthcheck: {tcp: '127.0.0.1:${PORT}'}\n",
+    )
+    assert detached(tmp_path).returncode == 0
+    result = cli("ports", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (web,) = json.loads(result.stdout)
+    assert (web["action"], web["level"], web["reason"]) == ("keep", "none", "this stack's web (running)")
+    table = cli("ports", cwd=tmp_path).stdout
+    assert "keep" in table and "terminate" not in table

@@ -94,13 +94,23 @@ def _open_state(path: Path) -> StateDB:
     return db
 
 
-def _known_children(config: StackConfig) -> set[tuple[int, float]]:
+def _children(config: StackConfig) -> tuple[set[tuple[int, float]], list[tuple[int, float, str]]]:
+    """Every child the stack ever recorded (pid, start time), and the live ones of its
+    running supervisor (pid, start time, service)."""
+    from stackvisor.control import ops
+
     path = stack_paths(config).state_db
     if not path.exists():
-        return set()
+        return set(), []
+    supervisor = ops.supervisor_pid(config)
     db = _open_state(path)
     try:
-        return db.known_children()
+        running = [
+            (r.pid, r.create_time, r.service)
+            for r in db.live_children()
+            if supervisor is not None and r.supervisor_pid == supervisor and not r.is_instance
+        ]
+        return db.known_children(), running
     finally:
         db.close()
 
@@ -110,7 +120,8 @@ def _port_plan(config: StackConfig, strategy: str | None, names: Sequence[str]) 
 
     selection = graph.closure(config.graph(), names) if names else set(config.services)
     override = Strategy(strategy) if strategy else None
-    return [a for a in plan_stack(config, override, _known_children(config)) if a.service in selection]
+    known, running = _children(config)
+    return [a for a in plan_stack(config, override, known, running) if a.service in selection]
 
 
 def cmd_ports(args: argparse.Namespace) -> int:

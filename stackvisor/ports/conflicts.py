@@ -34,6 +34,7 @@ PortSpec = int | Literal["auto"] | None
 
 class Action(StrEnum):
     USE = "use"  # no conflict: start on the requested (or automatic) port
+    KEEP = "keep"  # the running stack's own service holds it: nothing to do
     TERMINATE = "terminate"
     MIGRATE = "migrate"
     FAIL = "fail"
@@ -221,6 +222,17 @@ def plan_port(
         hint = _alternatives_hint(name, service, candidates)
         return replace(shared, action=Action.FAIL, message=f"{head}; {hint}.")
 
+    own = next((s for s in map(policy.running_service, holders) if s is not None), None)
+    if own is not None:
+        reason = f"this stack's {own} (running)"
+        return replace(
+            base,
+            port=requested,
+            action=Action.KEEP,
+            holders=tuple(holders),
+            reason=reason,
+            message=f"port {requested} is held by {reason}",
+        )
     found = classify_all(holders, service, policy)
     if found.level is ConflictLevel.NONE:
         return replace(base, port=requested, reason=found.reason, message=f"port {requested} is free")

@@ -69,6 +69,17 @@ class Policy:
     dev_patterns: tuple[str, ...] = DEFAULT_DEV_PATTERNS
     known_children: frozenset[tuple[int, float]] = frozenset()
     now: float = 0.0
+    # The running stack's own live children, (pid, start time) -> service: asked about
+    # while the stack runs, they are its services at work, not conflicts.
+    running: tuple[tuple[int, float, str], ...] = ()
+
+    def running_service(self, owner: Owner) -> str | None:
+        if owner.pid is None or owner.create_time is None:
+            return None
+        for pid, started, service in self.running:
+            if pid == owner.pid and same_start(owner.create_time, started):
+                return service
+        return None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
@@ -326,7 +326,7 @@ async def secure_port(service: Service, ctx: PortContext) -> PortResolution:
 async def carry_out(plan: PortAction, service: Service, ctx: PortContext, policy: Policy) -> PortResolution:
     """Act on one service's plan: the only place a port conflict causes a signal."""
     name, requested = plan.service, plan.requested
-    if plan.action is Action.USE:
+    if plan.action in (Action.USE, Action.KEEP):
         port = plan.port
         if port == "auto":
             port = await asyncio.to_thread(kernel_port, set(ctx.taken) | set(ctx.reserved_ports))
@@ -357,10 +357,14 @@ def plan_stack(
     config: StackConfig,
     strategy_override: Strategy | None = None,
     known_children: Iterable[tuple[int, float]] = (),
+    running: Iterable[tuple[int, float, str]] = (),
 ) -> list[PortAction]:
-    """The plan for every service of the stack, doing nothing (reads /proc only)."""
+    """The plan for every service of the stack, doing nothing (reads /proc only).
+
+    `running`: the live children of the stack's running supervisor, (pid, start time,
+    service): holders among them are kept, not planned against."""
     ctx = PortContext.from_config(config, strategy_override, known_children)
-    policy = ctx.policy()
+    policy = replace(ctx.policy(), running=tuple(running))
     fixed = [svc.port for svc in config.services.values() if isinstance(svc.port, int)]
     holders = ctx.owners.find_owners_many(fixed, _holder_hints(ctx)) if fixed else {}
     busy = tables.listening_ports()
