@@ -302,3 +302,13 @@ def test_plan_reload(tmp_path: Path) -> None:
     assert plan.restarted == ["api", "db", "web"]
     only_api = plans.plan_reload(old, new, diff, requested=["api"], running=set(), stopped_by_hand=set())
     assert only_api.start == ("db", "api") and only_api.selection == frozenset({"db", "api"})
+
+
+@pytest.mark.parametrize(("code", "what"), [(127, "command not found"), (126, "command cannot be executed")])
+def test_a_program_the_shell_cannot_run_fails_at_once(code: int, what: str) -> None:
+    life = Life(State.RUNNING, started_at=0.0)
+    result = step(life, Exited(code), 0.1, Rules(name="api", restart=RestartPolicy.ALWAYS))
+    assert states(result) == ["failed"] and result.actions == ()
+    assert result.transitions[0].reason.startswith(f"{what} (exit code {code})")
+    # Much later the same code is an ordinary failure: restarted.
+    assert states(step(life, Exited(code), 60.0, Rules(name="api"))) == ["backoff"]

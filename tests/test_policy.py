@@ -179,3 +179,30 @@ def test_the_history_is_pruned_but_live_children_are_kept(tmp_path: Path) -> Non
     assert [r.id for r in db.live_children()] == [live]
     assert len(db.known_children()) == 1 + 5
     db.close()
+
+
+@pytest.mark.parametrize("policy", [RestartPolicy.ALWAYS, RestartPolicy.UNLESS_STOPPED])
+def test_always_never_gives_up_and_its_backoff_stays_capped(policy: RestartPolicy) -> None:
+    tracker = RestartTracker()
+    decisions = [
+        tracker.decide(policy=policy, exit_code=1, unhealthy=False, max_restarts=3, backoff=BACKOFF, now=1.0)
+        for _ in range(50)
+    ]
+    assert {d.verdict for d in decisions} == {Verdict.RESTART}
+    assert decisions[-1].delay == BACKOFF.max
+
+
+def test_on_failure_with_max_restarts_zero_never_gives_up() -> None:
+    tracker = RestartTracker()
+    decisions = [
+        tracker.decide(
+            policy=RestartPolicy.ON_FAILURE,
+            exit_code=1,
+            unhealthy=False,
+            max_restarts=0,
+            backoff=BACKOFF,
+            now=1.0,
+        )
+        for _ in range(50)
+    ]
+    assert {d.verdict for d in decisions} == {Verdict.RESTART}

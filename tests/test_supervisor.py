@@ -298,3 +298,14 @@ async def test_programs_are_found_from_the_working_dir_and_missing_ones_fail_cle
         assert "Permission denied" in sup.runners["denied"].reason
         await async_wait_for(lambda: any("ran from" in line for line in sup.runners["relative"].tail(5)))
         assert sup.runners["missing"].status()["restarts"] == 0
+
+
+async def test_a_command_the_shell_cannot_find_fails_at_once(tmp_path: Path) -> None:
+    path = write_stack(
+        tmp_path, "services:\n  web: {command: no-such-program-here --flag, restart: always}\n"
+    )
+    async with running_stack(path) as sup:
+        await until_state(sup, "web", "failed")
+        status = sup.runners["web"].status()
+        assert status["restarts"] == 0
+        assert status["reason"].startswith("command not found (exit code 127)")

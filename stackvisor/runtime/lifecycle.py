@@ -25,6 +25,10 @@ from stackvisor.runtime.states import ALIVE, ALLOWED, SETTLED, State, check_tran
 # A process that exits this soon after its start, while somebody else now listens on
 # its port, most likely lost the port between our check and its bind.
 PORT_RACE_WINDOW = 10.0
+# The shell's answer for a program it cannot run, when it comes at once: no restart
+# can help, so the service fails without rounds of backoff.
+PERMANENT_EXITS = {127: "command not found", 126: "command cannot be executed"}
+PERMANENT_WINDOW = 2.0
 
 
 @dataclass(frozen=True)
@@ -290,6 +294,10 @@ def _exited(life: Life, code: int | None, port_taken: bool, now: float, rules: R
         reason = f"port {life.port} was taken before {rules.name} could bind it; resolving again"
         new = replace(life, state=State.BACKOFF, resolved_again=True, ending=None)
         return _step(life, new, [Transition(State.BACKOFF, reason, {"delay": 0.0})], [Restart(0.0)])
+    early = life.started_at is not None and now - life.started_at < PERMANENT_WINDOW
+    if code in PERMANENT_EXITS and early and not unhealthy:
+        reason = f"{PERMANENT_EXITS[code]} (exit code {code}); not restarted, it cannot help"
+        return _step(life, replace(life, state=State.FAILED, ending=None), [Transition(State.FAILED, reason)])
     tracker = RestartTracker(life.restarts, life.started_at)
     decision = tracker.decide(
         policy=rules.restart,

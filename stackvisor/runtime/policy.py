@@ -60,6 +60,10 @@ class RestartTracker:
         `exit_code` is the code, or -N for a signal N. A process that stayed up
         for `backoff.reset_after` earns a fresh restart budget, like supervisord's
         startsecs: a crash loop is throttled, a crash once a day is not.
+
+        As in Compose, `always` and `unless-stopped` never give up (the backoff stays
+        capped at `backoff.max`); `on-failure` gives up after `max_restarts` in a row,
+        and `max_restarts: 0` means never.
         """
         if self.started_at is not None and now - self.started_at >= backoff.reset_after:
             self.restarts = 0
@@ -69,7 +73,8 @@ class RestartTracker:
                 reason = "unhealthy" if unhealthy else f"exited with code {exit_code}"
                 return ExitDecision(Verdict.EXITED, reason=reason)
             return ExitDecision(Verdict.COMPLETED, reason="exited with code 0")
-        if self.restarts >= max_restarts:
+        limited = policy is RestartPolicy.ON_FAILURE and max_restarts > 0
+        if limited and self.restarts >= max_restarts:
             what = "unhealthy" if unhealthy else f"exited with code {exit_code}"
             return ExitDecision(Verdict.FAILED, reason=f"{what}; gave up after {self.restarts} restarts")
         self.restarts += 1
