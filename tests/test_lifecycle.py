@@ -10,13 +10,13 @@ from stackvisor.config import diff_configs, load_config
 from stackvisor.config.diff import followers
 from stackvisor.config.schema import Backoff, Condition, Dependency, RestartPolicy
 from stackvisor.runtime import plans
+from stackvisor.runtime.dependencies import DependencyFacts, condition_met, dependencies_verdict, outage
 from stackvisor.runtime.lifecycle import (
     AwaitDependencies,
     BackoffOver,
     Crashed,
     DependenciesMet,
     DependencyBroken,
-    DependencyFacts,
     Ending,
     Exited,
     HealthVerdict,
@@ -30,8 +30,6 @@ from stackvisor.runtime.lifecycle import (
     StopRequested,
     Terminate,
     Terminating,
-    condition_met,
-    dependencies_verdict,
     may_have_lost_port,
     step,
 )
@@ -312,3 +310,30 @@ def test_a_program_the_shell_cannot_run_fails_at_once(code: int, what: str) -> N
     assert result.transitions[0].reason.startswith(f"{what} (exit code {code})")
     # Much later the same code is an ordinary failure: restarted.
     assert states(step(life, Exited(code), 60.0, Rules(name="api"))) == ["backoff"]
+
+
+def test_a_crash_while_a_dependency_is_down_waits_for_it_and_spends_nothing() -> None:
+    rules = Rules(name="worker", max_restarts=1, has_dependencies=True)
+    life = Life(State.RUNNING, started_at=0.0, restarts=1)  # its budget is used up
+    result = step(life, Exited(1, waiting_for="db: service_healthy (db is stopped)"), 1.0, rules)
+    assert states(result) == ["pending"]
+    assert result.transitions[0].reason == "waiting for db: service_healthy (db is stopped)"
+    assert result.actions == (AwaitDependencies(),) and result.life.restarts == 1
+    assert step(result.life, DependenciesMet(), 2.0, rules).actions == (Spawn(),)
+
+
+def test_an_unhealthy_turn_while_a_dependency_is_down_is_not_restarted() -> None:
+    life = Life(State.HEALTHY, started_at=0.0)
+    result = step(life, HealthVerdict(False, "503", waiting_for="db: service_healthy"), 1.0, RULES)
+    assert states(result) == ["unhealthy"] and result.actions == ()
+
+
+def test_an_outage_is_a_required_dependency_that_does_not_hold_now() -> None:
+    deps = {"db": Dependency(condition=Condition.HEALTHY), "cache": Dependency(required=False)}
+    known = {"db": facts(State.HEALTHY, True), "cache": facts(State.STOPPED, True)}
+    assert outage(deps, known.get) == ""  # an optional one being down is no outage
+    known["db"] = facts(State.BACKOFF, True)
+    assert outage(deps, known.get) == "db: service_healthy (db is backoff)"
+    started = {"job": Dependency()}
+    assert outage(started, {"job": facts(State.COMPLETED, True)}.get) == ""  # a one-shot that is done
+    assert outage(started, {"job": facts(State.STOPPED, True)}.get) == "job: service_started (job is stopped)"

@@ -10,6 +10,7 @@ and exec the service (the systemd protocol).
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,3 +87,16 @@ def user_environment(user: UserSpec) -> dict[str, str]:
     """What a login would set for the user: HOME, USER, LOGNAME."""
     name = user.name or str(user.uid)
     return {"HOME": user.home or "/", "USER": name, "LOGNAME": name}
+
+
+def listening_socket(port: int) -> socket.socket:
+    """The socket a `socket: inherit` service receives, listening on 127.0.0.1:`port`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise StartError(f"cannot bind port {port} to hand it over: {exc.strerror}") from None
+    return sock

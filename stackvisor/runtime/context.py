@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from stackvisor.config.schema import Service
 from stackvisor.runtime.clock import Clock
+from stackvisor.runtime.dependencies import DependencyFacts
 from stackvisor.runtime.events import EventBus
-from stackvisor.runtime.lifecycle import DependencyFacts
 from stackvisor.runtime.process import Spawner
 from stackvisor.runtime.states import State
 

@@ -7,18 +7,18 @@ failed...), and the step says which states it passes through and what to do next
 (spawn, terminate, wait before a restart). Every transition is checked against
 `states.ALLOWED`. Nothing here spawns, signals, sleeps or reads a clock: the
 `ServiceRunner` carries the actions out and feeds back what happened, with `now`
-from its clock. The decisions around the step are here too: whether a `depends_on`
-condition is met, and whether an early exit may mean somebody took the port.
+from its clock. Whether an early exit may mean somebody took the port is decided
+here too; whether `depends_on` conditions hold is in `dependencies`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from stackvisor.config.schema import Backoff, Condition, Dependency, RestartPolicy, Service
+from stackvisor.config.schema import Backoff, RestartPolicy, Service
 from stackvisor.runtime.policy import RestartTracker, Verdict
 from stackvisor.runtime.states import ALIVE, ALLOWED, SETTLED, State, check_transition
 
@@ -106,6 +106,7 @@ class HealthVerdict:
 
     healthy: bool
     output: str
+    waiting_for: str = ""  # a dependency that does not hold now: restarting cannot help
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class Exited:
 
     code: int | None
     port_taken: bool = False
+    waiting_for: str = ""  # a dependency that does not hold now (see `outage`)
 
 
 @dataclass(frozen=True)
@@ -230,14 +232,18 @@ def step(life: Life, event: LifeEvent, now: float, rules: Rules) -> Step:
             return _step(life, new, moves)
         case SpawnFailed(reason) if state in (State.PENDING, State.BACKOFF):
             return _step(life, replace(life, state=State.FAILED), [Transition(State.FAILED, reason)])
-        case HealthVerdict(healthy, output) if state in (State.STARTING, State.HEALTHY, State.UNHEALTHY):
-            return _health(life, healthy, output, rules)
+        case HealthVerdict(healthy, output, waiting_for) if state in (
+            State.STARTING,
+            State.HEALTHY,
+            State.UNHEALTHY,
+        ):
+            return _health(life, healthy, output, rules, waiting_for)
         case Terminating(reason) if state in ALIVE:
             return _step(life, replace(life, state=State.STOPPING), [Transition(State.STOPPING, reason)])
         case StopRequested(reason):
             return _stop(life, reason)
-        case Exited(code, port_taken) if state in ALIVE or state is State.STOPPING:
-            return _exited(life, code, port_taken, now, rules)
+        case Exited(code, port_taken, waiting_for) if state in ALIVE or state is State.STOPPING:
+            return _exited(life, code, port_taken, now, rules, waiting_for)
         case BackoffOver() if state is State.BACKOFF:
             return Step(life, (), (Spawn(),))
         case Crashed(reason) if State.FAILED in ALLOWED[state]:
@@ -256,11 +262,12 @@ def _step(old: Life, new: Life, moves: list[Transition], actions: list[Action] |
     return Step(new, tuple(moves), tuple(actions or ()))
 
 
-def _health(life: Life, healthy: bool, output: str, rules: Rules) -> Step:
+def _health(life: Life, healthy: bool, output: str, rules: Rules, waiting_for: str = "") -> Step:
     new_state = State.HEALTHY if healthy else State.UNHEALTHY
     moves = [Transition(new_state, output)] if life.state is not new_state else []
-    if healthy or rules.restart is RestartPolicy.NO or life.ending is not None:
-        # `restart: no`: an unhealthy service keeps running, and may recover.
+    if healthy or rules.restart is RestartPolicy.NO or life.ending is not None or waiting_for:
+        # `restart: no`: an unhealthy service keeps running, and may recover. So does one
+        # whose dependency is down: a restart cannot bring the dependency back.
         return _step(life, replace(life, state=new_state), moves)
     # It stays `unhealthy` (visible) until the runner begins to end it (`Terminating`).
     new = replace(life, state=new_state, ending=Ending.UNHEALTHY)
@@ -284,7 +291,9 @@ def _stop(life: Life, reason: str) -> Step:
     return Step(life)
 
 
-def _exited(life: Life, code: int | None, port_taken: bool, now: float, rules: Rules) -> Step:
+def _exited(
+    life: Life, code: int | None, port_taken: bool, now: float, rules: Rules, waiting_for: str = ""
+) -> Step:
     if life.ending is Ending.STOP:
         moves = [] if life.state is State.STOPPING else [Transition(State.STOPPING, "stop requested")]
         moves.append(Transition(State.STOPPED, f"stopped (exit code {code})"))
@@ -307,6 +316,13 @@ def _exited(life: Life, code: int | None, port_taken: bool, now: float, rules: R
         backoff=rules.backoff,
         now=now,
     )
+    if waiting_for and decision.verdict in (Verdict.RESTART, Verdict.FAILED):
+        # A dependency is down: the crash is its, not ours. No budget is spent; the
+        # service waits for the dependency and starts again when it holds.
+        new = replace(life, state=State.PENDING, ending=None)
+        return _step(
+            life, new, [Transition(State.PENDING, f"waiting for {waiting_for}")], [AwaitDependencies()]
+        )
     ended = replace(life, restarts=tracker.restarts, ending=None)
     if decision.verdict is Verdict.RESTART:
         reason = f"{decision.reason}; restart {tracker.restarts} in {decision.delay:g}s"
@@ -332,73 +348,3 @@ def may_have_lost_port(
     if life.resolved_again:
         return False
     return life.started_at is None or now - life.started_at <= PORT_RACE_WINDOW
-
-
-@dataclass(frozen=True)
-class DependencyFacts:
-    """What a dependent may know of one of its dependencies."""
-
-    state: State
-    spawned: bool  # a process was started since the last start request
-    restart: RestartPolicy
-    reason: str = ""
-
-
-def condition_met(facts: DependencyFacts, condition: Condition) -> bool | None:
-    """Is a `depends_on` condition met (True), never to be met (False), or not yet (None)?"""
-    state = facts.state
-    if condition is Condition.STARTED:
-        if facts.spawned:
-            return True
-        return False if state is State.FAILED else None
-    if condition is Condition.HEALTHY:
-        if state is State.HEALTHY:
-            return True
-        if state in (State.FAILED, State.EXITED, State.COMPLETED):
-            return False
-        if state is State.UNHEALTHY and facts.restart is RestartPolicy.NO:
-            return False
-        return None
-    if state is State.COMPLETED:
-        return True
-    return False if state in (State.FAILED, State.EXITED) else None
-
-
-@dataclass(frozen=True)
-class DependencyVerdict:
-    ready: bool | None  # True: start; False: fail; None: keep waiting
-    reason: str = ""
-    skipped: tuple[str, ...] = ()  # optional dependencies (`required: false`) not waited for
-
-
-def dependencies_verdict(
-    depends_on: Mapping[str, Dependency], facts: Callable[[str], DependencyFacts | None]
-) -> DependencyVerdict:
-    """All of a service's `depends_on` together. `facts(name)` is None for a dependency
-    that is not part of the running selection.
-
-    As in Compose, `required: false` makes a dependency optional: one that is not
-    selected or can never meet its condition does not hold the dependent back (it
-    is still waited for while it may yet meet it).
-    """
-    waiting = False
-    skipped: list[str] = []
-    for name, dep in depends_on.items():
-        found = facts(name)
-        met = None if found is None else condition_met(found, dep.condition)
-        if found is not None and met is None:
-            waiting = True
-        elif found is None or met is False:
-            if not dep.required:
-                skipped.append(name)
-            elif found is None:
-                return DependencyVerdict(False, f"dependency {name} is not part of the running stack")
-            else:
-                why = found.reason or str(found.state)
-                wanted = dep.condition.value
-                return DependencyVerdict(
-                    False, f"dependency {name} cannot meet {wanted}: {name} is {found.state} ({why})"
-                )
-    if waiting:
-        return DependencyVerdict(None)
-    return DependencyVerdict(True, skipped=tuple(skipped))

@@ -21,17 +21,17 @@ import time
 from stackvisor.config.schema import Service
 from stackvisor.config.users import UserSpec
 from stackvisor.errors import StartError
-from stackvisor.runtime.command import build_command
+from stackvisor.runtime.command import build_command, listening_socket
 from stackvisor.runtime.context import RunnerContext
+from stackvisor.runtime.dependencies import DependencyFacts, DependencyVerdict, dependencies_verdict, outage
 from stackvisor.runtime.events import HealthChanged, Restarting, StateChanged
 from stackvisor.runtime.lifecycle import (
     Action,
+    AwaitDependencies,
     BackoffOver,
     Crashed,
     DependenciesMet,
     DependencyBroken,
-    DependencyFacts,
-    DependencyVerdict,
     Ending,
     Exited,
     HealthVerdict,
@@ -46,7 +46,6 @@ from stackvisor.runtime.lifecycle import (
     StopRequested,
     Terminate,
     Terminating,
-    dependencies_verdict,
     may_have_lost_port,
     step,
 )
@@ -266,7 +265,17 @@ class ServiceRunner:
                 self._feed(SpawnFailed(str(exc)))
                 return
             code, port_taken = await self._supervise()
-            actions = self._feed(Exited(code, port_taken))
+            actions = self._feed(Exited(code, port_taken, self._outage()))
+            if any(isinstance(a, AwaitDependencies) for a in actions):
+                # A dependency is down: wait for it, then start (no restart was spent).
+                stopped, _ = await until_stopped(
+                    self._stop, self.ctx.bus.wait_until(lambda: not self._outage())
+                )
+                if stopped or self.ctx.stopping():
+                    self._feed(StopRequested())
+                    return
+                actions = self._feed(DependenciesMet())
+                continue
             restart = next((a for a in actions if isinstance(a, Restart)), None)
             if restart is None:
                 return
@@ -277,6 +286,9 @@ class ServiceRunner:
                 self._feed(StopRequested())
                 return
             actions = self._feed(BackoffOver())
+
+    def _outage(self) -> str:
+        return outage(self._config.depends_on, self.ctx.dependency)
 
     async def _dependencies(self) -> DependencyVerdict:
         deps = self._config.depends_on
@@ -324,15 +336,7 @@ class ServiceRunner:
     def _bind(self, port: int) -> int:
         """The listening socket to hand over: bound once, kept across restarts."""
         if self._listener is None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-                sock.listen(128)
-            except OSError as exc:
-                sock.close()
-                raise StartError(f"cannot bind port {port} to hand it over: {exc.strerror}") from None
-            self._listener = sock
+            self._listener = listening_socket(port)
         return self._listener.fileno()
 
     async def _supervise(self) -> tuple[int | None, bool]:
@@ -409,6 +413,6 @@ class ServiceRunner:
     def _health_changed(self, health: Health, seen: str) -> None:
         self._health = health
         self.ctx.bus.publish(HealthChanged(str(health), seen), self.name)
-        actions = self._feed(HealthVerdict(health is Health.HEALTHY, seen))
+        actions = self._feed(HealthVerdict(health is Health.HEALTHY, seen, self._outage()))
         if any(isinstance(a, Terminate) for a in actions):
             self._terminate.set()

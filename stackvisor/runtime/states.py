@@ -24,7 +24,8 @@ class State(StrEnum):
 
 
 _ALIVE = {State.STARTING, State.RUNNING, State.HEALTHY, State.UNHEALTHY}
-_ENDED_AFTER_RUN = {State.EXITED, State.COMPLETED, State.BACKOFF, State.FAILED, State.STOPPING}
+# PENDING after a run: a dependency is down, so the service waits for it, not a restart.
+_ENDED_AFTER_RUN = {State.EXITED, State.COMPLETED, State.BACKOFF, State.FAILED, State.STOPPING, State.PENDING}
 _RESTARTABLE = {State.PENDING, State.STARTING, State.STOPPED}
 
 ALLOWED: dict[State, frozenset[State]] = {
@@ -34,7 +35,7 @@ ALLOWED: dict[State, frozenset[State]] = {
     State.HEALTHY: frozenset({State.UNHEALTHY} | _ENDED_AFTER_RUN),
     State.UNHEALTHY: frozenset({State.HEALTHY} | _ENDED_AFTER_RUN),
     # An unhealthy service is stopped before its restart is scheduled: STOPPING -> BACKOFF.
-    State.STOPPING: frozenset({State.STOPPED, State.BACKOFF, State.FAILED}),
+    State.STOPPING: frozenset({State.STOPPED, State.BACKOFF, State.FAILED, State.PENDING}),
     State.BACKOFF: frozenset({State.STARTING, State.STOPPED, State.FAILED, State.PENDING}),
     State.STOPPED: frozenset(_RESTARTABLE),
     State.EXITED: frozenset(_RESTARTABLE),

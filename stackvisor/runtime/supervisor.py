@@ -32,8 +32,8 @@ from stackvisor.runtime.assignments import PortAssignments, fixed
 from stackvisor.runtime.clock import Clock, MonotonicClock
 from stackvisor.runtime.context import RunnerContext
 from stackvisor.runtime.deadman import Lease, watches
+from stackvisor.runtime.dependencies import DependencyFacts
 from stackvisor.runtime.events import EventBus, OrphanEnded, Reloaded, ReloadFailed, StackChanged
-from stackvisor.runtime.lifecycle import DependencyFacts
 from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
 from stackvisor.runtime.process import Spawner, become_subreaper
 from stackvisor.runtime.service import ServiceRunner
