@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,34 @@ def test_ports_against_a_running_stack_keeps_its_own_services(tmp_path: Path, de
     assert (web["action"], web["level"], web["reason"]) == ("keep", "none", "this stack's web (running)")
     table = cli("ports", cwd=tmp_path).stdout
     assert "keep" in table and "terminate" not in table
+
+
+def test_up_wait_says_which_port_it_moved_to(tmp_path: Path, detached) -> None:
+    from conftest import free_ports
+
+    port, alternative = free_ports(2)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])));"
+            " s.listen(); print('ready', flush=True); time.sleep(300)",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        write_stack(
+            tmp_path,
+            f"services:\n  web:\n    command: python3 server.py\n    port: {port}\n"
+            f"    alternative_ports: [{alternative}]\n    healthcheck: {{tcp: '127.0.0.1:${{PORT}}'}}\n",
+        )
+        result = detached(tmp_path)
+        assert result.returncode == 0, result.stderr
+        moved = rf"web: {port} is held by \S+ \(pid {holder.pid}, root\) -> moved to {alternative}\n"
+        assert re.search(moved, result.stderr), result.stderr
+    finally:
+        holder.kill()
+        holder.wait()

@@ -73,3 +73,16 @@ def format_history(rows: list[dict[str, Any]], *, conflicts_only: bool) -> str:
 
 def clock(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def conflict_line(row: dict[str, Any]) -> str:
+    """`web: 8080 is held by python3 (pid 4242, root) -> moved to 8081`, and the like."""
+    d = row["data"]
+    name = d.get("holder_name") or "a process"
+    holder = f"{name} (pid {d.get('holder_pid') or '?'}, {d.get('holder_user') or '?'})"
+    service, port = row["service"] or "?", d.get("port")
+    if d.get("action") == "migrate" and d.get("new_port"):
+        return f"{service}: {port} is held by {holder} -> moved to {d['new_port']}"
+    if d.get("action") == "terminate" and d.get("outcome") == "ok":
+        return f"{service}: ended {holder} to free {port}"
+    return f"{service}: {d.get('message') or d.get('outcome') or f'port {port}'}"

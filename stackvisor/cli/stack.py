@@ -260,6 +260,9 @@ def _wait(config: StackConfig, names: Sequence[str], timeout: float) -> int:
     result = ops.wait_ready(api, names, timeout, progress)
     if tty:
         print("\r\x1b[K", end="", file=sys.stderr)
+    if result.status is not None:
+        for line in _conflicts_since(config, result.status["started_at"]):
+            print(line, file=sys.stderr)
     if result.ok and result.status is not None:
         ready = [s["name"] for s in result.status["services"] if s.get("selected")]
         print(f"ready: {', '.join(ready)}", file=sys.stderr)
@@ -273,6 +276,21 @@ def _wait(config: StackConfig, names: Sequence[str], timeout: float) -> int:
     print(f"stackvisor: {why}", file=sys.stderr)
     print(ops.failure_report(api, result.broken), file=sys.stderr)
     return EXIT_FAILURE
+
+
+def _conflicts_since(config: StackConfig, since: float) -> list[str]:
+    """One line per port conflict the running supervisor met since `since`: what was
+    moved, what was ended; people must not find out from `curl` hitting another process."""
+    from stackvisor.cli.render import conflict_line
+
+    path = stack_paths(config).state_db
+    if not path.exists():
+        return []
+    db = _open_state(path)
+    try:
+        return [conflict_line(r) for r in db.events(since=since, kinds=("port_conflict",))]
+    finally:
+        db.close()
 
 
 def _last_stop_reason(config: StackConfig) -> str:
