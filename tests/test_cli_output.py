@@ -94,3 +94,20 @@ def test_up_wait_says_which_port_it_moved_to(tmp_path: Path, detached) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_restart_wait_returns_once_the_service_is_ready_again(tmp_path: Path, detached) -> None:
+    from conftest import cli, client, free_ports
+
+    (port,) = free_ports(1)
+    write_stack(
+        tmp_path,
+        f"services:\n  web:\n    command: python3 server.py\n    port: {port}\n"
+        "    env: {DELAY: '0.5'}\n    healthcheck: {tcp: '127.0.0.1:${PORT}'}\n",
+    )
+    assert detached(tmp_path).returncode == 0
+    result = cli("restart", "--wait", "web", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (web,) = client(tmp_path).get("/v1/status")["services"]
+    assert web["state"] == "healthy"  # not `starting`: the restart was waited for
+    assert "ready: web" in result.stderr

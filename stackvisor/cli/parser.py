@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     restart = command("restart", "restart services (all when none is named)", running.cmd_restart)
     restart.add_argument("services", nargs="*", metavar="SERVICE")
+    restart.add_argument(
+        "--wait", action="store_true", help="return once the stack is ready again; exit 1 if a service fails"
+    )
+    restart.add_argument("--timeout", type=_duration, default=120.0, help="for --wait (default 120s)")
     for action in ("start", "stop"):
         p = command(action, f"{action} one service of the running stack", running.service_action(action))
         p.add_argument("service", metavar="SERVICE")

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, check_names, client, locate
@@ -73,11 +74,16 @@ def _follow_many(api: Client, names: Sequence[str], lines: int, width: int) -> i
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
+    from stackvisor.cli.stack import wait_until_ready
+
     config = locate(args)
     check_names(config, args.services)
+    began = time.time()
     status = client(config).post("/v1/restart", {"services": args.services})
     names = args.services or [s["name"] for s in status["services"] if s.get("selected")]
     print(f"restarted {', '.join(names)}", file=sys.stderr)
+    if args.wait:  # the restarted services and their dependents, with the rest of the stack
+        return wait_until_ready(config, [], args.timeout, since=began)
     return EXIT_OK
 
 

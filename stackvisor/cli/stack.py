@@ -20,6 +20,7 @@ from stackvisor.paths import stack_paths
 from stackvisor.runtime.status import StackStatus
 
 if TYPE_CHECKING:
+    from stackvisor.control.ops import Stack
     from stackvisor.runtime.state import StateDB
 
 
@@ -243,10 +244,12 @@ def _up_detached(config: StackConfig, args: argparse.Namespace) -> int:
     print(f"stack {config.name!r} running in the background (pid {started.pid})", file=sys.stderr)
     if not args.wait:
         return EXIT_OK
-    return _wait(config, args.services, args.timeout)
+    return wait_until_ready(config, args.services, args.timeout)
 
 
-def _wait(config: StackConfig, names: Sequence[str], timeout: float) -> int:
+def wait_until_ready(config: Stack, names: Sequence[str], timeout: float, since: float | None = None) -> int:
+    """Until the stack is ready (`up --wait`, `restart --wait`); what went wrong otherwise.
+    Port conflicts met since `since` (default: the supervisor's start) are printed."""
     from stackvisor.control import ops
 
     api = ops.client_for(config)
@@ -261,7 +264,7 @@ def _wait(config: StackConfig, names: Sequence[str], timeout: float) -> int:
     if tty:
         print("\r\x1b[K", end="", file=sys.stderr)
     if result.status is not None:
-        for line in _conflicts_since(config, result.status["started_at"]):
+        for line in _conflicts_since(config, result.status["started_at"] if since is None else since):
             print(line, file=sys.stderr)
     if result.ok and result.status is not None:
         ready = [s["name"] for s in result.status["services"] if s.get("selected")]
@@ -278,12 +281,13 @@ def _wait(config: StackConfig, names: Sequence[str], timeout: float) -> int:
     return EXIT_FAILURE
 
 
-def _conflicts_since(config: StackConfig, since: float) -> list[str]:
+def _conflicts_since(config: Stack, since: float) -> list[str]:
     """One line per port conflict the running supervisor met since `since`: what was
     moved, what was ended; people must not find out from `curl` hitting another process."""
     from stackvisor.cli.render import conflict_line
+    from stackvisor.control.ops import paths_of
 
-    path = stack_paths(config).state_db
+    path = paths_of(config).state_db
     if not path.exists():
         return []
     db = _open_state(path)
@@ -293,9 +297,11 @@ def _conflicts_since(config: StackConfig, since: float) -> list[str]:
         db.close()
 
 
-def _last_stop_reason(config: StackConfig) -> str:
+def _last_stop_reason(config: Stack) -> str:
     """Why the stack last went down, as its supervisor recorded it."""
-    path = stack_paths(config).state_db
+    from stackvisor.control.ops import paths_of
+
+    path = paths_of(config).state_db
     if not path.exists():
         return ""
     db = _open_state(path)
@@ -344,7 +350,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # From here on, whatever happens (Ctrl-C, SIGTERM, a failure), the stack goes down.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        code = _wait(config, args.services, args.timeout)
+        code = wait_until_ready(config, args.services, args.timeout)
         if code != EXIT_OK:
             return code
         status = ops.client_for(config).get("/v1/status")

@@ -70,6 +70,10 @@ def _ref(stack: Stack) -> StackRef:
     return stack if isinstance(stack, StackRef) else StackRef.of(stack)
 
 
+def paths_of(stack: Stack) -> StackPaths:
+    return _ref(stack).paths
+
+
 def client_for(stack: Stack, timeout: float = 10.0, supervisor_pid: int | None = None) -> Client:
     return Client(_ref(stack).paths.socket, timeout, supervisor_pid)
 
