@@ -47,15 +47,19 @@ async def test_plain_status_shows_a_refused_edit(tmp_path: Path) -> None:
     assert "services.yaml:2:" in text and "nonsense" in text
 
 
+def web_stack(root: Path, port: int, extra: str = "") -> None:
+    """A stack of one TCP server, `web`, on `port`, healthy once it accepts."""
+    web = (
+        f"    command: python3 server.py\n    port: {port}\n    healthcheck: {{tcp: '127.0.0.1:${{PORT}}'}}\n"
+    )
+    write_stack(root, f"services:\n  web:\n{web}{extra}")
+
+
 def test_ports_against_a_running_stack_keeps_its_own_services(tmp_path: Path, detached) -> None:
     from conftest import cli, free_ports
 
     (port,) = free_ports(1)
-    write_stack(
-        tmp_path,
-        f"services:\n  web:\n    command: python3 server.py\n    port: {port}\n"
-        "    healthcheck: {tcp: '127.0.0.1:${PORT}'}\n",
-    )
+    web_stack(tmp_path, port)
     assert detached(tmp_path).returncode == 0
     result = cli("ports", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -82,11 +86,7 @@ def test_up_wait_says_which_port_it_moved_to(tmp_path: Path, detached) -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
-        write_stack(
-            tmp_path,
-            f"services:\n  web:\n    command: python3 server.py\n    port: {port}\n"
-            f"    alternative_ports: [{alternative}]\n    healthcheck: {{tcp: '127.0.0.1:${{PORT}}'}}\n",
-        )
+        web_stack(tmp_path, port, f"    alternative_ports: [{alternative}]\n")
         result = detached(tmp_path)
         assert result.returncode == 0, result.stderr
         moved = rf"web: {port} is held by \S+ \(pid {holder.pid}, root\) -> moved to {alternative}\n"
@@ -100,11 +100,7 @@ def test_restart_wait_returns_once_the_service_is_ready_again(tmp_path: Path, de
     from conftest import cli, client, free_ports
 
     (port,) = free_ports(1)
-    write_stack(
-        tmp_path,
-        f"services:\n  web:\n    command: python3 server.py\n    port: {port}\n"
-        "    env: {DELAY: '0.5'}\n    healthcheck: {tcp: '127.0.0.1:${PORT}'}\n",
-    )
+    web_stack(tmp_path, port, "    env: {DELAY: '0.5'}\n")
     assert detached(tmp_path).returncode == 0
     result = cli("restart", "--wait", "web", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
