@@ -107,3 +107,27 @@ def test_restart_wait_returns_once_the_service_is_ready_again(tmp_path: Path, de
     (web,) = client(tmp_path).get("/v1/status")["services"]
     assert web["state"] == "healthy"  # not `starting`: the restart was waited for
     assert "ready: web" in result.stderr
+
+
+def test_exec_runs_a_command_as_the_service_runs(tmp_path: Path) -> None:
+    import os
+
+    from conftest import cli_process
+
+    (tmp_path / "site").mkdir()
+    user = "    user: nobody\n" if os.geteuid() == 0 else ""
+    write_stack(
+        tmp_path,
+        "services:\n  web:\n    command: python3 -m http.server ${PORT}\n    port: 8123\n"
+        f"    working_dir: site\n    env: {{GREETING: hello}}\n{user}",
+        programs=False,
+    )
+    shown = cli_process(
+        "exec", "web", "--", "sh", "-c", 'echo "$PORT $WEB_PORT $GREETING $(pwd) $(id -u)"', cwd=tmp_path
+    )
+    assert shown.returncode == 0, shown.stderr
+    uid = 65534 if user else os.geteuid()
+    assert shown.stdout == f"8123 8123 hello {tmp_path / 'site'} {uid}\n"
+    assert cli_process("exec", "web", "--", "sh", "-c", "exit 7", cwd=tmp_path).returncode == 7
+    missing = cli_process("exec", "web", "--", "no-such-program-here", cwd=tmp_path)
+    assert missing.returncode == 127 and "cannot run 'no-such-program-here'" in missing.stderr

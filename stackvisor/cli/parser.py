@@ -119,4 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=_duration, default=120.0, help="for the stack to be ready")
     run.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+
+    run_in = command(
+        "exec", "run a command as a service runs: its environment, ports, folder and user", running.cmd_exec
+    )
+    run_in.add_argument("service", metavar="SERVICE")
+    run_in.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     return parser

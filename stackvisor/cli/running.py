@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -124,3 +125,49 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
     if result.get("lease_seconds_left") is None:
         print("stackvisor: the stack has no --lease; the heartbeat changes nothing", file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """CMD in the foreground with what SERVICE's process would have: its environment
+    (after interpolation, with the port variables: those of the running stack when it
+    runs), `working_dir` and `user`. The exit status is CMD's (128+N for a signal N)."""
+    import subprocess
+
+    from stackvisor.cli.common import UsageError, load
+    from stackvisor.config.interpolate import port_env
+    from stackvisor.control import ops
+    from stackvisor.runtime.command import service_context
+    from stackvisor.runtime.process import resolve_program
+
+    if not args.cmd:
+        raise UsageError("exec needs a command after --, e.g. stackvisor exec api -- python -m api.shell")
+    config = load(args)
+    check_names(config, [args.service])
+    ports: dict[str, int | None] = {
+        n: s.port if isinstance(s.port, int) else None for n, s in config.services.items()
+    }
+    if ops.supervisor_pid(config) is not None:
+        ports.update({s["name"]: s["port"] for s in client(config).get("/v1/status")["services"]})
+    where = service_context(config.services[args.service], config.root, port_env(ports, own=args.service))
+    user = where.user
+    try:
+        # Found as the service's own program is: "not found" is told apart from a PATH
+        # folder the user may not enter.
+        program = resolve_program(args.cmd[0], where.cwd, where.env.get("PATH", os.defpath))
+        proc = subprocess.Popen(
+            args.cmd,
+            executable=program,
+            cwd=where.cwd,
+            env=where.env,
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+            extra_groups=list(user.groups) if user else None,
+        )
+    except (FileNotFoundError, PermissionError) as exc:
+        print(f"stackvisor: cannot run {args.cmd[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        code = proc.wait()  # the terminal's Ctrl-C reached it too: let it finish its way
+    return 128 - code if code < 0 else code

@@ -62,7 +62,8 @@ def build_command(
     `listener_fd`: a listening socket to hand over (`socket: inherit`).
     """
     argv = argv_of(interpolate_value(service.command, variables))
-    cwd = str(root / service.working_dir) if service.working_dir else str(root)
+    where = service_context(service, root, variables)
+    cwd = where.cwd
     pass_fds: tuple[int, ...] = ()
     if listener_fd is not None:
         try:
@@ -71,6 +72,14 @@ def build_command(
             raise StartError(f"cannot start {argv[0]!r}: {exc.strerror}") from None
         argv = [sys.executable, "-S", "-c", _HAND_OVER, str(listener_fd), service.name, *argv]
         pass_fds = (listener_fd,)
+    return Command(argv, cwd, where.env, pass_fds, where.user)
+
+
+def service_context(service: Service, root: Path, variables: dict[str, str]) -> Command:
+    """Where and how anything of `service` runs (its process, `stackvisor exec`): folder,
+    environment (the process's, the service's `env`, the port variables, the user's login
+    variables) and user. `argv` is left empty."""
+    cwd = str(root / service.working_dir) if service.working_dir else str(root)
     env = dict(os.environ)
     env.update({k: interpolate(v, variables) for k, v in service.env.items()})
     env.update(variables)
@@ -80,7 +89,7 @@ def build_command(
         raise StartError(f"cannot start as {service.user!r}: {exc}") from None
     if user is not None:
         env.update({k: v for k, v in user_environment(user).items() if k not in service.env})
-    return Command(argv, cwd, env, pass_fds, user)
+    return Command([], cwd, env, (), user)
 
 
 def user_environment(user: UserSpec) -> dict[str, str]:
