@@ -43,3 +43,27 @@ async def test_a_reload_over_the_api_refreshes_what_is_watched(tmp_path: Path) -
         assert after_reload != before  # its configuration changed: restarted once
         (tmp_path / "conf" / "site.txt").write_text("changed\n")
         await until(sup, lambda: pid(sup, "a") not in (None, after_reload))
+
+
+async def test_a_watch_match_reruns_a_completed_one_shot_and_its_followers(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    runs = tmp_path / "runs"
+    text = f"""
+    services:
+      migrate:
+        command: sh -c 'echo run >> {runs}'
+        watch: ["migrations/*.sql"]
+      api:
+        command: "{SLEEP}"
+        depends_on: {{migrate: {{condition: service_completed_successfully, restart: true}}}}
+    """
+    path = write_stack(tmp_path, text, programs=False)
+    async with running_stack(path) as sup:
+        await until_ready(sup)
+        await watching(tmp_path / "migrations")
+        assert runs.read_text() == "run\n"
+        api_before = pid(sup, "api")
+        (tmp_path / "migrations" / "002_add_users.sql").write_text("create table users ();\n")
+        await until(sup, lambda: runs.read_text() == "run\nrun\n")
+        await until(sup, lambda: pid(sup, "api") not in (None, api_before))
+        await until_ready(sup)

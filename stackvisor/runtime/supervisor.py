@@ -220,6 +220,11 @@ class Supervisor:
         runner = self.runners.get(name)
         return runner is not None and runner.running
 
+    def has_completed(self, name: str) -> bool:
+        """A one-shot that ran to its end (exit 0)."""
+        runner = self.runners.get(name)
+        return runner is not None and not runner.running and runner.state is State.COMPLETED
+
     @property
     def stopping(self) -> bool:
         return self._stop_requested.is_set()

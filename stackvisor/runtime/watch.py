@@ -43,6 +43,8 @@ class WatchedStack(Protocol):
 
     def is_running(self, name: str) -> bool: ...
 
+    def has_completed(self, name: str) -> bool: ...
+
     async def reload(self, *, dry_run: bool = False, source: str = "request") -> ReloadResult: ...
 
     async def restart_services(self, names: Sequence[str]) -> None: ...
@@ -247,7 +249,13 @@ async def _handle(
             # even when the reload changed what is watched; unless the reload restarted them.
             last = sup.last_reload
             restarted = set(last.get("restarted", [])) if changes.reload and last else set()
-            watched = {n for n in changes.services if sup.is_running(n) and n not in restarted}
+            # A running service restarts; a one-shot that completed runs again (migrations
+            # when a migration file changes), and its `restart: true` dependents follow.
+            watched = {
+                n
+                for n in changes.services
+                if (sup.is_running(n) or sup.has_completed(n)) and n not in restarted
+            }
             if watched:
                 sup.logger.info(f"files changed: restarting {', '.join(sorted(watched))}")
                 try:
