@@ -19,6 +19,7 @@ from conftest import async_wait_for, child_env, running_stack, until_state, wait
 from stackvisor.config import ConfigError, load_config
 from stackvisor.config.checks import check_users
 from stackvisor.config.report import Report
+from stackvisor.config.users import UserSpec, may_search
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root runs services as another user")
 
@@ -94,3 +95,30 @@ def test_only_root_may_run_a_service_as_another_user(tmp_path: Path) -> None:
     itself = Report(tmp_path / "services.yaml")
     check_users(config, itself, euid=65534)  # a supervisor that is nobody may be nobody
     assert itself.problems == []
+
+
+def test_a_working_dir_the_user_cannot_enter_is_a_config_error(tmp_path: Path) -> None:
+    # pytest's tmp_path is private to root (0700): the way to it is blocked for nobody.
+    (tmp_path / "www").mkdir(mode=0o755)
+    (tmp_path / "services.yaml").write_text(
+        "services:\n  app:\n    command: sleep 1\n    user: nobody\n    working_dir: www\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "services.yaml")
+    blocked = next(p for p in (*reversed(tmp_path.parents), tmp_path) if not p.stat().st_mode & 0o001)
+    assert f"services.app.working_dir: user nobody cannot enter {blocked} (drwx" in str(caught.value)
+    # root may go anywhere
+    as_root = "services:\n  app: {command: sleep 1, user: root, working_dir: www}\n"
+    (tmp_path / "services.yaml").write_text(as_root)
+    load_config(tmp_path / "services.yaml")
+
+
+def test_may_search_reads_the_bits_of_the_owner_the_group_or_others() -> None:
+    nobody = UserSpec(uid=65534, gid=65534, name="nobody", home="/", groups=(65534, 20))
+    assert may_search(0o700, 65534, 0, nobody)
+    assert not may_search(0o070, 65534, 20, nobody)  # the owner's bits decide for the owner
+    assert may_search(0o710, 0, 20, nobody)  # a supplementary group
+    assert not may_search(0o750, 0, 0, nobody)
+    assert may_search(0o701, 0, 0, nobody)
+    root = UserSpec(uid=0, gid=0, name="root", home="/root", groups=(0,))
+    assert may_search(0o000, 1000, 1000, root)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from stackvisor.config.envfiles import EnvEntry, read_env_file
 from stackvisor.config.interpolate import InterpolationError, interpolate
 from stackvisor.config.report import Report, display, suggest
 from stackvisor.config.schema import Condition, Service, StackConfig
-from stackvisor.config.users import may_become, resolve_user
+from stackvisor.config.users import blocked_at, may_become, resolve_user
 from stackvisor.config.yamlpos import Loc
 from stackvisor.graph import find_cycle
 
@@ -94,15 +95,26 @@ def check_users(config: StackConfig, report: Report, euid: int | None = None) ->
 
 
 def check_working_dirs(config: StackConfig, root: Path, report: Report) -> None:
-    """Each `working_dir` is an existing folder, relative to the stack file's."""
+    """Each `working_dir` is an existing folder, relative to the stack file's, that the
+    service's `user` (when it has one) may enter."""
     for name, service in config.services.items():
         if service.working_dir is None:
             continue
         folder = root / service.working_dir
+        where = ("services", name, "working_dir")
         if not folder.exists():
-            report.add(("services", name, "working_dir"), f"folder not found: {service.working_dir}")
+            report.add(where, f"folder not found: {service.working_dir}")
         elif not folder.is_dir():
-            report.add(("services", name, "working_dir"), f"not a folder: {service.working_dir}")
+            report.add(where, f"not a folder: {service.working_dir}")
+        elif service.user is not None:
+            try:
+                user = resolve_user(service.user)
+            except ValueError:
+                continue  # check_users says so
+            if (blocked := blocked_at(folder, user)) is not None:
+                mode = stat.filemode(blocked.stat().st_mode)
+                message = f"user {service.user} cannot enter {blocked} ({mode}), on the way to {folder}"
+                report.add(where, message)
 
 
 def _dependency_place(report: Report, service: str, dependency: str) -> Loc:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -49,3 +51,26 @@ def resolve_user(spec: str) -> UserSpec:
 def may_become(user: UserSpec, euid: int) -> bool:
     """Only root changes user; anybody may 'become' themselves."""
     return euid in (0, user.uid)
+
+
+def may_search(mode: int, owner: int, group: int, user: UserSpec) -> bool:
+    """Whether `user` may pass through a folder with this mode and ownership (its x bit
+    for the user, a group of theirs, or others; root always may)."""
+    if user.uid == 0:
+        return True
+    if owner == user.uid:
+        return bool(mode & stat.S_IXUSR)
+    if group == user.gid or group in user.groups:
+        return bool(mode & stat.S_IXGRP)
+    return bool(mode & stat.S_IXOTH)
+
+
+def blocked_at(folder: Path, user: UserSpec) -> Path | None:
+    """The first folder on the way to `folder` (itself included) that `user` may not
+    enter, None when they reach it. Mode bits only: ACLs and capabilities are not read."""
+    folder = folder.resolve()
+    for step in (*reversed(folder.parents), folder):
+        info = step.stat()
+        if not may_search(info.st_mode, info.st_uid, info.st_gid, user):
+            return step
+    return None
