@@ -19,11 +19,13 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -272,6 +274,18 @@ def state_events(root: Path, service: str | None = None) -> list[dict[str, Any]]
 def reached(root: Path, service: str, state: str) -> bool:
     """Whether state.db records `service` entering `state`."""
     return any(e.get("new") == state for e in state_events(root, service) if e["kind"] == "state")
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temporary folder every user may enter, for stacks whose services run as another
+    user: pytest's tmp_path sits in a folder private to us (0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="stackvisor-test-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ----- the CLI ----------------------------------------------------------------------------

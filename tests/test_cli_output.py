@@ -109,25 +109,25 @@ def test_restart_wait_returns_once_the_service_is_ready_again(tmp_path: Path, de
     assert "ready: web" in result.stderr
 
 
-def test_exec_runs_a_command_as_the_service_runs(tmp_path: Path) -> None:
+def test_exec_runs_a_command_as_the_service_runs(open_tmp: Path) -> None:
     import os
 
     from conftest import cli_process
 
-    (tmp_path / "site").mkdir()
+    (open_tmp / "site").mkdir()
     user = "    user: nobody\n" if os.geteuid() == 0 else ""
     write_stack(
-        tmp_path,
+        open_tmp,
         "services:\n  web:\n    command: python3 -m http.server ${PORT}\n    port: 8123\n"
         f"    working_dir: site\n    env: {{GREETING: hello}}\n{user}",
         programs=False,
     )
     shown = cli_process(
-        "exec", "web", "--", "sh", "-c", 'echo "$PORT $WEB_PORT $GREETING $(pwd) $(id -u)"', cwd=tmp_path
+        "exec", "web", "--", "sh", "-c", 'echo "$PORT $WEB_PORT $GREETING $(pwd) $(id -u)"', cwd=open_tmp
     )
     assert shown.returncode == 0, shown.stderr
     uid = 65534 if user else os.geteuid()
-    assert shown.stdout == f"8123 8123 hello {tmp_path / 'site'} {uid}\n"
-    assert cli_process("exec", "web", "--", "sh", "-c", "exit 7", cwd=tmp_path).returncode == 7
-    missing = cli_process("exec", "web", "--", "no-such-program-here", cwd=tmp_path)
+    assert shown.stdout == f"8123 8123 hello {open_tmp / 'site'} {uid}\n"
+    assert cli_process("exec", "web", "--", "sh", "-c", "exit 7", cwd=open_tmp).returncode == 7
+    missing = cli_process("exec", "web", "--", "no-such-program-here", cwd=open_tmp)
     assert missing.returncode == 127 and "cannot run 'no-such-program-here'" in missing.stderr

@@ -98,6 +98,33 @@ def user_environment(user: UserSpec) -> dict[str, str]:
     return {"HOME": user.home or "/", "USER": name, "LOGNAME": name}
 
 
+class HeldSocket:
+    """The listening socket of a `socket: inherit` service: bound once and kept across
+    restarts (connections queue meanwhile), closed when the service ends for good or
+    its port moves."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._sock is not None
+
+    def port(self) -> int | None:
+        return None if self._sock is None else int(self._sock.getsockname()[1])
+
+    def fileno(self, port: int) -> int:
+        """The socket listening on `port`, bound now if it is not yet."""
+        if self._sock is None:
+            self._sock = listening_socket(port)
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
 def listening_socket(port: int) -> socket.socket:
     """The socket a `socket: inherit` service receives, listening on 127.0.0.1:`port`."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -23,6 +23,7 @@ class DependencyFacts:
     spawned: bool  # a process was started since the last start request
     restart: RestartPolicy
     reason: str = ""
+    runs: int = 0  # processes started so far: a new one means it ran again
 
 
 def condition_met(facts: DependencyFacts, condition: Condition) -> bool | None:
@@ -53,16 +54,18 @@ def outage(depends_on: Mapping[str, Dependency], facts: Callable[[str], Dependen
         found = facts(name)
         if found is None or not dep.required:
             continue
-        state = found.state
-        if dep.condition is Condition.STARTED:
-            holds = state in ALIVE or state in (State.COMPLETED, State.STOPPING)
-        elif dep.condition is Condition.HEALTHY:
-            holds = state is State.HEALTHY
-        else:
-            holds = state is State.COMPLETED
-        if not holds:
-            return f"{name}: {dep.condition.value} ({name} is {state})"
+        if not condition_holds(found.state, dep.condition):
+            return f"{name}: {dep.condition.value} ({name} is {found.state})"
     return ""
+
+
+def condition_holds(state: State, condition: Condition) -> bool:
+    """Does a dependency in `state` meet `condition` right now?"""
+    if condition is Condition.STARTED:
+        return state in ALIVE or state in (State.COMPLETED, State.STOPPING)
+    if condition is Condition.HEALTHY:
+        return state is State.HEALTHY
+    return state is State.COMPLETED
 
 
 @dataclass(frozen=True)

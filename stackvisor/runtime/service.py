@@ -15,16 +15,17 @@ about its dependencies). The supervisor talks to a runner through its methods.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 from stackvisor.config.schema import Service
 from stackvisor.config.users import UserSpec
 from stackvisor.errors import StartError
-from stackvisor.runtime.command import build_command, listening_socket
+from stackvisor.runtime.command import HeldSocket
 from stackvisor.runtime.context import RunnerContext
 from stackvisor.runtime.dependencies import DependencyFacts, DependencyVerdict, dependencies_verdict, outage
 from stackvisor.runtime.events import HealthChanged, Restarting, StateChanged
+from stackvisor.runtime.freshness import Basis, outdated
+from stackvisor.runtime.launch import launch
 from stackvisor.runtime.lifecycle import (
     Action,
     AwaitDependencies,
@@ -80,9 +81,10 @@ class ServiceRunner:
         self._terminate = asyncio.Event()  # the step asked to end the process (unhealthy)
         self._spawn_count = 0
         self._db_row: int | None = None
-        self._listener: socket.socket | None = None  # kept across restarts with socket: inherit
+        self._listener = HeldSocket()  # with socket: inherit
         self._keep_socket = False  # set while a restart stops the service
         self._user: UserSpec | None = None  # who the current process runs as
+        self._basis: Basis | None = None  # what the current run was started against
 
     # ----- what the stack may read -----------------------------------------------------
 
@@ -111,7 +113,16 @@ class ServiceRunner:
         return self.state in SETTLED
 
     def facts(self) -> DependencyFacts:
-        return DependencyFacts(self.state, self._spawned, self._config.restart, self._reason)
+        return DependencyFacts(
+            self.state, self._spawned, self._config.restart, self._reason, self._spawn_count
+        )
+
+    def outdated(self) -> str:
+        """Why this run (or completed one-shot) is outdated ("": it is not; see `freshness`)."""
+        live = self.state in ALIVE or (self.state is State.COMPLETED and not self.running)
+        if self._basis is None or not live:
+            return ""
+        return outdated(self._basis, self._config, self.ctx.dependency, self.ctx.port_env(self.name))
 
     def tail(self, lines: int) -> list[str]:
         return self.log.last(lines)
@@ -184,9 +195,7 @@ class ServiceRunner:
             self._port = config.port
 
     def close_socket(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        self._listener.close()
 
     def open(self) -> None:
         """Create the service's log file, so it is there to follow before any output."""
@@ -302,42 +311,21 @@ class ServiceRunner:
     # ----- one process -----------------------------------------------------------------
 
     async def _spawn(self) -> None:
-        if self._listener is None or self._listener.getsockname()[1] != self._port:
+        if self._listener.port() != self._port:
             self.close_socket()
             self._port = await self.ctx.secure_port(self._config)
         cfg = self._config
-        inherit = cfg.socket == "inherit" and self._port is not None
-        listener = self._bind(self._port) if inherit and self._port is not None else None
-        command = build_command(cfg, self.ctx.root, self.ctx.port_env(self.name), listener)
+        inherit = cfg.socket == "inherit"
+        listener = self._listener.fileno(self._port) if inherit and self._port else None
         self._spawn_count += 1
-        marker = f"{self.ctx.instance}/{self.name}/{self._spawn_count}"
         self._exit_code = None
         self._health = None
-        try:
-            child = await self.ctx.spawner.spawn(
-                command.argv,
-                env=command.env,
-                cwd=command.cwd,
-                marker=marker,
-                pass_fds=command.pass_fds,
-                user=command.user,
-            )
-        except OSError as exc:
-            raise StartError(f"cannot start {command.argv[0]!r}: {exc.strerror or exc}") from None
-        self._child = child
-        self._user = command.user
+        launched = await launch(self.ctx, cfg, self._port, listener, self._spawn_count)
+        self._child, self._user, self._basis = launched.child, launched.user, launched.basis
+        self._db_row = launched.row
         self._started_at = time.time()
         self._spawned = True
-        self._db_row = self.ctx.ledger.child_started(
-            self.name, child.pid, child.pgid, child.started, self._port, marker
-        )
         self._feed(Spawned(self._port))
-
-    def _bind(self, port: int) -> int:
-        """The listening socket to hand over: bound once, kept across restarts."""
-        if self._listener is None:
-            self._listener = listening_socket(port)
-        return self._listener.fileno()
 
     async def _supervise(self) -> tuple[int | None, bool]:
         """Run until the process exits: (its exit code, whether somebody took its port)."""
@@ -356,7 +344,7 @@ class ServiceRunner:
                     check,
                     child,
                     self._port,
-                    self._listener is not None,
+                    self._listener.held,
                     self.log,
                     self._health_changed,
                     self._user,
@@ -399,7 +387,7 @@ class ServiceRunner:
             self._life,
             code,
             ever_healthy=self._health is Health.HEALTHY,
-            inherited=self._listener is not None,
+            inherited=self._listener.held,
             now=self.ctx.clock.now(),
         )
         return code, lost and await port_taken_by_other(self.ctx, self._port, child)

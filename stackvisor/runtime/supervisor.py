@@ -34,6 +34,7 @@ from stackvisor.runtime.context import RunnerContext
 from stackvisor.runtime.deadman import Lease, watches
 from stackvisor.runtime.dependencies import DependencyFacts
 from stackvisor.runtime.events import EventBus, OrphanEnded, Reloaded, ReloadFailed, StackChanged
+from stackvisor.runtime.freshness import follow
 from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
 from stackvisor.runtime.process import Spawner, become_subreaper
 from stackvisor.runtime.service import ServiceRunner
@@ -176,6 +177,10 @@ class Supervisor:
                 if until_done:
                     watchers.append(tg.create_task(self._stop_when_done()))
                 watchers += [tg.create_task(w) for w in watches(self.lease, self.clock, self.request_stop)]
+                selected = lambda: [r for n, r in self.runners.items() if n in self.selection]  # noqa: E731
+                watchers.append(
+                    tg.create_task(follow(selected, self.bus, self.restart_services, self.logger))
+                )
                 await self._stop_requested.wait()
                 for watcher in watchers:
                     watcher.cancel()
