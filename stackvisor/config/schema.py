@@ -158,6 +158,43 @@ class Dependency(_Model):
     required: bool = True
 
 
+def _signal_name(value: str) -> str:
+    name = value.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    if name not in signal.Signals.__members__:
+        raise ValueError(f"expected a signal name like SIGTERM or SIGHUP (got {value!r})")
+    return name
+
+
+SignalName = Annotated[str, AfterValidator(_signal_name)]
+
+
+class Watch(_Model):
+    """One `watch` entry: a glob (relative to the stack file) and what a change of a
+    matching file does to the service."""
+
+    path: str
+    # restart: stop and start it (a one-shot that completed runs again); rerun: the same,
+    # the name that reads right for one-shots (render a config, run migrations);
+    # signal: send `signal` to its process, which reloads by itself (nginx, postgres).
+    action: Literal["restart", "rerun", "signal"] = "restart"
+    signal: SignalName | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hangup_by_default(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("action") == "signal" and value.get("signal") is None:
+            return {**value, "signal": "SIGHUP"}
+        return value
+
+    @model_validator(mode="after")
+    def _signal_with_its_action(self) -> Watch:
+        if self.action != "signal" and self.signal is not None:
+            raise ValueError(f"signal: is for action: signal (this entry says action: {self.action})")
+        return self
+
+
 class Backoff(_Model):
     initial: Duration = 0.5
     max: Duration = 30.0
@@ -182,9 +219,9 @@ class Service(_Model):
     restart: RestartPolicy = RestartPolicy.ON_FAILURE
     max_restarts: int = Field(default=5, ge=0)
     backoff: Backoff = Backoff()
-    stop_signal: str = "SIGTERM"
+    stop_signal: SignalName = "SIGTERM"
     stop_timeout: Duration | None = None
-    watch: list[str] = []
+    watch: list[Watch] = []
     conflict_strategy: Strategy | None = None
     # "inherit": the supervisor binds the port and hands the listening socket over
     # (systemd's LISTEN_FDS protocol, fd 3), so nobody can take it between our check
@@ -238,6 +275,15 @@ class Service(_Model):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("watch", mode="before")
+    @classmethod
+    def _watch_short_form(cls, value: Any) -> Any:
+        # A plain glob means: restart on a change of a matching file.
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list):
+            return [{"path": item} if isinstance(item, str) else item for item in items]
+        return value
+
     @field_validator("port_range", mode="before")
     @classmethod
     def _range(cls, value: Any) -> Any:
@@ -254,16 +300,6 @@ class Service(_Model):
                 raise ValueError(f"expected the low end first (got {first}-{last})")
             return (first, last)
         return value
-
-    @field_validator("stop_signal")
-    @classmethod
-    def _signal(cls, value: str) -> str:
-        name = value.upper()
-        if not name.startswith("SIG"):
-            name = "SIG" + name
-        if name not in signal.Signals.__members__:
-            raise ValueError(f"expected a signal name like SIGTERM or SIGINT (got {value!r})")
-        return name
 
     @property
     def signal_number(self) -> int:

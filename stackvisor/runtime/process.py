@@ -236,12 +236,16 @@ class Child:
         self._exited.set()
         return True
 
-    def signal(self, sig: int) -> None:
-        """A signal to the whole group, while the leader still holds the group's number."""
-        if self.exit_code is None:
-            gate = self._spawner.gate
-            gate.send(self.pid, sig, ours=True)
+    def signal(self, sig: int, *, group: bool = True) -> bool:
+        """A signal to the process and (`group`) its whole group, while the leader still
+        holds the group's number; whether the process got it."""
+        if self.exit_code is not None:
+            return False
+        gate = self._spawner.gate
+        sent = gate.send(self.pid, sig, ours=True)
+        if group:
             gate.send_group(self.pgid, sig)
+        return sent
 
     def descendants(self) -> list[psutil.Process]:
         """Everything this child started, in its group or not, alive now."""

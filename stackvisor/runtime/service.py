@@ -180,6 +180,14 @@ class ServiceRunner:
         if self._task is task and self.state in (State.PENDING, State.BACKOFF):
             self._feed(StopRequested(reason))
 
+    def send_signal(self, sig: int) -> int | None:
+        """`sig` to the service's process, not its group (the shell of a compound command
+        would die of a SIGHUP meant for its server); its pid, None when nothing runs."""
+        child = self._child
+        if child is None or self.state not in ALIVE or not child.signal(sig, group=False):
+            return None
+        return child.pid
+
     def kill_now(self) -> None:
         """Second Ctrl-C: no grace period for anyone."""
         self._stop.set()

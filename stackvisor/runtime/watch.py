@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import signal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +28,10 @@ from stackvisor.runtime.events import EventBus, WatchFailed
 from stackvisor.runtime.status import ReloadResult
 
 
+class Signalled(Protocol):
+    def send_signal(self, sig: int) -> int | None: ...
+
+
 class WatchedStack(Protocol):
     """What file watching needs of the running stack."""
 
@@ -34,6 +39,9 @@ class WatchedStack(Protocol):
     bus: EventBus
     logger: Any
     last_reload: ReloadResult | None
+
+    @property
+    def runners(self) -> Mapping[str, Signalled]: ...
 
     @property
     def stopping(self) -> bool: ...
@@ -95,8 +103,9 @@ def config_files(config: StackConfig) -> set[Path]:
 @dataclass(frozen=True)
 class Changes:
     reload: bool
-    services: frozenset[str]
+    services: frozenset[str]  # to restart (or run again)
     any: bool = False  # some relevant file changed (not a temporary one, not in logs)
+    signals: Mapping[str, str] = field(default_factory=dict)  # service -> signal name to send
 
 
 def classify_changes(config: StackConfig, paths: Iterable[Path], logs_dir: str) -> Changes:
@@ -105,6 +114,7 @@ def classify_changes(config: StackConfig, paths: Iterable[Path], logs_dir: str) 
     reload_files = config_files(config)
     reload = False
     services: set[str] = set()
+    signals: dict[str, str] = {}
     relevant = False
     for path in paths:
         if path in reload_files:
@@ -122,9 +132,16 @@ def classify_changes(config: StackConfig, paths: Iterable[Path], logs_dir: str) 
         relevant = True
         text = rel.as_posix()
         for name, svc in config.services.items():
-            if any(glob_regex(p.removeprefix("./")).match(text) for p in svc.watch):
-                services.add(name)
-    return Changes(reload, frozenset(services), reload or relevant)
+            for entry in svc.watch:
+                if not glob_regex(entry.path.removeprefix("./")).match(text):
+                    continue
+                if entry.signal is None:
+                    services.add(name)
+                else:
+                    signals.setdefault(name, entry.signal)
+    # A restart covers a signal for the same change.
+    signals = {n: s for n, s in signals.items() if n not in services}
+    return Changes(reload, frozenset(services), reload or relevant, signals)
 
 
 def glob_base(root: Path, pattern: str) -> Path:
@@ -144,7 +161,7 @@ class WatchTargets:
 
 
 def watch_targets(config: StackConfig) -> WatchTargets:
-    recursive = {glob_base(config.root, p) for svc in config.services.values() for p in svc.watch}
+    recursive = {glob_base(config.root, w.path) for svc in config.services.values() for w in svc.watch}
     # A folder inside another recursively watched one is already covered.
     recursive = {p for p in recursive if not any(o != p and o in p.parents for o in recursive)}
     flat = {f.parent for f in config_files(config)} - recursive
@@ -256,6 +273,11 @@ async def _handle(
                 for n in changes.services
                 if (sup.is_running(n) or sup.has_completed(n)) and n not in restarted
             }
+            for name, sig in sorted(changes.signals.items()):
+                runner = sup.runners.get(name)
+                pid = runner.send_signal(signal.Signals[sig]) if runner is not None else None
+                if pid is not None:
+                    sup.logger.info(f"files changed: {sig} to {name} (pid {pid})")
             if watched:
                 sup.logger.info(f"files changed: restarting {', '.join(sorted(watched))}")
                 try:
