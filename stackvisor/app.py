@@ -26,6 +26,7 @@ from stackvisor.paths import stack_paths
 from stackvisor.runtime.logs import stdout_console
 from stackvisor.runtime.supervisor import Companion, Lease, Supervisor
 from stackvisor.runtime.watch import watch_stack
+from stackvisor.system.cgroups import CgroupUnavailable
 from stackvisor.system.files import dir_mode, secure_dir
 
 # How often the stack's files are checked for having been deleted under it.
@@ -146,7 +147,7 @@ def run_supervisor(
 
     try:
         return asyncio.run(main())
-    except (AlreadyRunning, UnsafePath) as exc:
+    except (AlreadyRunning, UnsafePath, CgroupUnavailable) as exc:
         print(f"stackvisor: {exc}", file=sys.stderr)
         return 1
     finally:

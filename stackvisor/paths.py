@@ -8,6 +8,8 @@ by hand. Pure: nothing here touches the disk.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +54,14 @@ class StackPaths:
     @property
     def token(self) -> Path:
         return self.state_dir / "token"
+
+    @property
+    def cgroup_name(self) -> str:
+        """The stack's cgroup folder name: its folder's name (readable in `systemd-cgls`)
+        and a hash of its path (unique: one stack per folder, as the lock)."""
+        readable = re.sub(r"[^A-Za-z0-9_.-]", "_", self.root.name)[:40].lstrip(".") or "stack"
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        return f"{readable}-{digest}"
 
     def service_log(self, name: str) -> Path:
         return self.logs / f"{name}.log"

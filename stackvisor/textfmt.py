@@ -1,4 +1,4 @@
-"""Text for people: aligned tables and ages. Pure; used by the CLI and the port plan."""
+"""Text for people: aligned tables, ages and sizes. Pure; used by the CLI and the port plan."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ def format_age(seconds: float, *, parts: int = 1) -> str:
                 text += f"{whole % size // sub_size:02d}{sub_unit}"
             return text
     raise AssertionError("unreachable: seconds is the last unit")
+
+
+def format_bytes(count: int) -> str:
+    """`512B`, `20K`, `41M`, `1.5G`: binary units, as `ps` and `top` count memory."""
+    size = float(count)
+    for unit in ("B", "K", "M"):
+        if size < 1024:
+            return f"{size:.0f}{unit}"
+        size /= 1024
+    return f"{size:.1f}G"
 
 
 def table(rows: Sequence[Sequence[str]]) -> list[str]:

@@ -228,7 +228,14 @@ def kill_tree(pid: int, timeout: float = 5.0) -> None:
 def kill_marked(root: Path) -> None:
     """End what the stack's supervisors started: the group of every child recorded in its
     state.db that is still the same process, and every process that carries one of their
-    markers in its environment (a grandchild whose parent died with the supervisor)."""
+    markers in its environment (a grandchild whose parent died with the supervisor); and
+    whatever is left in the stack's cgroups, which are removed."""
+    from stackvisor.system import cgroups
+    from stackvisor.system.signals import SignalGate
+
+    for folder in cgroups.leftovers(StackPaths.at(root).cgroup_name):
+        cgroups.kill(folder, SignalGate())
+        cgroups.remove(folder)
     rows = children_rows(root)
     for row in rows:
         if procfs.same_process(row["pid"], row["create_time"]):

@@ -40,7 +40,8 @@ async def test_a_service_runs_as_its_user_with_that_users_environment(tmp_path: 
     async with running_stack(path) as sup:
         await until_state(sup, "app", "healthy")  # the exec check ran as nobody too
         pid = sup.runners["app"].status()["pid"]
-        assert psutil.Process(pid).uids().real == 65534
+        # The pid is the launcher's until it execs the command (as the user, once setpriv ran).
+        await async_wait_for(lambda: psutil.Process(pid).uids().real == 65534)
         home = __import__("pwd").getpwnam("nobody").pw_dir
         expected = f"uid=65534 user=nobody home={home}"
         await async_wait_for(lambda: expected in sup.runners["app"].tail(5))

@@ -7,18 +7,19 @@ from typing import Any
 
 from stackvisor.runtime.states import State
 from stackvisor.runtime.status import StackStatus
-from stackvisor.textfmt import format_age, table
+from stackvisor.textfmt import format_age, format_bytes, table
 
 
 def format_status(status: StackStatus) -> str:
     now = time.time()
-    rows = [("SERVICE", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "DETAIL")]
+    rows = [("SERVICE", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "CPU", "MEM", "DETAIL")]
     for s in status["services"]:
         started = s.get("started_at")
         uptime = format_age(now - started, parts=2) if started else "-"
         detail = s.get("reason") or ""
         if s["state"] == State.EXITED and s.get("exit_code") is not None:
             detail = detail or f"exit code {s['exit_code']}"
+        used = s.get("resources")
         rows.append(
             (
                 s["name"],
@@ -27,10 +28,14 @@ def format_status(status: StackStatus) -> str:
                 str(s["port"] or "-"),
                 str(s["restarts"]),
                 uptime,
+                f"{used['cpu_seconds']:.1f}s" if used else "-",
+                format_bytes(used["memory_bytes"]) if used else "-",
                 detail[:60],
             )
         )
-    lines = [f"stack {status['name']} (supervisor pid {status['pid']})", *table(rows)]
+    tracking = status.get("tracking", "marker")
+    head = f"stack {status['name']} (supervisor pid {status['pid']}, processes tracked by {tracking})"
+    lines = [head, *table(rows)]
     reload = status.get("reload")
     if reload and not reload["ok"]:
         error = reload.get("error", "").strip()

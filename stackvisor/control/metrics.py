@@ -1,7 +1,8 @@
 """`GET /metrics`: the stack in Prometheus' text format.
 
-Per service: up (a live process), healthy, restarts, and one gauge per state; for
-the supervisor itself: CPU seconds and resident memory.
+Per service: up (a live process), healthy, restarts, one gauge per state, and what
+it uses (memory, CPU seconds, processes: see `runtime.resources`); for the supervisor
+itself: CPU seconds and resident memory.
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ async def metrics(request: web.Request) -> web.Response:
             for s in State
         ],
     )
+    used = {s["name"]: s.get("resources") for s in supervisor(request).status()["services"]}
+    for name, key, kind, help_text in (
+        ("memory_bytes", "memory_bytes", "gauge", "Memory of the service's processes (its cgroup's)."),
+        ("cpu_seconds_total", "cpu_seconds", "counter", "CPU time of the service's processes."),
+        ("processes", "processes", "gauge", "How many processes the service has."),
+    ):
+        samples = [
+            f'stackvisor_service_{name}{{service="{service}"}} {figures[key]}'  # type: ignore[literal-required]
+            for service, figures in used.items()
+            if figures is not None
+        ]
+        out += _metric(f"stackvisor_service_{name}", kind, help_text, samples)
     me = psutil.Process()
     cpu = me.cpu_times()
     out += _metric(

@@ -92,6 +92,15 @@ _SERVICE = {
         "exit_code": {"type": ["integer", "null"]},
         "started_at": {"type": ["number", "null"], "description": "unix time"},
         "depends_on": {"type": "array", "items": {"type": "string"}},
+        "resources": {
+            "type": ["object", "null"],
+            "description": "what it uses now (null when it does not run)",
+            "properties": {
+                "memory_bytes": {"type": "integer"},
+                "cpu_seconds": {"type": "number"},
+                "processes": {"type": "integer"},
+            },
+        },
     },
 }
 
@@ -103,6 +112,7 @@ _STATUS = {
         "pid": {"type": "integer"},
         "file": {"type": "string"},
         "started_at": {"type": "number"},
+        "tracking": {"type": "string", "enum": ["cgroup", "marker"]},
         "reload": {"type": ["object", "null"]},
         "services": {"type": "array", "items": {"$ref": "#/components/schemas/Service"}},
     },

@@ -122,6 +122,7 @@ def detach(config: StackConfig, argv: Sequence[str], timeout: float = 30.0) -> D
         code = proc.poll()
         if code is not None:
             text = out_path.read_bytes()[start:].decode("utf-8", "replace").strip()
+            text = text.removeprefix("stackvisor: ")  # the caller says who speaks
             return DetachResult(False, proc.pid, text or f"the supervisor exited with {code}", code or 1)
         answering = _answering_pid(client)
         if answering == proc.pid:
@@ -333,15 +334,17 @@ def end_orphans(config: Stack) -> list[str]:
     """End what a killed supervisor left; only while holding the lock (nobody else runs)."""
     import asyncio
 
+    from stackvisor.runtime.orphans import end_cgroups
     from stackvisor.runtime.orphans import end_orphans as end
     from stackvisor.runtime.process import Spawner
     from stackvisor.runtime.state import StateDB
     from stackvisor.system.signals import SignalGate
 
     paths = _ref(config).paths
-    if not paths.state_db.exists():
-        return []
     lock = sockets.StackLock(paths.lock)
+    if not paths.state_db.exists():
+        # The state folder is gone (`git clean -fdx`), the cgroups are not.
+        return [e.describe() for e in asyncio.run(end_cgroups(paths.cgroup_name, SignalGate()))]
     try:
         lock.acquire()
     except AlreadyRunning:
@@ -350,7 +353,8 @@ def end_orphans(config: Stack) -> list[str]:
     note = db.recovery_note()
     try:
         spawner = Spawner(SignalGate())
-        ended = [e.describe() for e in asyncio.run(end(db, f"down-{os.getpid()}", spawner))]
+        stack = paths.cgroup_name
+        ended = [e.describe() for e in asyncio.run(end(db, f"down-{os.getpid()}", spawner, stack=stack))]
         return ([f"warning: {note}"] if note else []) + ended
     finally:
         db.close()

@@ -42,6 +42,7 @@ async def launch(
             marker=marker,
             pass_fds=command.pass_fds,
             user=command.user,
+            service=service.name,
         )
     except OSError as exc:
         raise StartError(f"cannot start {command.argv[0]!r}: {exc.strerror or exc}") from None

@@ -4,7 +4,10 @@ A child recorded in state.db with no exit is an orphan when the supervisor that
 started it is gone. It is ended only if it is still the very same process (same
 pid AND same start time, never a recycled pid); with it go the members of its
 process group and every process carrying its supervisor's environment marker
-(descendants that left the group).
+(descendants that left the group). With cgroup tracking, whatever is still in the
+stack's service cgroups goes too, whatever it did to hide (a new session, `env -i`):
+the cgroups recorded in state.db, and those found on disk under the stack's name (the
+state folder may be gone).
 
 What does not live here: the process facts (`system.procfs`), the signal rules
 (`system.signals`, reached through the spawner's gate) and the records themselves
@@ -14,17 +17,20 @@ What does not live here: the process facts (`system.procfs`), the signal rules
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
 from stackvisor.runtime.process import Spawner
 from stackvisor.runtime.state import INSTANCE, ChildRecord, StateDB
-from stackvisor.system import procfs
+from stackvisor.system import cgroups, procfs
+from stackvisor.system.signals import SignalGate
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,11 @@ class Ended:
     service: str
     pid: int
     extra: int  # other processes of its group or with its marker
+    cgroup: bool = False  # found in the service's cgroup: `extra` processes, no known pid
 
     def describe(self) -> str:
+        if self.cgroup:
+            return f"ended {self.extra} processes of {self.service} left in its cgroup by a killed supervisor"
         if self.service == INSTANCE:
             return f"ended {self.extra} processes left by a killed supervisor"
         more = f" and {self.extra} of its descendants" if self.extra else ""
@@ -97,10 +106,35 @@ def find_orphans(db: StateDB, instance: str) -> list[tuple[ChildRecord, list[psu
     return found
 
 
-async def end_orphans(db: StateDB, instance: str, spawner: Spawner, grace: float = 5.0) -> list[Ended]:
-    """SIGTERM every orphan, SIGKILL what is left after `grace`; mark them exited."""
+def leftover_cgroups(db: StateDB, stack: str | None) -> dict[Path, list[psutil.Process]]:
+    """The service cgroups a killed supervisor of the stack may have left, with what is in
+    them: those of recorded supervisors, and those on disk under the stack's name."""
+    folders = set(cgroups.leftovers(stack)) if stack else set()
+    for record in db.live_instances():
+        if record.cgroup:
+            with contextlib.suppress(OSError):
+                folders.update(p for p in Path(record.cgroup).iterdir() if p.is_dir())
+    return {folder: _members(folder) for folder in sorted(folders)}
+
+
+def _members(folder: Path) -> list[psutil.Process]:
+    procs = []
+    for pid in cgroups.pids(folder):
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(pid))
+    return procs
+
+
+async def end_orphans(
+    db: StateDB, instance: str, spawner: Spawner, grace: float = 5.0, stack: str | None = None
+) -> list[Ended]:
+    """SIGTERM every orphan, SIGKILL what is left after `grace`; mark them exited.
+
+    `stack`: the stack's cgroup name, to find its cgroups on disk. Called before the
+    supervisor starts anything, so whatever is in them is left over."""
     found = find_orphans(db, instance)
-    victims = [p for _, procs in found for p in procs]
+    folders = leftover_cgroups(db, stack)
+    victims = [p for _, procs in found for p in procs] + [p for ps in folders.values() for p in ps]
     for proc in victims:
         spawner.gate.send(proc.pid, signal.SIGTERM, ours=True)
     await _wait_gone(victims, grace, spawner)
@@ -108,7 +142,7 @@ async def end_orphans(db: StateDB, instance: str, spawner: Spawner, grace: float
     await _wait_gone(victims, 2.0, spawner)
     if found:  # a supervisor was killed: what it was starting may appear only now
         await _sweep(db, instance, spawner)
-    ended = []
+    ended = await _clear(folders, spawner.gate)
     for record, procs in found:
         if record.is_instance:
             db.instance_ended(record.id)
@@ -118,6 +152,24 @@ async def end_orphans(db: StateDB, instance: str, spawner: Spawner, grace: float
             leader = [p for p in procs if p.pid == record.pid]
             ended.append(Ended(record.service, record.pid, len(procs) - len(leader)))
     return ended
+
+
+async def end_cgroups(stack: str, gate: SignalGate, grace: float = 5.0) -> list[Ended]:
+    """End what is left in the stack's cgroups on disk, with no state.db to read."""
+    folders = {folder: _members(folder) for folder in cgroups.leftovers(stack)}
+    victims = [p for procs in folders.values() for p in procs]
+    for proc in victims:
+        gate.send(proc.pid, signal.SIGTERM, ours=True)
+    await _wait_gone(victims, grace, None)
+    return await _clear(folders, gate)
+
+
+async def _clear(folders: dict[Path, list[psutil.Process]], gate: SignalGate) -> list[Ended]:
+    """Kill what is still in each folder (what forked meanwhile too) and remove them."""
+    for folder in folders:
+        await asyncio.to_thread(cgroups.kill, folder, gate)
+        await asyncio.to_thread(cgroups.remove, folder, 2.0)
+    return [Ended(folder.name, 0, len(procs), cgroup=True) for folder, procs in folders.items() if procs]
 
 
 # A supervisor killed while it was starting a child leaves, for an instant, a process
@@ -140,11 +192,12 @@ async def _sweep(db: StateDB, instance: str, spawner: Spawner) -> None:
         await _wait_gone(late, 2.0, spawner)
 
 
-async def _wait_gone(procs: Iterable[psutil.Process], timeout: float, spawner: Spawner) -> None:
+async def _wait_gone(procs: Iterable[psutil.Process], timeout: float, spawner: Spawner | None) -> None:
     procs = list(procs)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not any(procfs.running(p) for p in procs):
             return
-        spawner.reap_orphans()
+        if spawner is not None:
+            spawner.reap_orphans()
         await asyncio.sleep(0.05)

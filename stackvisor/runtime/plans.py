@@ -94,3 +94,8 @@ def reload_result(plan: ReloadPlan, *, dry_run: bool, source: str, now: float) -
         "needs_supervisor_restart": [f for f in diff.settings_changed if f in RESTART_SETTINGS],
         "summary": diff.describe(),
     }
+
+
+def failed_reload(error: str, *, dry_run: bool, source: str, now: float) -> ReloadResult:
+    """The report of a reload that changed nothing: the file was refused."""
+    return {"ok": False, "dry_run": dry_run, "source": source, "time": now, "error": error}

@@ -15,6 +15,7 @@ which every signal sent from here goes through), and process facts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import functools
@@ -25,11 +26,12 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
 from stackvisor.config.users import UserSpec
-from stackvisor.system import procfs
+from stackvisor.system import cgroups, procfs
 from stackvisor.system.signals import SignalGate
 
 PR_SET_PDEATHSIG = 1
@@ -78,6 +80,23 @@ class Spawner:
         self.gate = gate
         self.subreaper = subreaper
         self._unreaped: set[int] = set()
+        # Until `track` finds cgroups usable, children are found by their markers.
+        self.tracking = cgroups.Tracking("marker", "cgroups not probed")
+
+    def track(self, stack: str) -> cgroups.Tracking:
+        """Put the services of `stack` in cgroups from now on, where the kernel lets us."""
+        self.tracking = cgroups.probe(stack)
+        return self.tracking
+
+    def release(self) -> None:
+        """End whatever is left in the stack's cgroups and remove them (the stack is down)."""
+        base = self.tracking.base
+        if base is not None:
+            for path in sorted(p for p in base.glob("*") if p.is_dir()):
+                cgroups.kill(path, self.gate)
+                cgroups.remove(path)
+            with contextlib.suppress(OSError):  # no service ever started: remove() did not
+                base.rmdir()
 
     async def spawn(
         self,
@@ -88,6 +107,7 @@ class Spawner:
         marker: str,
         pass_fds: tuple[int, ...] = (),
         user: UserSpec | None = None,
+        service: str | None = None,
     ) -> Child:
         """Start `argv` in a new session with stdout and stderr on one pipe we drain.
 
@@ -99,16 +119,29 @@ class Spawner:
         `user`: the child runs as that user. A change of credentials clears
         PDEATHSIG, so it is set after the change: setpriv sets it last, and Popen
         runs the preexec_fn after its own `user`/`group` change.
+
+        `service`: with cgroup tracking, the child joins that service's cgroup before it
+        execs (a shell does it first: see `cgroups.launcher`).
         """
         full_env = dict(env)
         full_env[procfs.MARKER] = marker
         launcher = pdeathsig_launcher()
-        if launcher:
-            # Popen would have said "not found" or "permission denied" itself; through the
+        base = self.tracking.base
+        cgroup = None
+        # Without setpriv, Popen changes the user before the shell could join the cgroup
+        # (root's): such a child is tracked by its marker.
+        if base is not None and service is not None and (launcher or user is None):
+            cgroup = cgroups.service_dir(base, service)
+        if launcher or cgroup:
+            # Popen would have said "not found" or "permission denied" itself; through a
             # launcher the child would just exit 127. Find the program as exec would.
             argv = [resolve_program(argv[0], cwd, full_env.get("PATH", os.defpath)), *argv[1:]]
         if launcher and user is not None:
             launcher = (*launcher[:1], *_setpriv_user(user), *launcher[1:])
+        if cgroup is not None and launcher:
+            launcher = (*cgroups.launcher(cgroup), *launcher)  # joined as root, then setpriv
+        elif cgroup is not None:
+            argv = [*cgroups.launcher(cgroup), *argv]
         popen, read_fd = _start(argv, launcher, full_env, cwd, pass_fds, None if launcher else user)
         self._unreaped.add(popen.pid)
         child = Child(
@@ -119,6 +152,7 @@ class Spawner:
             output_fd=read_fd,
             popen=popen,
             _spawner=self,
+            cgroup=cgroup,
         )
         _watch_exit(child)
         return child
@@ -208,6 +242,7 @@ class Child:
     popen: subprocess.Popen[bytes]
     _spawner: Spawner = field(repr=False, compare=False)
     exit_code: int | None = None
+    cgroup: Path | None = None  # every process it starts stays in there
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
     _poller: asyncio.Task[None] | None = field(default=None, repr=False, compare=False)
 
@@ -254,6 +289,9 @@ class Child:
             found.update((proc.pid, proc) for proc in procfs.descendants(self.pid))
         for proc in procfs.marked(self.marker):
             found.setdefault(proc.pid, proc)
+        for pid in cgroups.pids(self.cgroup) if self.cgroup else ():
+            with contextlib.suppress(psutil.Error):
+                found.setdefault(pid, psutil.Process(pid))
         found.pop(self.pid, None)
         found.pop(os.getpid(), None)
         return [p for p in found.values() if procfs.running(p)]
@@ -296,6 +334,8 @@ class Child:
         family = list(known) + self.descendants()
         self.signal(signal.SIGKILL)
         self._spawner.gate.kill_all(family)
+        if self.cgroup is not None:  # and what forked meanwhile
+            cgroups.kill(self.cgroup, self._spawner.gate, timeout=0)
 
 
 def resolve_program(name: str, cwd: str | None, path: str) -> str:

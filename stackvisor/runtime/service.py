@@ -133,19 +133,25 @@ class ServiceRunner:
     def unfollow(self, listener: LineListener) -> None:
         self.log.listeners.discard(listener)
 
-    def status(self) -> ServiceStatus:
+    @property
+    def process(self) -> Child | None:
+        """The service's process while it runs (or stops)."""
         child = self._child
         alive = child is not None and child.alive and self.state in ALIVE | {State.STOPPING}
+        return child if alive else None
+
+    def status(self) -> ServiceStatus:
+        child = self.process
         return {
             "name": self.name,
             "state": str(self.state),
             "reason": self._reason,
-            "pid": child.pid if alive and child else None,
+            "pid": child.pid if child else None,
             "port": self._port,
             "health": None if self._health is None else str(self._health),
             "restarts": self._life.restarts_total,
             "exit_code": self._exit_code,
-            "started_at": self._started_at if alive else None,
+            "started_at": self._started_at if child else None,
             "depends_on": list(self._config.depends_on),
         }
 

@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS supervisors (
     marker TEXT NOT NULL,
     supervisor_pid INTEGER NOT NULL,
     started_at REAL NOT NULL,
-    ended_at REAL
+    ended_at REAL,
+    cgroup TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -74,6 +75,7 @@ class ChildRecord:
     port: int | None
     supervisor_pid: int
     marker: str
+    cgroup: str = ""  # a supervisor's record: the folder of its stack's cgroups, if any
 
     @property
     def is_instance(self) -> bool:
@@ -135,6 +137,9 @@ class StateDB:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(children)")}
         if "marker" not in columns:  # a state.db written before markers were recorded
             self.db.execute("ALTER TABLE children ADD COLUMN marker TEXT NOT NULL DEFAULT ''")
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(supervisors)")}
+        if "cgroup" not in columns:  # ... and before cgroups
+            self.db.execute("ALTER TABLE supervisors ADD COLUMN cgroup TEXT NOT NULL DEFAULT ''")
         self.prune()
 
     def prune(self, keep_events: int = 100_000, keep_children: int = 10_000) -> None:
@@ -164,13 +169,14 @@ class StateDB:
         )
         return int(cur.lastrowid or 0)
 
-    def instance_started(self, instance: str) -> int:
+    def instance_started(self, instance: str, cgroup: str = "") -> int:
         """A supervisor's own record, written before it starts anything: its marker,
         `<instance>/`, finds every process it ever started, also one started in the
-        instant before a SIGKILL left no time to record it."""
+        instant before a SIGKILL left no time to record it; and so does `cgroup`, the
+        folder of its services' cgroups (with cgroup tracking), whatever they did."""
         cur = self.db.execute(
-            "INSERT INTO supervisors (marker, supervisor_pid, started_at) VALUES (?, ?, ?)",
-            (instance + "/", self.supervisor_pid, time.time()),
+            "INSERT INTO supervisors (marker, supervisor_pid, started_at, cgroup) VALUES (?, ?, ?, ?)",
+            (instance + "/", self.supervisor_pid, time.time(), cgroup),
         )
         return int(cur.lastrowid or 0)
 
@@ -180,9 +186,12 @@ class StateDB:
     def live_instances(self) -> list[ChildRecord]:
         """Supervisors with no recorded end, as records of what they may have left."""
         rows = self.db.execute(
-            "SELECT id, marker, supervisor_pid FROM supervisors WHERE ended_at IS NULL ORDER BY id"
+            "SELECT id, marker, supervisor_pid, cgroup FROM supervisors WHERE ended_at IS NULL ORDER BY id"
         ).fetchall()
-        return [ChildRecord(row, INSTANCE, 0, 0, 0.0, None, pid, marker) for row, marker, pid in rows]
+        return [
+            ChildRecord(row, INSTANCE, 0, 0, 0.0, None, pid, marker, cgroup)
+            for row, marker, pid, cgroup in rows
+        ]
 
     def child_exited(self, row: int, exit_code: int | None) -> None:
         self.db.execute(
@@ -268,6 +277,7 @@ class Ledger:
         self.path = path
         self.supervisor_pid = supervisor_pid
         self.instance = instance
+        self.cgroup = ""  # the stack's cgroup folder, when its services run in cgroups
         self.db: StateDB | None = None
         self._instance_row = 0
         self._handles = itertools.count(1)
@@ -276,12 +286,20 @@ class Ledger:
     def open(self) -> str | None:
         """Open (or create) the file and record this supervisor; a note if it was corrupt."""
         self.db = StateDB.open(self.path, self.supervisor_pid)
-        self._instance_row = self.db.instance_started(self.instance)
+        self._instance_row = self.db.instance_started(self.instance, self.cgroup)
         return self.db.recovery_note()
 
     @property
     def is_open(self) -> bool:
         return self.db is not None
+
+    def tracked_in(self, cgroup: Path | None) -> None:
+        """Record the folder of the stack's cgroups: a later `down` ends what is in it."""
+        self.cgroup = str(cgroup or "")
+        if self.db is not None:
+            self.db.db.execute(
+                "UPDATE supervisors SET cgroup = ? WHERE id = ?", (self.cgroup, self._instance_row)
+            )
 
     def known_children(self) -> set[tuple[int, float]]:
         return self.db.known_children() if self.db is not None else set()

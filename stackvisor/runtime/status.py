@@ -9,6 +9,12 @@ from __future__ import annotations
 from typing import NotRequired, TypedDict
 
 
+class Resources(TypedDict):
+    memory_bytes: int  # memory.current of its cgroup, else the RSS of its processes
+    cpu_seconds: float  # CPU time so far (of the current process tree, or of its cgroup)
+    processes: int
+
+
 class ServiceStatus(TypedDict):
     name: str
     state: str
@@ -21,6 +27,7 @@ class ServiceStatus(TypedDict):
     started_at: float | None  # unix time the current process started
     depends_on: list[str]
     selected: NotRequired[bool]  # in the stack's status: part of what `up` runs
+    resources: NotRequired[Resources | None]  # in the stack's status; None when not running
 
 
 class ReloadResult(TypedDict):
@@ -44,6 +51,7 @@ class StackStatus(TypedDict):
     file: str
     started_at: float
     stopping: bool
+    tracking: str  # "cgroup": every service in its own cgroup; "marker": the fallback
     stop_reason: NotRequired[str]  # while stopping: why (`down`, a signal, --exit-with...)
     reload: ReloadResult | None
     services: list[ServiceStatus]

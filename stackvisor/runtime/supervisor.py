@@ -37,6 +37,7 @@ from stackvisor.runtime.events import EventBus, OrphanEnded, Reloaded, ReloadFai
 from stackvisor.runtime.freshness import follow
 from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
 from stackvisor.runtime.process import Spawner, become_subreaper
+from stackvisor.runtime.resources import Meter
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.state import Ledger, StateDB
 from stackvisor.runtime.states import State
@@ -77,6 +78,7 @@ class Supervisor:
         self.spawner = Spawner(self.gate, subreaper=owns_process_tree)
         self.ledger = Ledger(self.paths.state_db, self.pid, self.instance)  # opened by `open`
         self.bus = EventBus(record=self.ledger.record_event)
+        self.meter = Meter(self.clock)
         self.console = console
         self.ports = PortAssignments(
             config, bus=self.bus, logger=self.logger, gate=self.gate, strategy=strategy
@@ -164,7 +166,8 @@ class Supervisor:
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGCHLD, self.spawner.reap_orphans)
         try:
-            for ended in await orphans.end_orphans(self.state_db, self.instance, self.spawner):
+            stack = self.paths.cgroup_name
+            for ended in await orphans.end_orphans(self.state_db, self.instance, self.spawner, stack=stack):
                 self.logger.warning(ended.describe())
                 self.bus.publish(OrphanEnded(ended.pid, ended.describe()), ended.service)
             self.bus.publish(StackChanged("up", services=tuple(sorted(self.selection))))
@@ -188,6 +191,7 @@ class Supervisor:
         finally:
             # Whatever ended the run (also an error), nothing of ours stays behind.
             kill_leftovers(self.instance, self.spawner, whole_tree=self.owns_process_tree)
+            self.spawner.release()
             # Published while the socket still serves, so event streams see the end.
             self.bus.publish(StackChanged("down", reason=self._stop_reason))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
@@ -211,6 +215,9 @@ class Supervisor:
         self.ports.earlier_children = self.ledger.known_children()
         for runner in self.runners.values():
             runner.open()
+        tracking = self.spawner.track(self.paths.cgroup_name)  # last: nothing fails after it
+        self.ledger.tracked_in(tracking.base)
+        self.logger.info(f"processes tracked by {tracking.kind} ({tracking.reason})")
 
     def close(self) -> None:
         """Release the files: the services' logs and state.db. Idempotent."""
@@ -351,13 +358,7 @@ class Supervisor:
             return result
 
     def _reload_failed(self, error: str, dry_run: bool, source: str) -> ReloadResult:
-        result: ReloadResult = {
-            "ok": False,
-            "dry_run": dry_run,
-            "source": source,
-            "time": time.time(),
-            "error": error,
-        }
+        result = plans.failed_reload(error, dry_run=dry_run, source=source, now=time.time())
         if not dry_run:
             self.last_reload = result
             self.bus.publish(ReloadFailed(error, source))
@@ -397,9 +398,12 @@ class Supervisor:
 
     def status(self) -> StackStatus:
         services = []
+        running = {n: child for n, r in self.runners.items() if (child := r.process) is not None}
+        figures = self.meter.read(running)
         for name in graph.start_order(self.config.graph()):
             entry = self.runners[name].status()
             entry["selected"] = name in self.selection
+            entry["resources"] = figures.get(name)
             services.append(entry)
         status: StackStatus = {
             "name": self.config.name,
@@ -407,6 +411,7 @@ class Supervisor:
             "file": str(self.config.path),
             "started_at": self.started_at,
             "stopping": self._stop_requested.is_set(),
+            "tracking": self.spawner.tracking.kind,
             "reload": self.last_reload,
             "services": services,
         }

@@ -2,8 +2,8 @@
 
 The one place that answers: when did a process start, is a pid still the process we
 saw (never a recycled pid), is it alive, who are its ancestors, its descendants and
-the members of its process group, and which processes carry a marker in their
-environment. Every function here only reads.
+the members of its process group, which processes carry a marker in their
+environment, and what every process uses (`stat_table`). Every function here only reads.
 
 What does not live here: sending signals (`signals`), forking and reaping children
 (`runtime.process`), and sockets and their owners (`ports`).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 import psutil
 
@@ -142,3 +143,35 @@ def marked(marker: str, *, prefix: bool = False) -> list[psutil.Process]:
             with contextlib.suppress(psutil.Error):
                 out.append(psutil.Process(pid))
     return out
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One process as /proc/<pid>/stat shows it: enough to add up a process tree."""
+
+    ppid: int
+    cpu_seconds: float  # user + system, its own and that of the children it reaped
+    rss_bytes: int
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def stat_table() -> dict[int, Stat]:
+    """Every live process now, from one pass over /proc (zombies left out)."""
+    table = {}
+    for pid in pids():
+        try:
+            with open(f"{PROC}/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # After the command name: state(0) ppid(1) ... utime(11) stime(12) cutime(13)
+        # cstime(14) ... rss(21), in clock ticks and pages.
+        rest = stat[stat.rfind(b")") + 2 :].split()
+        if len(rest) < 22 or rest[0] == b"Z":
+            continue
+        ticks = sum(int(rest[i]) for i in (11, 12, 13, 14))
+        table[pid] = Stat(int(rest[1]), ticks / _TICKS, int(rest[21]) * _PAGE)
+    return table
