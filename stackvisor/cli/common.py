@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,3 +56,23 @@ def client(config: Stack) -> Client:
     if ops.is_stopped(pid):  # it would take the question and never answer
         raise found.not_responding("asked")
     return found
+
+
+def follow_logs(api: Client, names: Sequence[str], lines: int) -> int:
+    """The last `lines` of each service, then its output as it comes, until the stack stops."""
+    width = max(len(n) for n in names)
+    if len(names) == 1:
+        for line in api.stream(f"/v1/services/{names[0]}/logs?tail={lines}&follow=true"):
+            print(f"{names[0].ljust(width)} | {line}", flush=True)
+        return EXIT_OK
+
+    def follow(name: str) -> None:
+        for line in api.stream(f"/v1/services/{name}/logs?tail={lines}&follow=true"):
+            print(f"{name.ljust(width)} | {line}", flush=True)
+
+    threads = [threading.Thread(target=follow, args=(n,), daemon=True) for n in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return EXIT_OK

@@ -7,13 +7,11 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, check_names, client, locate
+from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, check_names, client, follow_logs, locate
 from stackvisor.cli.render import format_status
-from stackvisor.control.client import Client
 from stackvisor.errors import ApiError, NotRunning
 
 
@@ -48,29 +46,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return EXIT_OK
     names = names or [s["name"] for s in api.get("/v1/status")["services"]]
     width = max(len(n) for n in names)
-    if args.follow and len(names) == 1:
-        for line in api.stream(f"/v1/services/{names[0]}/logs?tail={args.lines}&follow=true"):
-            print(f"{names[0].ljust(width)} | {line}", flush=True)
-        return EXIT_OK
     if args.follow:
-        return _follow_many(api, names, args.lines, width)
+        return follow_logs(api, names, args.lines)
     for name in names:
         text = api.get(f"/v1/services/{name}/logs?tail={args.lines}")
         for line in str(text).splitlines():
             print(f"{name.ljust(width)} | {line}")
-    return EXIT_OK
-
-
-def _follow_many(api: Client, names: Sequence[str], lines: int, width: int) -> int:
-    def follow(name: str) -> None:
-        for line in api.stream(f"/v1/services/{name}/logs?tail={lines}&follow=true"):
-            print(f"{name.ljust(width)} | {line}", flush=True)
-
-    threads = [threading.Thread(target=follow, args=(n,), daemon=True) for n in names]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
     return EXIT_OK
 
 

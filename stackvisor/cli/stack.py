@@ -205,11 +205,22 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from stackvisor.cli.converge import attach, converge
+    from stackvisor.control import ops
+
     config = load(args)
     check_names(config, args.services)
     stop = _preflight(config, args)
     if stop is not None:
         return stop
+    running = ops.supervisor_pid(config)
+    if running is not None:
+        done = converge(config, args.services, running)
+        if done.code != EXIT_OK:
+            return done.code
+        if args.wait:
+            return wait_until_ready(config, args.services, args.timeout, since=done.since)
+        return EXIT_OK if args.detach else attach(config, args.services)
     if args.detach or args.wait:
         return _up_detached(config, args)
     return _supervise(config, args, console=True)
@@ -332,7 +343,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """up --wait, the command with the stack's ports in its environment, then down."""
+    """up --wait, the command with the stack's ports in its environment, then down; against
+    a running stack, the same without the down."""
+    from stackvisor.cli.converge import converge
     from stackvisor.control import ops
 
     if not args.cmd:
@@ -342,15 +355,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = _preflight(config, args)
     if stop is not None:
         return stop
-    # --exit-with: even a SIGKILLed `stackvisor run` leaves nothing running.
-    started = ops.detach(config, [*_supervisor_argv(args), "--exit-with", str(os.getpid())])
-    if not started.ok:
-        print(f"stackvisor: {started.message}", file=sys.stderr)
-        return EXIT_FAILURE
-    # From here on, whatever happens (Ctrl-C, SIGTERM, a failure), the stack goes down.
+    since: float | None = None
+    running = ops.supervisor_pid(config)
+    if running is not None:  # used as it is, and left running: this `run` did not start it
+        done = converge(config, args.services, running)
+        if done.code != EXIT_OK:
+            return done.code
+        since = done.since
+    else:
+        # --exit-with: even a SIGKILLed `stackvisor run` leaves nothing running.
+        started = ops.detach(config, [*_supervisor_argv(args), "--exit-with", str(os.getpid())])
+        if not started.ok:
+            print(f"stackvisor: {started.message}", file=sys.stderr)
+            return EXIT_FAILURE
+    # From here on, whatever happens (Ctrl-C, SIGTERM, a failure), a stack we started goes down.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        code = wait_until_ready(config, args.services, args.timeout)
+        code = wait_until_ready(config, args.services, args.timeout, since=since)
         if code != EXIT_OK:
             return code
         status = ops.client_for(config).get("/v1/status")
@@ -367,7 +388,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-        ops.down(config, timeout=60)
+        if running is None:
+            ops.down(config, timeout=60)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -206,6 +206,35 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/up": {
+            "post": {
+                "summary": "`up` against the running stack: apply the stack file, then start the named "
+                "services (all when none) that are neither running nor on their way",
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"services": {"type": "array", "items": {"type": "string"}}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "reload": {"type": "object"},
+                                "started": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    ),
+                    **_errors(400, 404, 409),
+                },
+            }
+        },
         "/v1/stop": {
             "post": {
                 "summary": "Stop the whole stack; the supervisor exits",

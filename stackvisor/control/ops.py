@@ -274,7 +274,9 @@ class Terminated(KeyboardInterrupt):
 
 
 def port_environment(status: StackStatus) -> dict[str, str]:
-    return port_env({s["name"]: s["port"] for s in status["services"]})
+    """`<NAME>_PORT` of each service that runs now, with the port it has (not one in
+    the file that somebody else may hold)."""
+    return port_env({s["name"]: s["port"] for s in status["services"] if s["pid"] is not None})
 
 
 @dataclass

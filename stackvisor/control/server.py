@@ -14,6 +14,7 @@ import contextlib
 import os
 import secrets
 import socket
+from typing import Any
 
 from aiohttp import web
 
@@ -59,12 +60,17 @@ async def service_action(request: web.Request) -> web.Response:
     return web.json_response(sup.runners[name].status())
 
 
-async def restart_many(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    sup = supervisor(request)
+def _names(body: dict[str, Any]) -> list[str]:
     names = body.get("services", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ApiError(400, "malformed body", "services: expected a list of service names")
+    return names
+
+
+async def restart_many(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    sup = supervisor(request)
+    names = _names(body)
     unknown = [n for n in names if n not in sup.runners]
     if unknown:
         raise ApiError(404, "unknown service", ", ".join(unknown))
@@ -73,6 +79,20 @@ async def restart_many(request: web.Request) -> web.Response:
     except ActionConflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return web.json_response(sup.status())
+
+
+async def up(request: web.Request) -> web.Response:
+    """`up` against the running stack: the file applied, what is missing started."""
+    names = _names(await json_body(request))
+    try:
+        result = await supervisor(request).converge(names)
+    except LookupError as exc:
+        raise ApiError(404, "unknown service", str(exc.args[0])) from None
+    except ActionConflict as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    if not result["reload"]["ok"]:
+        raise ApiError(400, "invalid stack file, nothing changed", result["reload"].get("error", ""))
+    return web.json_response(result)
 
 
 async def stop_stack(request: web.Request) -> web.Response:
@@ -115,6 +135,7 @@ def make_app(sup: Supervisor, token: str | None = None) -> web.Application:
     app.router.add_get("/v1/services/{name}/logs", streams.logs)
     app.router.add_post("/v1/restart", restart_many)
     app.router.add_post("/v1/stop", stop_stack)
+    app.router.add_post("/v1/up", up)
     app.router.add_post("/v1/reload", reload)
     app.router.add_post("/v1/heartbeat", heartbeat)
     app.router.add_get("/v1/events", streams.events)

@@ -55,3 +55,8 @@ class StackStatus(TypedDict):
     stop_reason: NotRequired[str]  # while stopping: why (`down`, a signal, --exit-with...)
     reload: ReloadResult | None
     services: list[ServiceStatus]
+
+
+class ConvergeResult(TypedDict):
+    reload: ReloadResult
+    started: list[str]  # services that were neither running nor on their way

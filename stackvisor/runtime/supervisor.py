@@ -23,20 +23,20 @@ from typing import Any
 import structlog
 
 from stackvisor import graph
-from stackvisor.config import ConfigError, diff_configs, load_config
 from stackvisor.config.schema import Service, StackConfig, Strategy
 from stackvisor.errors import ActionConflict
 from stackvisor.paths import stack_paths
 from stackvisor.runtime import orphans, plans
-from stackvisor.runtime.assignments import PortAssignments, fixed
+from stackvisor.runtime.assignments import PortAssignments
 from stackvisor.runtime.clock import Clock, MonotonicClock
 from stackvisor.runtime.context import RunnerContext
 from stackvisor.runtime.deadman import Lease, watches
 from stackvisor.runtime.dependencies import DependencyFacts
-from stackvisor.runtime.events import EventBus, OrphanEnded, Reloaded, ReloadFailed, StackChanged
+from stackvisor.runtime.events import EventBus, OrphanEnded, StackChanged
 from stackvisor.runtime.freshness import follow
 from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
 from stackvisor.runtime.process import Spawner, become_subreaper
+from stackvisor.runtime.reloading import Reloading
 from stackvisor.runtime.resources import Meter
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.state import Ledger, StateDB
@@ -52,7 +52,7 @@ Companion = Callable[["Supervisor"], Coroutine[Any, Any, None]]
 __all__ = ["Companion", "Lease", "Supervisor"]
 
 
-class Supervisor:
+class Supervisor(Reloading):
     def __init__(
         self,
         config: StackConfig,
@@ -291,6 +291,8 @@ class Supervisor:
                 raise ActionConflict(f"{name} is already {runner.state}")
             needed = graph.closure(self.config.graph(), [name])
             self.selection |= needed
+            if self.requested and name not in self.requested:  # a later reload keeps it
+                self.requested.append(name)
             for dep in graph.start_order({n: list(self.config.services[n].depends_on) for n in needed}):
                 other = self.runners[dep]
                 if not other.running and (dep == name or other.state is not State.COMPLETED):
@@ -324,69 +326,6 @@ class Supervisor:
             for name in graph.start_order(self.config.graph()):
                 if name in targets:
                     self.runners[name].start(tg)
-
-    # ----- reload ----------------------------------------------------------------------
-
-    async def reload(self, *, dry_run: bool = False, source: str = "request") -> ReloadResult:
-        """Re-read the stack file and apply what changed; an invalid file changes nothing."""
-        async with self._actions:
-            if self.stopping:
-                raise ActionConflict("the stack is stopping")
-            try:
-                new = await asyncio.to_thread(load_config, self.config.path)
-            except ConfigError as exc:
-                return self._reload_failed(str(exc), dry_run, source)
-            except OSError as exc:
-                return self._reload_failed(f"{self.config.path}: {exc.strerror or exc}", dry_run, source)
-            diff = diff_configs(self.config, new)
-            plan = plans.plan_reload(
-                self.config,
-                new,
-                diff,
-                requested=self.requested,
-                running={n for n, r in self.runners.items() if r.running},
-                stopped_by_hand={n for n, r in self.runners.items() if r.state is State.STOPPED},
-            )
-            result = plans.reload_result(plan, dry_run=dry_run, source=source, now=time.time())
-            if dry_run:
-                return result
-            if not diff.is_empty():
-                await self._apply(new, plan)
-            self.last_reload = result
-            self.bus.publish(Reloaded.of(result))
-            self.logger.info("reloaded: " + "; ".join(diff.describe()), source=source)
-            return result
-
-    def _reload_failed(self, error: str, dry_run: bool, source: str) -> ReloadResult:
-        result = plans.failed_reload(error, dry_run=dry_run, source=source, now=time.time())
-        if not dry_run:
-            self.last_reload = result
-            self.bus.publish(ReloadFailed(error, source))
-            self.logger.error(f"reload failed, nothing changed:\n{error}", source=source)
-        return result
-
-    async def _apply(self, new: StackConfig, plan: plans.ReloadPlan) -> None:
-        tg = self._check_not_stopping()
-        # Stopping needs the old graph (removed services are only there).
-        await self.stop_services(plan.stop)
-        for name in plan.diff.removed:
-            self.runners.pop(name).close()
-            self.ports.forget(name)
-        self.config = self.ports.config = new
-        for name in plan.diff.changed:
-            runner = self.runners[name]
-            runner.reconfigure(new.services[name])
-            if not isinstance(new.services[name].port, str):  # `auto` keeps the port it has
-                self.ports.set(name, runner.port)
-        for name in plan.diff.added:
-            svc = new.services[name]
-            self.runners[name] = self._runner(svc)
-            self.runners[name].open()
-            self.ports.set(name, fixed(svc))
-        self.selection = set(plan.selection)
-        for name in plan.start:
-            if not self.runners[name].running:
-                self.runners[name].start(tg)
 
     async def shutdown(self) -> None:
         await self.stop_services(self.runners)

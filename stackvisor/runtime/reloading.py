@@ -1,0 +1,134 @@
+"""The stack file applied to the running stack: `reload` (an edit, `stackvisor reload`)
+and `converge` (`up` against a stack that runs: the file, then what is missing started).
+
+What changes is decided in `plans` (pure); this carries it out on the supervisor's
+runners. A mixin of `Supervisor`: the attributes below are the supervisor's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from stackvisor import graph
+from stackvisor.config import ConfigError, diff_configs, load_config
+from stackvisor.config.schema import Service, StackConfig
+from stackvisor.errors import ActionConflict
+from stackvisor.runtime import plans
+from stackvisor.runtime.assignments import PortAssignments, fixed
+from stackvisor.runtime.events import EventBus, Reloaded, ReloadFailed
+from stackvisor.runtime.service import ServiceRunner
+from stackvisor.runtime.states import State
+from stackvisor.runtime.status import ConvergeResult, ReloadResult
+
+
+class Reloading:
+    config: StackConfig
+    runners: dict[str, ServiceRunner]
+    ports: PortAssignments
+    selection: set[str]
+    requested: list[str]
+    last_reload: ReloadResult | None
+    bus: EventBus
+    logger: Any
+    _actions: asyncio.Lock
+
+    if TYPE_CHECKING:  # the supervisor's, too
+
+        @property
+        def stopping(self) -> bool: ...
+
+        def _runner(self, svc: Service) -> ServiceRunner: ...
+
+        def _check_not_stopping(self) -> asyncio.TaskGroup: ...
+
+        async def stop_services(self, names: Iterable[str], *, keep_sockets: bool = False) -> None: ...
+
+    async def converge(self, names: Sequence[str]) -> ConvergeResult:
+        """`up [SERVICE...]` against this running stack, as `docker compose up -d`: apply the
+        file, make the named services (none named: the whole stack) part of what runs, and
+        start those of them that are neither running nor on their way. LookupError names
+        a service the file does not have (after the reload)."""
+        result = await self.reload(source="up")
+        if not result["ok"]:
+            return {"reload": result, "started": []}
+        if unknown := [n for n in names if n not in self.config.services]:
+            raise LookupError(", ".join(unknown))
+        async with self._actions:
+            tg = self._check_not_stopping()
+            if not names:
+                self.requested = []
+            elif self.requested:
+                self.requested = [*self.requested, *(n for n in names if n not in self.requested)]
+            wanted = plans.selection(self.config, names or list(self.config.services))
+            self.selection |= wanted
+            started = []
+            for name in graph.start_order(self.config.graph()):
+                runner = self.runners[name]
+                if name in wanted and not runner.running and runner.state is not State.COMPLETED:
+                    runner.start(tg)
+                    started.append(name)
+        return {"reload": result, "started": started}
+
+    async def reload(self, *, dry_run: bool = False, source: str = "request") -> ReloadResult:
+        """Re-read the stack file and apply what changed; an invalid file changes nothing."""
+        async with self._actions:
+            if self.stopping:
+                raise ActionConflict("the stack is stopping")
+            try:
+                new = await asyncio.to_thread(load_config, self.config.path)
+            except ConfigError as exc:
+                return self._reload_failed(str(exc), dry_run, source)
+            except OSError as exc:
+                return self._reload_failed(f"{self.config.path}: {exc.strerror or exc}", dry_run, source)
+            diff = diff_configs(self.config, new)
+            plan = plans.plan_reload(
+                self.config,
+                new,
+                diff,
+                requested=self.requested,
+                running={n for n, r in self.runners.items() if r.running},
+                stopped_by_hand={n for n, r in self.runners.items() if r.state is State.STOPPED},
+            )
+            result = plans.reload_result(plan, dry_run=dry_run, source=source, now=time.time())
+            if dry_run:
+                return result
+            if not diff.is_empty():
+                await self._apply(new, plan)
+            self.last_reload = result
+            self.bus.publish(Reloaded.of(result))
+            self.logger.info("reloaded: " + "; ".join(diff.describe()), source=source)
+            return result
+
+    def _reload_failed(self, error: str, dry_run: bool, source: str) -> ReloadResult:
+        result = plans.failed_reload(error, dry_run=dry_run, source=source, now=time.time())
+        if not dry_run:
+            self.last_reload = result
+            self.bus.publish(ReloadFailed(error, source))
+            self.logger.error(f"reload failed, nothing changed:\n{error}", source=source)
+        return result
+
+    async def _apply(self, new: StackConfig, plan: plans.ReloadPlan) -> None:
+        tg = self._check_not_stopping()
+        # Stopping needs the old graph (removed services are only there).
+        await self.stop_services(plan.stop)
+        for name in plan.diff.removed:
+            self.runners.pop(name).close()
+            self.ports.forget(name)
+        self.config = self.ports.config = new
+        for name in plan.diff.changed:
+            runner = self.runners[name]
+            runner.reconfigure(new.services[name])
+            if not isinstance(new.services[name].port, str):  # `auto` keeps the port it has
+                self.ports.set(name, runner.port)
+        for name in plan.diff.added:
+            svc = new.services[name]
+            self.runners[name] = self._runner(svc)
+            self.runners[name].open()
+            self.ports.set(name, fixed(svc))
+        self.selection = set(plan.selection)
+        for name in plan.start:
+            if not self.runners[name].running:
+                self.runners[name].start(tg)
