@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from stackvisor.cli import main
+from stackvisor.config.commands import program, shell_argv
 
 
 def validate(tmp_path: Path, services: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -52,3 +53,24 @@ def test_programs_that_are_there_pass(tmp_path: Path, capsys: pytest.CaptureFixt
         capsys,
     )
     assert code == 0 and err == ""
+
+
+@pytest.mark.parametrize(
+    ("command", "exec_d"),
+    [
+        ('nginx -p "$PWD/" -g "daemon off;"', True),  # the `;` is nginx's, inside quotes
+        ("python3 -c 'import time; time.sleep(1)'", True),
+        ("echo \\; done", True),  # an escaped `;` is a word
+        ('echo "a \\" b; c"', True),
+        ("migrate && serve", False),
+        ("a; b", False),
+        ('echo "$(date)" | cat', False),
+        ("sleep 1 &", False),
+        ("if true; then x; fi", False),
+    ],
+)
+def test_one_simple_command_is_execd_whatever_its_quotes_hold(command: str, exec_d: bool) -> None:
+    argv = shell_argv(command)
+    assert argv[:2] == ["/bin/sh", "-c"]
+    assert argv[2] == (f"exec {command}" if exec_d else command)
+    assert program(command)[1] is exec_d  # the program is certain only when exec'd

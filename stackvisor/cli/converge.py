@@ -48,8 +48,8 @@ def attach(config: StackConfig, named: Sequence[str]) -> int:
     from stackvisor.control import ops
 
     names = list(named) or list(config.services)
-    print("attached to its output: Ctrl-C detaches, `stackvisor down` stops the stack", file=sys.stderr)
-    try:
+    try:  # from the line that says Ctrl-C detaches on, it does
+        print("attached to its output: Ctrl-C detaches, `stackvisor down` stops the stack", file=sys.stderr)
         return follow_logs(ops.client_for(config), names, 10)
     except KeyboardInterrupt:
         return EXIT_OK

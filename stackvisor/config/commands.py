@@ -10,12 +10,38 @@ from __future__ import annotations
 import re
 import shlex
 
-# A shell is needed only for these; otherwise `exec` makes the service the direct child.
+# A shell is needed only for these outside quotes; otherwise `exec` makes the service
+# the direct child (and a signal meant for it, a SIGHUP to reload, reaches it).
 _SHELL_SYNTAX = re.compile(r"[;&|<>()`\n]|^\s*(if|for|while|until|case|\{|!)\b")
 
 
+def unquoted(command: str) -> str:
+    """The command without what its quotes hold (`nginx -g "daemon off;"` has no `;` of
+    the shell's). Backslash escapes count outside single quotes, as in sh."""
+    out = []
+    quote = ""
+    escaped = False
+    for char in command:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def compound(command: str) -> bool:
+    """Does the string need the shell for more than one simple command?"""
+    return bool(_SHELL_SYNTAX.search(unquoted(command)))
+
+
 def shell_argv(command: str) -> list[str]:
-    if _SHELL_SYNTAX.search(command):
+    if compound(command):
         return ["/bin/sh", "-c", command]
     return ["/bin/sh", "-c", f"exec {command}"]
 
@@ -29,12 +55,12 @@ def program(command: str | list[str]) -> tuple[str | None, bool]:
     """
     if isinstance(command, list):
         return (command[0] if command else None), True
-    compound = bool(_SHELL_SYNTAX.search(command))
+    several = compound(command)
     try:
         words = shlex.split(command, comments=False, posix=True)
     except ValueError:
         return None, False
     while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
         words.pop(0)  # `FOO=1 prog`: the assignment is not the program
-        compound = True
-    return (words[0] if words else None), not compound
+        several = True
+    return (words[0] if words else None), not several
