@@ -1,7 +1,7 @@
 """The shipped examples work with the real servers they name, as their comments say.
 
-They need the distribution's packages (postgresql, redis-server): `.ci/run` installs
-them where apt can; elsewhere these tests are skipped with the reason.
+They need the distribution's packages (postgresql, redis-server, nginx): `.ci/run`
+installs them where apt can; elsewhere these tests are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -10,15 +10,24 @@ import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
-from conftest import REPO, cli, service_pid, supervisor_pid, wait_for
+from conftest import REPO, alive, cli, free_ports, save, service_pid, supervisor_pid, wait_for
 
+from stackvisor.paths import StackPaths
+from stackvisor.system import cgroups
+
+# What a run of an example leaves beside it (a person may have tried it in the checkout).
+LOCAL = shutil.ignore_patterns(".stackvisor", "logs", "run")
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
 
@@ -33,7 +42,7 @@ def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     says: the postgres user's home as root, a folder of ours otherwise."""
     if lacking := missing("initdb", "postgres", "pg_isready", "psql", "redis-server"):
         pytest.skip(f"needs the postgresql and redis-server packages ({', '.join(lacking)} not found)")
-    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    shutil.copytree(REPO / "examples", tmp_path / "examples", ignore=LOCAL)
     if os.geteuid() == 0:
         pgdata = Path("/var/lib/postgresql") / f"stackvisor-test-{uuid.uuid4().hex[:8]}"
     else:
@@ -90,3 +99,92 @@ def test_postgres_redis_starts_survives_a_database_outage_and_leaves_nothing(
     assert cli("down", cwd=shop).returncode == 0
     assert supervisor_pid(shop) is None
     assert not [p for p in everything if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+@pytest.fixture
+def real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A copy of examples/real-stack, its cluster in a folder of its own."""
+    if lacking := missing("initdb", "postgres", "pg_isready", "psql", "redis-server", "nginx"):
+        pytest.skip(f"needs the postgresql, redis-server and nginx packages ({', '.join(lacking)} not found)")
+    shutil.copytree(REPO / "examples" / "real-stack", tmp_path / "real-stack", ignore=LOCAL)
+    if os.geteuid() == 0:
+        pgdata = Path("/var/lib/postgresql") / f"stackvisor-test-{uuid.uuid4().hex[:8]}"
+    else:
+        pgdata = tmp_path / "pgdata"
+        monkeypatch.setenv("PG_USER", str(os.getuid()))
+        monkeypatch.setenv("REDIS_USER", str(os.getuid()))
+    monkeypatch.setenv("PGDATA", str(pgdata))
+    try:
+        yield tmp_path / "real-stack"
+    finally:
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+def get(url: str) -> tuple[int, dict[str, str], str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, dict(answer.headers), answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), ""
+    except OSError as exc:
+        return 0, {}, str(exc)
+
+
+def by_name(root: Path) -> dict[str, dict[str, Any]]:
+    return {str(s["name"]): s for s in services(root)}
+
+
+def test_the_real_stack_survives_an_outage_reloads_without_restarts_and_leaves_nothing(
+    real: Path, detached: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    up = detached(real, "--timeout", "120")
+    assert up.returncode == 0, up.stdout + up.stderr
+    now = by_name(real)
+    assert {n: s["state"] for n, s in now.items()} == {
+        "pgdata": "completed",
+        "postgres": "healthy",
+        "redis": "healthy",
+        "migrate": "completed",
+        "api": "healthy",
+        "worker": "healthy",
+        "nginx-conf": "completed",
+        "nginx": "healthy",
+    }
+    if os.geteuid() == 0:
+        assert psutil.Process(now["postgres"]["pid"]).username() == "postgres"
+        assert psutil.Process(now["redis"]["pid"]).username() == "redis"
+    front = f"http://127.0.0.1:{now['nginx']['port']}/api/hits"
+    status, headers, body = get(front)
+    assert status == 200 and headers["X-Stack"] == "v1" and json.loads(body)["hits"] == 1
+
+    # A database outage: its dependents wait, spend no restarts, and come back by themselves.
+    assert cli("stop", "postgres", cwd=real).returncode == 0
+    assert cli("start", "postgres", cwd=real).returncode == 0
+    wait_for(lambda: {s["state"] for s in services(real)} <= {"healthy", "completed"}, timeout=60)
+    assert [s["restarts"] for s in services(real)] == [0] * 8
+    assert get(front)[0] == 200
+
+    # Hot reload: a new template is rendered again and nginx reloads it (same pid).
+    nginx = by_name(real)["nginx"]["pid"]
+    template = real / "nginx" / "nginx.conf.in"
+    save(template, template.read_text().replace('X-Stack "v1"', 'X-Stack "v2"'))
+    wait_for(lambda: get(front)[1].get("X-Stack") == "v2", timeout=10)
+    assert by_name(real)["nginx"]["pid"] == nginx
+
+    # api moves: the rendering follows, nginx reloads, and the front never answers 502.
+    (moved,) = free_ports(1)
+    stack = real / "services.yaml"
+    save(stack, stack.read_text().replace("port: 58000", f"port: {moved}"))
+    wait_for(lambda: f"127.0.0.1:{moved}/api/" in (real / "run" / "nginx.conf").read_text(), timeout=20)
+    wait_for(lambda: get(front)[0] == 200, timeout=10)
+    assert by_name(real)["nginx"]["pid"] == nginx
+
+    # kill -9 of the supervisor, then down: no process and no cgroup is left.
+    everything = processes(real)
+    supervisor = supervisor_pid(real)
+    assert supervisor is not None
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: supervisor_pid(real) is None)
+    assert cli("down", cwd=real).returncode == 0
+    wait_for(lambda: not [p for p in everything if alive(p)], timeout=10)
+    assert cgroups.leftovers(StackPaths.at(real).cgroup_name) == []
