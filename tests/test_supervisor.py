@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -309,3 +311,18 @@ async def test_a_command_the_shell_cannot_find_fails_at_once(tmp_path: Path) -> 
         status = sup.runners["web"].status()
         assert status["restarts"] == 0
         assert status["reason"].startswith("command not found (exit code 127)")
+
+
+async def test_a_working_dir_gone_since_the_file_was_read_fails_at_once_saying_so(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    path = write_stack(
+        tmp_path, "services:\n  web: {command: sleep 300, working_dir: site, restart: always}\n"
+    )
+    async with running_stack(path) as sup:
+        await until_state(sup, "web", "running")
+        (tmp_path / "site").rmdir()  # the process keeps its folder; the next start has none
+        pid = sup.runners["web"].status()["pid"]
+        os.kill(pid, signal.SIGKILL)
+        await until_state(sup, "web", "failed")
+        assert sup.runners["web"].reason == f"working_dir not found: {tmp_path / 'site'}"
+        assert sup.runners["web"].status()["restarts"] == 1  # that one restart, no rounds of backoff

@@ -1,7 +1,7 @@
 """What a service runs: its argv, working folder and environment, from its configuration.
 
-Pure but for one check (`resolve_program` looks at the disk when the socket is
-handed over): the runner spawns what this builds. A string command runs through
+Pure but for two checks (the working folder exists; `resolve_program` looks at the
+disk when the socket is handed over): the runner spawns what this builds. A string command runs through
 `/bin/sh -c`; a single simple command is `exec`'d so the service is the direct child.
 With `socket: inherit`, a few lines of Python receive the listening socket as fd 3
 and exec the service (the systemd protocol).
@@ -64,6 +64,8 @@ def build_command(
     argv = argv_of(interpolate_value(service.command, variables))
     where = service_context(service, root, variables)
     cwd = where.cwd
+    if not os.path.isdir(cwd):  # deleted since the file was read: no retry helps
+        raise StartError(f"working_dir not found: {cwd}")
     pass_fds: tuple[int, ...] = ()
     if listener_fd is not None:
         try:
