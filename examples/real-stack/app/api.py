@@ -26,7 +26,19 @@ def redis(*args: str) -> str:
 
 def sql(query: str) -> str:
     return subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-p", os.environ["POSTGRES_PORT"], "-U", "shop", "-d", "postgres", "-Atc", query],
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            os.environ["POSTGRES_PORT"],
+            "-U",
+            "shop",
+            "-d",
+            "postgres",
+            "-Atc",
+            query,
+        ],
         capture_output=True,
         text=True,
         check=True,
