@@ -275,7 +275,7 @@ def test_bad_line_in_env_file(tmp_path: Path) -> None:
     )
     assert errors == [
         'api.env:2:1: expected KEY=VALUE (got "not ...", 19 characters)',
-        'api.env:3:1: Q: the " quote is never closed',
+        'api.env:3:3: Q: the " quote is never closed',
     ]
 
 

@@ -50,7 +50,7 @@ def apply_env_files(
             report.add_env_problems(file, problems)
             for entry in entries:
                 value = _env_file_value(entry, variables, kept, file, report)
-                if value is not None:
+                if value is not None and entry.key:  # `="x"` Compose reads; no process can have it
                     merged[entry.key] = value
         merged.update(service.env)
         services[name] = service.model_copy(update={"env": merged})

@@ -1,11 +1,11 @@
 """Dotenv files: the stack's `.env` and each service's `env_file`s.
 
-Lives here: the format Compose reads (`KEY=VALUE`, `export `, comments, quotes, escapes,
-values that span lines), reading a file into entries, and turning `.env` into the
-variables the stack file is interpolated with. Not here: putting env files into a
-service's environment (`checks`, which knows the stack and the start-time pass) and
-report lines (`report`); problems come back as (line, column, message) for the caller to place
-under the file's name.
+Lives here: the format Compose reads (compose-go's dotenv: `KEY=VALUE`, `export `,
+comments, quotes, escapes, values that span lines; see `parse_env_text`), reading a
+file into entries, and turning `.env` into the variables the stack file is interpolated
+with. Not here: putting env files into a service's environment (`checks`, which knows
+the stack and the start-time pass) and report lines (`report`); problems come back as
+(line, column, message) for the caller to place under the file's name.
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ from stackvisor.config.interpolate import InterpolationError, interpolate
 # (line, column, message), both 1-based, in the file that was read.
 EnvProblem = tuple[int, int, str]
 
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-
-
 @dataclass(frozen=True)
 class EnvEntry:
     """One `KEY=VALUE` line. `value` None: a bare `KEY`, taken from the environment."""
@@ -37,56 +34,143 @@ class EnvEntry:
     line: int
 
 
-def parse_env_text(text: str) -> tuple[list[EnvEntry], list[tuple[int, str]]]:
-    """Entries and (line, message) problems of a dotenv file.
+def parse_env_text(text: str) -> tuple[list[EnvEntry], list[EnvProblem]]:
+    r"""Entries and (line, column, message) problems of a dotenv file, read as Compose
+    reads it (compose-go's dotenv):
 
-    The format Compose reads: `KEY=VALUE`, `export KEY=VALUE`, `#` comments (also after
-    an unquoted value, following a space), 'single quotes' taken literally, "double
-    quotes" with backslash escapes, and quoted values that span lines.
+    - `KEY=VALUE`, `KEY: VALUE` (YAML style), `export KEY=VALUE` (any blank after
+      `export`), blanks around the separator; a `KEY` alone takes its value from the
+      environment. Keys are letters and digits of any script and `_ . - [ ]`.
+    - An unquoted value runs to the end of the line, stops at ` #` (a comment) and
+      loses its trailing blanks; `${VAR}` in it is expanded, backslashes are kept.
+    - 'single quotes' are literal but for `\'`; "double quotes" expand `${VAR}` and the
+      escapes `\a \b \f \n \r \t \v \\ \" \$` and `\0NNN` (octal), and keep others
+      (`\c`, `\x07`) as written. Quoted values may span lines.
+    - Blank lines and `#` comment lines are skipped; a UTF-8 BOM is ignored.
+    What Compose refuses is refused: another character in a key, a key with a blank
+    inside, a quote never closed.
     """
+    scanner = _Scanner(text.removeprefix("\ufeff"))
     entries: list[EnvEntry] = []
-    problems: list[tuple[int, str]] = []
-    lines = text.splitlines()
-    index = 0
-    while index < len(lines):
-        number = index + 1
-        content = lines[index].strip()
-        index += 1
-        if not content or content.startswith("#"):
+    problems: list[EnvProblem] = []
+    while scanner.statement():
+        try:
+            entry = scanner.entry()
+        except _Refused as exc:
+            problems.append((*scanner.place(exc.at), exc.message))
+            scanner.skip_line()
             continue
-        if content.startswith("export "):
-            content = content[len("export ") :].lstrip()
-        key, equals, rest = content.partition("=")
-        key = key.strip()
-        if not _ENV_KEY.fullmatch(key):
-            problems.append((number, f"expected KEY=VALUE (got {_excerpt(content)})"))
-            continue
-        if not equals:
-            entries.append(EnvEntry(key, None, False, number))
-            continue
-        rest = rest.lstrip()
-        if rest[:1] not in ("'", '"'):
-            value = re.split(r"\s#", rest, maxsplit=1)[0].strip()
-            entries.append(EnvEntry(key, value, False, number))
-            continue
-        quote, body = rest[0], rest[1:]
-        end = _closing_quote(body, quote)
-        while end < 0 and index < len(lines):
-            body += "\n" + lines[index]
-            index += 1
-            end = _closing_quote(body, quote)
-        if end < 0:
-            problems.append((number, f"{key}: the {quote} quote is never closed"))
-            continue
-        after = body[end + 1 :].strip()
-        if after and not after.startswith("#"):
-            problems.append((number, f"{key}: unexpected text after the closing quote: {_excerpt(after)}"))
-            continue
-        value = body[:end]
-        if quote == '"':
-            value = _unescape(value)
-        entries.append(EnvEntry(key, value, quote == "'", number))
+        entries.append(entry)
     return entries, problems
+
+
+_BLANK = " \t\v\f\r\x85\xa0"  # not the newline: it ends an unquoted value
+_KEY_PUNCTUATION = "_.-[]"
+_EXPORT = re.compile(r"export[ \t\v\f\r]+")
+# Double quotes' escapes, as XSI echo has them; `\$` makes a literal dollar.
+_ESCAPE = re.compile(r"\\(?:([abfnrtv\"\\$])|0([0-3][0-7]{2}))")
+_ESCAPED = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+class _Refused(Exception):
+    def __init__(self, at: int, message: str) -> None:
+        self.at = at
+        self.message = message
+
+
+class _Scanner:
+    """Walks a dotenv text one statement at a time."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def place(self, at: int) -> tuple[int, int]:
+        """1-based line and column of offset `at`."""
+        line = self.text.count("\n", 0, at) + 1
+        return line, at - (self.text.rfind("\n", 0, at) + 1) + 1
+
+    def statement(self) -> bool:
+        """Move to the next statement past blanks, newlines and comments; False at the end."""
+        text = self.text
+        while self.pos < len(text):
+            char = text[self.pos]
+            if char == "#":
+                self.skip_line()
+            elif char.isspace():
+                self.pos += 1
+            else:
+                return True
+        return False
+
+    def skip_line(self) -> None:
+        end = self.text.find("\n", self.pos)
+        self.pos = len(self.text) if end < 0 else end + 1
+
+    def entry(self) -> EnvEntry:
+        text = self.text
+        line = self.place(self.pos)[0]
+        if exported := _EXPORT.match(text, self.pos):
+            self.pos = exported.end()
+        start = self.pos
+        while self.pos < len(text) and text[self.pos] not in "=:\n":
+            char = text[self.pos]
+            if not (char.isalnum() or char in _KEY_PUNCTUATION or char in _BLANK):
+                message = f"unexpected character {char!r} in a variable name (got {self._line(start)})"
+                raise _Refused(self.pos, message)
+            self.pos += 1
+        key = text[start : self.pos].rstrip(_BLANK)
+        if any(c in _BLANK for c in key):
+            raise _Refused(start, f"expected KEY=VALUE (got {self._line(start)})")
+        if self.pos >= len(text) or text[self.pos] == "\n":
+            return EnvEntry(key, None, False, line)  # `KEY` alone: from the environment
+        self.pos += 1  # the separator
+        while self.pos < len(text) and text[self.pos] in _BLANK:
+            self.pos += 1
+        quote = text[self.pos] if self.pos < len(text) and text[self.pos] in "'\"" else ""
+        if not quote:
+            end = text.find("\n", self.pos)
+            end = len(text) if end < 0 else end
+            value = text[self.pos : end].split(" #", 1)[0].rstrip()
+            self.pos = end
+            return EnvEntry(key, value, False, line)
+        return EnvEntry(key, self._quoted(quote, key), quote == "'", line)
+
+    def _line(self, start: int) -> str:
+        """The line from `start`, as a message may show it (see `_excerpt`)."""
+        end = self.text.find("\n", start)
+        return _excerpt(self.text[start : len(self.text) if end < 0 else end])
+
+    def _quoted(self, quote: str, key: str) -> str:
+        """The quoted value from its opening quote on; for double quotes, as a template
+        for interpolation (escapes applied, a literal dollar written `$$`)."""
+        text = self.text
+        opened = self.pos
+        out: list[str] = []
+        index = opened + 1
+        while index < len(text):
+            char = text[index]
+            if char == "\\" and index + 1 < len(text):
+                following = text[index + 1]
+                out.append(following if following == quote else char + following)
+                index += 2
+                continue
+            if char == quote:
+                self.pos = index + 1
+                body = "".join(out)
+                return body if quote == "'" else _ESCAPE.sub(_unescape, body)
+            out.append(char)
+            index += 1
+        raise _Refused(opened, f"{key}: the {quote} quote is never closed")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    letter, octal = match.group(1), match.group(2)
+    if octal is not None:
+        return chr(int(octal, 8))
+    if letter == "$":
+        return "$$"  # a literal dollar, for the interpolation that follows
+    return _ESCAPED.get(letter, letter)
 
 
 # Names whose values are secrets: never shown in messages, status or events.
@@ -105,27 +189,8 @@ def _excerpt(text: str) -> str:
     return f"{json.dumps(text[:4] + '...')}, {len(text)} characters"
 
 
-def _closing_quote(body: str, quote: str) -> int:
-    index = 0
-    while index < len(body):
-        if quote == '"' and body[index] == "\\":
-            index += 2
-            continue
-        if body[index] == quote:
-            return index
-        index += 1
-    return -1
-
-
 # An env file holds a few variables; this bounds what a mistake (or /dev/zero) can cost.
 MAX_ENV_FILE_BYTES = 1024 * 1024
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
-
-
-def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), value, flags=re.DOTALL)
-
 
 def read_env_file(path: Path) -> tuple[list[EnvEntry], list[EnvProblem]]:
     """Entries of an env file, and the problems in it.
@@ -147,8 +212,7 @@ def read_env_file(path: Path) -> tuple[list[EnvEntry], list[EnvProblem]]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return [], [(1, 1, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]
-    entries, problems = parse_env_text(text)
-    return entries, [(line, 1, message) for line, message in problems]
+    return parse_env_text(text)
 
 
 def read_dotenv(path: Path, environ: Mapping[str, str]) -> tuple[dict[str, str], list[EnvProblem]]:
@@ -162,16 +226,25 @@ def read_dotenv(path: Path, environ: Mapping[str, str]) -> tuple[dict[str, str],
         entries, problems = read_env_file(path)
     except OSError as exc:
         return {}, [(1, 1, f"cannot read: {exc.strerror or exc}")]
+    values, more = resolve(entries, environ)
+    return values, problems + more
+
+
+def resolve(entries: list[EnvEntry], environ: Mapping[str, str]) -> tuple[dict[str, str], list[EnvProblem]]:
+    """The values of a file's entries: `${VAR}` expanded from the environment first, then
+    the lines above (as Compose does); a `KEY` alone takes the environment's value, and is
+    left out when the environment has none."""
     values: dict[str, str] = {}
+    problems: list[EnvProblem] = []
     for entry in entries:
         if entry.value is None:
-            continue
-        if entry.literal:
+            if entry.key in environ:
+                values[entry.key] = environ[entry.key]
+        elif entry.literal:
             values[entry.key] = entry.value
-            continue
-        try:
-            # A value may use the environment and the lines above it, like a shell would.
-            values[entry.key] = interpolate(entry.value, ChainMap(dict(environ), values))
-        except InterpolationError as exc:
-            problems.append((entry.line, 1, f"{entry.key}: {exc}"))
+        else:
+            try:
+                values[entry.key] = interpolate(entry.value, ChainMap(dict(environ), values))
+            except InterpolationError as exc:
+                problems.append((entry.line, 1, f"{entry.key}: {exc}"))
     return values, problems
