@@ -24,6 +24,7 @@ from stackvisor.config.interpolate import InterpolationError, interpolate
 # (line, column, message), both 1-based, in the file that was read.
 EnvProblem = tuple[int, int, str]
 
+
 @dataclass(frozen=True)
 class EnvEntry:
     """One `KEY=VALUE` line. `value` None: a bare `KEY`, taken from the environment."""
@@ -191,6 +192,7 @@ def _excerpt(text: str) -> str:
 
 # An env file holds a few variables; this bounds what a mistake (or /dev/zero) can cost.
 MAX_ENV_FILE_BYTES = 1024 * 1024
+
 
 def read_env_file(path: Path) -> tuple[list[EnvEntry], list[EnvProblem]]:
     """Entries of an env file, and the problems in it.
