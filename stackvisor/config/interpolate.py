@@ -132,7 +132,7 @@ class _Expander:
         if operator in (":+", "+"):
             return self.expand(argument) if present else ""
         if not present:
-            suffix = f": {argument}" if argument else ""
+            suffix = f": {self.expand(argument)}" if argument else ""
             raise InterpolationError(f"required variable {name} is missing a value{suffix}")
         return self.literal(value)
 
@@ -140,8 +140,8 @@ class _Expander:
 def _closing_brace(text: str, start: int) -> int:
     """Index of the `}` closing a `${` whose body begins at `start`, or -1.
 
-    Only `${` opens a nested level (as in Compose), and `$$` is skipped so that an
-    escaped dollar before a brace does not count.
+    Braces nest (`${JSON:-{"json":1}}`, a `${` in a default, as in Compose), and `$$`
+    is skipped so that an escaped dollar before a brace does not count.
     """
     depth = 1
     i = start
@@ -149,11 +149,9 @@ def _closing_brace(text: str, start: int) -> int:
         if text.startswith("$$", i):
             i += 2
             continue
-        if text.startswith("${", i):
+        if text[i] == "{":
             depth += 1
-            i += 2
-            continue
-        if text[i] == "}":
+        elif text[i] == "}":
             depth -= 1
             if depth == 0:
                 return i
