@@ -238,7 +238,7 @@ def test_env_files_are_merged_under_env(tmp_path: Path) -> None:
         "RAW": "a$$b",
     }
     assert config.services["plain"].env["SHARED"] == "base"
-    assert config.services["api"].env_file == ["config/base.env", "config/local.env"]
+    assert [f.path for f in config.services["api"].env_file] == ["config/base.env", "config/local.env"]
 
 
 def test_env_file_is_relative_to_the_stack_not_the_cwd(

@@ -134,6 +134,16 @@ def by_name(root: Path) -> dict[str, dict[str, Any]]:
     return {str(s["name"]): s for s in services(root)}
 
 
+def until(root: Path, predicate: Callable[[], object], timeout: float) -> None:
+    """Poll `predicate` until it holds; on timeout fail with the stack's status, so a
+    failure on a CI machine says what the stack was doing."""
+    try:
+        wait_for(predicate, timeout=timeout)
+    except AssertionError:
+        shown = {n: (s["state"], s["restarts"], s["reason"]) for n, s in by_name(root).items()}
+        raise AssertionError(f"not within {timeout}s; the stack: {shown}") from None
+
+
 def test_the_real_stack_survives_an_outage_reloads_without_restarts_and_leaves_nothing(
     real: Path, detached: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
@@ -160,23 +170,23 @@ def test_the_real_stack_survives_an_outage_reloads_without_restarts_and_leaves_n
     # A database outage: its dependents wait, spend no restarts, and come back by themselves.
     assert cli("stop", "postgres", cwd=real).returncode == 0
     assert cli("start", "postgres", cwd=real).returncode == 0
-    wait_for(lambda: {s["state"] for s in services(real)} <= {"healthy", "completed"}, timeout=60)
-    assert [s["restarts"] for s in services(real)] == [0] * 8
+    until(real, lambda: {s["state"] for s in services(real)} <= {"healthy", "completed"}, 60)
+    assert {n: s["restarts"] for n, s in by_name(real).items()} == dict.fromkeys(by_name(real), 0)
     assert get(front)[0] == 200
 
     # Hot reload: a new template is rendered again and nginx reloads it (same pid).
     nginx = by_name(real)["nginx"]["pid"]
     template = real / "nginx" / "nginx.conf.in"
     save(template, template.read_text().replace('X-Stack "v1"', 'X-Stack "v2"'))
-    wait_for(lambda: get(front)[1].get("X-Stack") == "v2", timeout=10)
+    until(real, lambda: get(front)[1].get("X-Stack") == "v2", 10)
     assert by_name(real)["nginx"]["pid"] == nginx
 
     # api moves: the rendering follows, nginx reloads, and the front never answers 502.
     (moved,) = free_ports(1)
     stack = real / "services.yaml"
     save(stack, stack.read_text().replace("port: 58000", f"port: {moved}"))
-    wait_for(lambda: f"127.0.0.1:{moved}/api/" in (real / "run" / "nginx.conf").read_text(), timeout=20)
-    wait_for(lambda: get(front)[0] == 200, timeout=10)
+    until(real, lambda: f"127.0.0.1:{moved}/api/" in (real / "run" / "nginx.conf").read_text(), 20)
+    until(real, lambda: get(front)[0] == 200, 10)
     assert by_name(real)["nginx"]["pid"] == nginx
 
     # kill -9 of the supervisor, then down: no process and no cgroup is left.

@@ -36,13 +36,15 @@ def apply_env_files(
             continue
         merged: dict[str, str] = {}
         written = report.written(("services", name, "env_file"))
-        for index, relative in enumerate(service.env_file):
+        for index, ref in enumerate(service.env_file):
             where: Loc = ("services", name, "env_file") + ((index,) if isinstance(written, list) else ())
+            relative = ref.path
             file = root / relative
             try:
                 entries, problems = read_env_file(file)
             except FileNotFoundError:
-                report.add(where, f"env file not found: {relative}")
+                if ref.required:  # an optional one is read once it is there (its folder is watched)
+                    report.add(where, f"env file not found: {relative}")
                 continue
             except OSError as exc:
                 report.add(where, f"cannot read env file {relative}: {exc.strerror or exc}")

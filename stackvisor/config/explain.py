@@ -29,6 +29,25 @@ from stackvisor.config.yamlpos import Loc
 # file they are unknown fields, so they are never offered as a "did you mean".
 _HIDDEN = {StackConfig: {"path"}, Service: {"name"}}
 
+# A service's fields as other tools name them: (whose, what to write here).
+FOREIGN = {
+    "entrypoint": ("Compose's entrypoint", "`command`"),
+    "availability": ("process-compose's availability", "`restart`, `max_restarts` and `backoff`"),
+    "readiness_probe": ("process-compose's readiness_probe", "`healthcheck`"),
+    "liveness_probe": ("process-compose's liveness_probe", "`healthcheck`"),
+    "shutdown": ("process-compose's shutdown", "`stop_signal` and `stop_timeout`"),
+    "is_daemon": ("process-compose's is_daemon", "a command that stays in the foreground"),
+    "disabled": ("process-compose's disabled", "`profiles` (it starts when its profile is asked for)"),
+    "autorestart": ("supervisord's autorestart", "`restart`"),
+    "autostart": ("supervisord's autostart", "`profiles` (it starts when its profile is asked for)"),
+    "startretries": ("supervisord's startretries", "`max_restarts`"),
+    "startsecs": ("supervisord's startsecs", "`healthcheck` (or `backoff.reset_after`)"),
+    "stopsignal": ("supervisord's stopsignal", "`stop_signal`"),
+    "stopwaitsecs": ("supervisord's stopwaitsecs", "`stop_timeout`"),
+    "directory": ("supervisord's directory", "`working_dir`"),
+    "priority": ("supervisord's priority", "`depends_on`"),
+}
+
 # Pydantic error kinds that mean "this is the wrong kind of value" rather than "right
 # kind, wrong value": only these are collapsed when every member of a union fails.
 _TYPE_ERRORS = frozenset(
@@ -63,7 +82,11 @@ def _explain(errors: list[Any]) -> list[tuple[Loc, str, bool]]:
         if error["type"] == "extra_forbidden":
             parent = _type_at(path[:-1])
             fields = set(parent.model_fields) - _HIDDEN.get(parent, set()) if _is_model(parent) else set()
+            foreign = FOREIGN.get(str(path[-1])) if parent is Service else None
             hint = suggest(str(path[-1]), fields)
+            if foreign:
+                out.append((path, f"unknown field ({foreign[0]}; write {foreign[1]})", True))
+                continue
             if hint:
                 hinted.add(path[:-1] + (hint,))
             out.append((path, "unknown field" + (f' (did you mean "{hint}"?)' if hint else ""), True))

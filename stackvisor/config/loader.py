@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from stackvisor.config.checks import apply_env_files, check_stack, check_users, check_working_dirs
+from stackvisor.config.compose import carry_over
 from stackvisor.config.envfiles import read_dotenv
 from stackvisor.config.explain import validate
 from stackvisor.config.interpolate import InterpolationError, interpolate, port_variables
@@ -43,7 +44,7 @@ CONFIG_NAMES = ("services.yaml", "services.yml", "stackvisor.yaml")
 # Fields whose strings keep the port variables for the start-time pass: ports are
 # known only once conflicts are resolved at start time (a migrated port must reach the
 # dependents), and only these fields are expanded again then.
-_DEFERRED = frozenset({"command", "env", "healthcheck"})
+_DEFERRED = frozenset({"command", "env", "environment", "healthcheck"})
 
 
 def find_config(start: Path | None = None) -> Path:
@@ -82,7 +83,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> StackCo
     names = list(services_data) if isinstance(services_data, dict) else []
     kept = port_variables(names)
 
-    data = _interpolate_tree(_without_extensions(document.data), (), variables, kept, report)
+    data = _interpolate_tree(carry_over(document.data, variables, report), (), variables, kept, report)
     data = _prepare(data, absolute, report)
     config = validate(data, report)
     report.raise_if_any()
@@ -197,26 +198,6 @@ def _interpolate_tree(
 
 
 # --- what the loader owns in the document ----------------------------------------------
-
-
-def _without_extensions(data: dict[str, Any]) -> dict[str, Any]:
-    """The document without Compose's `x-` extension fields, at the top and in services.
-
-    They hold anchors to reuse (`x-defaults: &defaults`) and notes for other tools;
-    by the time they are dropped, merge keys have already copied what they share.
-    """
-    out = _without_x(data)
-    services = out.get("services")
-    if isinstance(services, dict):
-        out["services"] = {
-            name: _without_x(service) if isinstance(service, dict) else service
-            for name, service in services.items()
-        }
-    return out
-
-
-def _without_x(mapping: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in mapping.items() if not key.startswith("x-")}
 
 
 def _prepare(data: dict[str, Any], path: Path, report: Report) -> dict[str, Any]:

@@ -13,196 +13,55 @@ still unexpanded here: they are known only once ports are resolved at start time
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import signal
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
+    AliasChoices,
     BeforeValidator,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
 
 from stackvisor.config.address import split_host_port
+from stackvisor.config.fields import (
+    Backoff,
+    Condition,
+    Dependency,
+    Duration,
+    EnvFile,
+    HealthCheck,
+    Model,
+    Port,
+    RestartPolicy,
+    SignalName,
+    Strategy,
+    Watch,
+    parse_duration,
+    port_number,
+    whole_number,
+)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-# The longest duration any field takes: a week. Longer is a typo, and would overflow
-# the event loop's timers.
-MAX_DURATION = 7 * 24 * 3600.0
-
-
-def parse_duration(value: Any) -> float:
-    """`500ms`, `2s`, `1m`, `1h` or a plain number of seconds -> float seconds, 0 to a week."""
-    seconds: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds is None or math.isnan(seconds):
-        raise ValueError(f"expected a duration like 500ms, 2s, 1m or a number of seconds (got {value!r})")
-    if seconds < 0:
-        raise ValueError("expected a duration that is not negative")
-    if seconds > MAX_DURATION:
-        raise ValueError(f"expected a duration of at most a week (168h) (got {value!r})")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-MIN_INTERVAL = 0.01
-
-
-def _interval(seconds: float) -> float:
-    if seconds < MIN_INTERVAL:
-        raise ValueError(f"expected at least 10ms: a shorter interval is a busy loop (got {seconds:g}s)")
-    return seconds
+__all__ = [
+    "Backoff",
+    "Condition",
+    "Dependency",
+    "EnvFile",
+    "HealthCheck",
+    "RestartPolicy",
+    "Service",
+    "Settings",
+    "StackConfig",
+    "Strategy",
+    "Watch",
+    "parse_duration",
+]
 
 
-# How often something is done: never so often that it becomes a busy loop.
-Interval = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_interval)]
-
-
-class Strategy(StrEnum):
-    CONSERVATIVE = "conservative"
-    AGGRESSIVE = "aggressive"
-    INTELLIGENT = "intelligent"
-
-
-class Condition(StrEnum):
-    STARTED = "service_started"
-    HEALTHY = "service_healthy"
-    COMPLETED = "service_completed_successfully"
-
-
-class RestartPolicy(StrEnum):
-    NO = "no"
-    ON_FAILURE = "on-failure"
-    ALWAYS = "always"
-    UNLESS_STOPPED = "unless-stopped"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _port_number(value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise ValueError(f"expected a port between 1 and 65535 (got {value})")
-    return value
-
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-def _whole_number(value: Any) -> bool:
-    # bool is an int subclass, and `true` is not a port.
-    if isinstance(value, str):
-        return value.strip().isdigit()
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-class HealthCheck(_Model):
-    """Exactly one probe (`http`, `tcp`, `exec`, `log`) plus Compose's timing fields."""
-
-    http: str | None = None
-    tcp: str | None = None
-    exec: str | list[str] | None = None
-    log: str | None = None
-    interval: Interval = 10.0
-    timeout: Interval = 2.0
-    retries: int = Field(default=3, ge=1)
-    start_period: Duration = 0.0
-    # Until the first success, probe this often: dependents wait on it (Compose's field).
-    start_interval: Interval = 0.02
-
-    @model_validator(mode="after")
-    def _one_probe(self) -> HealthCheck:
-        probes = [k for k in ("http", "tcp", "exec", "log") if getattr(self, k) is not None]
-        if len(probes) != 1:
-            got = ", ".join(probes) if probes else "none"
-            raise ValueError(f"expected exactly one of http, tcp, exec, log (got {got})")
-        if self.log is not None:
-            try:
-                re.compile(self.log)
-            except re.error as exc:
-                raise ValueError(f"log: not a valid regular expression: {exc}") from None
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in ("http", "tcp", "exec", "log") if getattr(self, k) is not None)
-
-
-class Dependency(_Model):
-    """One `depends_on` entry, with Compose's fields (the short form's list gives defaults)."""
-
-    # What the dependency must reach before this service starts.
-    condition: Condition = Condition.STARTED
-    # Restart this service too whenever the dependency is restarted (`stackvisor
-    # restart`, or a reload that changed the dependency).
-    restart: bool = False
-    # Compose's `required`: false means the dependency does not block this service
-    # when it is not in the selection (`up` of a subset) or cannot start; this service
-    # then starts without it. True (the default) makes both a hard requirement.
-    required: bool = True
-
-
-def _signal_name(value: str) -> str:
-    name = value.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    if name not in signal.Signals.__members__:
-        raise ValueError(f"expected a signal name like SIGTERM or SIGHUP (got {value!r})")
-    return name
-
-
-SignalName = Annotated[str, AfterValidator(_signal_name)]
-
-
-class Watch(_Model):
-    """One `watch` entry: a glob (relative to the stack file) and what a change of a
-    matching file does to the service."""
-
-    path: str
-    # restart: stop and start it (a one-shot that completed runs again); rerun: the same,
-    # the name that reads right for one-shots (render a config, run migrations);
-    # signal: send `signal` to its process, which reloads by itself (nginx, postgres).
-    action: Literal["restart", "rerun", "signal"] = "restart"
-    signal: SignalName | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _hangup_by_default(cls, value: Any) -> Any:
-        if isinstance(value, dict) and value.get("action") == "signal" and value.get("signal") is None:
-            return {**value, "signal": "SIGHUP"}
-        return value
-
-    @model_validator(mode="after")
-    def _signal_with_its_action(self) -> Watch:
-        if self.action != "signal" and self.signal is not None:
-            raise ValueError(f"signal: is for action: signal (this entry says action: {self.action})")
-        return self
-
-
-class Backoff(_Model):
-    initial: Duration = 0.5
-    max: Duration = 30.0
-    factor: float = Field(default=2.0, ge=1.0)
-    reset_after: Duration = 10.0
-
-
-class Service(_Model):
+class Service(Model):
     name: str = ""
     command: str | list[str]
     port: Port | Literal["auto"] | None = None
@@ -211,8 +70,9 @@ class Service(_Model):
     process_patterns: list[str] = []
     healthcheck: HealthCheck | None = None
     depends_on: dict[str, Dependency] = {}
-    env: dict[str, str] = {}
-    env_file: list[str] = []
+    # Compose's `environment` is the same field.
+    env: dict[str, str] = Field(default={}, validation_alias=AliasChoices("env", "environment"))
+    env_file: list[EnvFile] = []
     working_dir: str | None = None
     # Run as this user (`NAME` or `NAME:GROUP`, names or ids), as Compose's `user`.
     user: str | None = None
@@ -220,13 +80,34 @@ class Service(_Model):
     max_restarts: int = Field(default=5, ge=0)
     backoff: Backoff = Backoff()
     stop_signal: SignalName = "SIGTERM"
-    stop_timeout: Duration | None = None
+    # Compose's `stop_grace_period` is the same field.
+    stop_timeout: Duration | None = Field(
+        default=None, validation_alias=AliasChoices("stop_timeout", "stop_grace_period")
+    )
     watch: list[Watch] = []
     conflict_strategy: Strategy | None = None
     # "inherit": the supervisor binds the port and hands the listening socket over
     # (systemd's LISTEN_FDS protocol, fd 3), so nobody can take it between our check
     # and the child's bind, and a restart never meets a conflict.
     socket: Literal["inherit"] | None = None
+    # Kept as written, shown in `status --json` (Compose's labels: notes for tools).
+    labels: dict[str, str] = {}
+    # Compose's profiles: a service with profiles starts only when one of them is
+    # active (`--profile`, STACKVISOR_PROFILES) or when it is named; others always start.
+    profiles: list[str] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compose_spellings(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        for ours, theirs in (("env", "environment"), ("stop_timeout", "stop_grace_period")):
+            if ours in value and theirs in value:
+                raise ValueError(f"{ours} and {theirs} are the same field: write one of them")
+        check = value.get("healthcheck")
+        if isinstance(check, dict) and (check.get("disable") is True or check.get("test") == ["NONE"]):
+            value = {k: v for k, v in value.items() if k != "healthcheck"}  # Compose: no check
+        return value
 
     @model_validator(mode="after")
     def _inherit_needs_a_port(self) -> Service:
@@ -275,6 +156,26 @@ class Service(_Model):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("env_file", mode="before")
+    @classmethod
+    def _env_file_short_form(cls, value: Any) -> Any:
+        # A plain path is a required file.
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [{"path": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_form(cls, value: Any) -> Any:
+        # Compose allows a list of KEY=VALUE, and scalar values.
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return dict(item.partition("=")[::2] for item in value)
+        if isinstance(value, dict):
+            return {str(k): "" if v is None else str(v) for k, v in value.items()}
+        return value
+
     @field_validator("watch", mode="before")
     @classmethod
     def _watch_short_form(cls, value: Any) -> Any:
@@ -293,9 +194,9 @@ class Service(_Model):
                 raise ValueError(f"expected a range like 6380-6399 (got {value!r})")
             value = (int(low), int(high))
         if isinstance(value, (list, tuple)) and len(value) == 2:
-            if not all(_whole_number(end) for end in value):
+            if not all(whole_number(end) for end in value):
                 raise ValueError("expected two port numbers like [6380, 6399]")
-            first, last = _port_number(int(value[0])), _port_number(int(value[1]))
+            first, last = port_number(int(value[0])), port_number(int(value[1]))
             if first > last:
                 raise ValueError(f"expected the low end first (got {first}-{last})")
             return (first, last)
@@ -313,7 +214,7 @@ class Service(_Model):
         return out
 
 
-class ControlSettings(_Model):
+class ControlSettings(Model):
     socket: str = ".stackvisor/control.sock"
     tcp: str | None = None
     allow_remote: bool = False
@@ -354,7 +255,7 @@ def _file_mode(value: Any) -> int:
 LogsMode = Annotated[int, BeforeValidator(_file_mode)]
 
 
-class Settings(_Model):
+class Settings(Model):
     strategy: Strategy = Strategy.INTELLIGENT
     reserved_ports: list[Port] = []
     protected_processes: list[str] = []
@@ -371,7 +272,7 @@ class Settings(_Model):
     control: ControlSettings = ControlSettings()
 
 
-class StackConfig(_Model):
+class StackConfig(Model):
     """A whole, validated stack. `path` is the file, `root` its folder."""
 
     name: str = ""

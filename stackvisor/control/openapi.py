@@ -92,6 +92,7 @@ _SERVICE = {
         "exit_code": {"type": ["integer", "null"]},
         "started_at": {"type": ["number", "null"], "description": "unix time"},
         "depends_on": {"type": "array", "items": {"type": "string"}},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
         "resources": {
             "type": ["object", "null"],
             "description": "what it uses now (null when it does not run)",

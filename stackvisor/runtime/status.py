@@ -28,6 +28,7 @@ class ServiceStatus(TypedDict):
     depends_on: list[str]
     selected: NotRequired[bool]  # in the stack's status: part of what `up` runs
     resources: NotRequired[Resources | None]  # in the stack's status; None when not running
+    labels: NotRequired[dict[str, str]]  # in the stack's status: the service's `labels`
 
 
 class ReloadResult(TypedDict):

@@ -343,6 +343,7 @@ class Supervisor(Reloading):
             entry = self.runners[name].status()
             entry["selected"] = name in self.selection
             entry["resources"] = figures.get(name)
+            entry["labels"] = dict(self.runners[name].config.labels)
             services.append(entry)
         status: StackStatus = {
             "name": self.config.name,

@@ -96,7 +96,7 @@ def config_files(config: StackConfig) -> set[Path]:
     root = config.root
     files = {config.path, root / ".env"}
     for svc in config.services.values():
-        files.update((root / f).resolve() for f in svc.env_file)
+        files.update((root / f.path).resolve() for f in svc.env_file)
     return files
 
 
