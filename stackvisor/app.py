@@ -122,6 +122,7 @@ def run_supervisor(
     until_done: bool,
     lease: Lease,
     console: bool,
+    profiles: Sequence[str] = (),
 ) -> int:
     """The supervisor in this process until the stack stops; the exit status of `up`."""
     paths = stack_paths(config)
@@ -142,6 +143,7 @@ def run_supervisor(
             console=out,
             strategy=Strategy(strategy) if strategy else None,
             owns_process_tree=True,
+            profiles=profiles,
         )
         return await serve(sup, services, until_done=until_done, lease=lease)
 

@@ -171,3 +171,45 @@ def test_labels_are_shown_in_status_json(tmp_path: Path, detached: Any) -> None:
     assert detached(tmp_path).returncode == 0
     (app,) = json.loads(cli("status", "--json", cwd=tmp_path).stdout)["services"]
     assert app["labels"] == {"team": "web"}
+
+
+PROFILED = f"""
+services:
+  api: {{command: "{SLEEP}"}}
+  debugger: {{command: "{SLEEP}", profiles: [debug], depends_on: [api]}}
+  tracer: {{command: "{SLEEP}", profiles: [debug, trace], depends_on: [helper]}}
+  helper: {{command: "{SLEEP}", profiles: [never]}}
+"""
+
+
+def test_profiles_select_services_as_compose_does(tmp_path: Path) -> None:
+    from stackvisor.runtime.plans import selection
+
+    config = load(tmp_path, PROFILED)
+    assert selection(config, []) == {"api"}
+    assert selection(config, [], ["debug"]) == {"api", "debugger", "tracer", "helper"}  # what they need too
+    assert selection(config, [], ["trace"]) == {"api", "tracer", "helper"}
+    assert selection(config, ["debugger"]) == {"api", "debugger"}  # named: whatever its profiles
+
+
+def test_profiles_from_the_command_line_the_environment_and_a_running_stack(
+    tmp_path: Path, detached: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_stack(tmp_path, PROFILED)
+
+    def selected() -> set[str]:
+        return {
+            s["name"]
+            for s in json.loads(cli("status", "--json", cwd=tmp_path).stdout)["services"]
+            if s["selected"]
+        }
+
+    assert detached(tmp_path).returncode == 0
+    assert selected() == {"api"}
+    up = cli("up", "-d", "--wait", "--profile", "trace", cwd=tmp_path)  # against the running stack
+    assert up.returncode == 0 and "started helper, tracer" in up.stderr
+    assert selected() == {"api", "tracer", "helper"}
+    assert cli("down", cwd=tmp_path).returncode == 0
+    monkeypatch.setenv("STACKVISOR_PROFILES", "debug")
+    assert detached(tmp_path).returncode == 0
+    assert selected() == {"api", "debugger", "tracer", "helper"}

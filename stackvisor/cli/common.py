@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,12 @@ if TYPE_CHECKING:
     from stackvisor.control.ops import Stack, StackRef
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+
+def profiles(args: argparse.Namespace) -> list[str]:
+    """The active Compose profiles: `--profile` (repeatable) and STACKVISOR_PROFILES (a,b)."""
+    named = [p.strip() for p in os.environ.get("STACKVISOR_PROFILES", "").split(",") if p.strip()]
+    return sorted({*getattr(args, "profile", []), *named})
 
 
 class UsageError(Exception):

@@ -25,13 +25,14 @@ class Converged:
     since: float  # what `--wait` reports on (port conflicts) starts here
 
 
-def converge(config: StackConfig, named: Sequence[str], pid: int) -> Converged:
+def converge(config: StackConfig, named: Sequence[str], pid: int, profiles: Sequence[str] = ()) -> Converged:
     """Apply the file to the running stack and start what is missing; say what was done."""
     from stackvisor.control import ops
 
     since = time.time()
     try:
-        result = ops.client_for(config).post("/v1/up", {"services": list(named)})
+        body = {"services": list(named), "profiles": list(profiles)}
+        result = ops.client_for(config).post("/v1/up", body)
     except ApiError as exc:
         print(f"stackvisor: the running stack (pid {pid}) refused: {exc}", file=sys.stderr)
         return Converged(EXIT_FAILURE, since)

@@ -39,9 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def profile_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--profile",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="also start the services of this profile (repeatable; and STACKVISOR_PROFILES=a,b)",
+        )
+
     def supervisor_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("services", nargs="*", metavar="SERVICE")
         p.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
+        profile_option(p)
         p.add_argument(
             "--exit-when-done",
             action="store_true",
@@ -116,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", "up --wait, run a command with the stack's ports, then down", stack.cmd_run)
     run.add_argument("services", nargs="*", metavar="SERVICE", help="(default: every service)")
     run.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
+    profile_option(run)
     run.add_argument("--timeout", type=_duration, default=120.0, help="for the stack to be ready")
     run.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")

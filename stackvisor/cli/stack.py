@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stackvisor import graph
-from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, check_names, load, locate
+from stackvisor.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    check_names,
+    load,
+    locate,
+    profiles,
+)
 from stackvisor.cli.render import format_history
 from stackvisor.config.schema import StackConfig, Strategy
 from stackvisor.paths import stack_paths
@@ -74,6 +83,8 @@ def _check_programs(config: StackConfig) -> tuple[list[str], list[str]]:
 
 def _supervisor_argv(args: argparse.Namespace) -> list[str]:
     argv = list(args.services)
+    for name in profiles(args):
+        argv += ["--profile", name]
     if args.strategy:
         argv += ["--strategy", args.strategy]
     if getattr(args, "exit_when_done", False):
@@ -116,10 +127,13 @@ def _children(config: StackConfig) -> tuple[set[tuple[int, float]], list[tuple[i
         db.close()
 
 
-def _port_plan(config: StackConfig, strategy: str | None, names: Sequence[str]) -> list[Any]:
+def _port_plan(
+    config: StackConfig, strategy: str | None, names: Sequence[str], active: Sequence[str] = ()
+) -> list[Any]:
     from stackvisor.ports.resolve import plan_stack
+    from stackvisor.runtime import plans
 
-    selection = graph.closure(config.graph(), names) if names else set(config.services)
+    selection = plans.selection(config, names, active)
     override = Strategy(strategy) if strategy else None
     known, running = _children(config)
     return [a for a in plan_stack(config, override, known, running) if a.service in selection]
@@ -131,7 +145,7 @@ def cmd_ports(args: argparse.Namespace) -> int:
 
     config = load(args)
     check_names(config, args.services)
-    plan = _port_plan(config, args.strategy, args.services)
+    plan = _port_plan(config, args.strategy, args.services, profiles(args))
     if args.json:
         print(json.dumps([a.as_dict() for a in plan], indent=2, default=str))
     else:
@@ -146,7 +160,7 @@ def _preflight(config: StackConfig, args: argparse.Namespace) -> int | None:
 
     if ops.supervisor_pid(config) is not None:
         return None  # the running supervisor's own ports would all look taken
-    plan = _port_plan(config, args.strategy, args.services)
+    plan = _port_plan(config, args.strategy, args.services, profiles(args))
     if args.dry_run:
         print(format_plan(plan))
         return EXIT_FAILURE if any(a.action is Action.FAIL for a in plan) else EXIT_OK
@@ -215,7 +229,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return stop
     running = ops.supervisor_pid(config)
     if running is not None:
-        done = converge(config, args.services, running)
+        done = converge(config, args.services, running, profiles(args))
         if done.code != EXIT_OK:
             return done.code
         if args.wait:
@@ -242,6 +256,7 @@ def _supervise(config: StackConfig, args: argparse.Namespace, *, console: bool) 
         until_done=args.exit_when_done,
         lease=Lease(exit_with=args.exit_with, seconds=args.lease),
         console=console,
+        profiles=profiles(args),
     )
 
 
@@ -358,7 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     since: float | None = None
     running = ops.supervisor_pid(config)
     if running is not None:  # used as it is, and left running: this `run` did not start it
-        done = converge(config, args.services, running)
+        done = converge(config, args.services, running, profiles(args))
         if done.code != EXIT_OK:
             return done.code
         since = done.since

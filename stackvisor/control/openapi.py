@@ -210,14 +210,18 @@ OPENAPI: dict[str, Any] = {
         "/v1/up": {
             "post": {
                 "summary": "`up` against the running stack: apply the stack file, then start the named "
-                "services (all when none) that are neither running nor on their way",
+                "services (all when none, with the given profiles active) that are neither running "
+                "nor on their way",
                 "requestBody": {
                     "required": False,
                     "content": {
                         "application/json": {
                             "schema": {
                                 "type": "object",
-                                "properties": {"services": {"type": "array", "items": {"type": "string"}}},
+                                "properties": {
+                                    "services": {"type": "array", "items": {"type": "string"}},
+                                    "profiles": {"type": "array", "items": {"type": "string"}},
+                                },
                             }
                         }
                     },

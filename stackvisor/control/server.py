@@ -60,10 +60,10 @@ async def service_action(request: web.Request) -> web.Response:
     return web.json_response(sup.runners[name].status())
 
 
-def _names(body: dict[str, Any]) -> list[str]:
-    names = body.get("services", [])
+def _names(body: dict[str, Any], field: str = "services") -> list[str]:
+    names = body.get(field, [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ApiError(400, "malformed body", "services: expected a list of service names")
+        raise ApiError(400, "malformed body", f"{field}: expected a list of names")
     return names
 
 
@@ -83,9 +83,11 @@ async def restart_many(request: web.Request) -> web.Response:
 
 async def up(request: web.Request) -> web.Response:
     """`up` against the running stack: the file applied, what is missing started."""
-    names = _names(await json_body(request))
+    body = await json_body(request)
+    names = _names(body)
+    profiles = _names(body, "profiles")
     try:
-        result = await supervisor(request).converge(names)
+        result = await supervisor(request).converge(names, profiles)
     except LookupError as exc:
         raise ApiError(404, "unknown service", str(exc.args[0])) from None
     except ActionConflict as exc:

@@ -6,7 +6,7 @@ plans out (stops, starts, swaps configurations); tests check them without a proc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from stackvisor import graph
@@ -19,12 +19,17 @@ from stackvisor.runtime.status import ReloadResult
 RESTART_SETTINGS = frozenset({"control", "logs_dir", "logs_mode", "log_max_bytes", "log_backups", "reload"})
 
 
-def selection(config: StackConfig, requested: Sequence[str]) -> set[str]:
+def selection(config: StackConfig, requested: Sequence[str], profiles: Collection[str] = ()) -> set[str]:
     """What `up SERVICE...` runs under `config`: the named services still there and what
-    they need; everything when nothing was named."""
-    if not requested:
-        return set(config.services)
-    names = [n for n in requested if n in config.services]
+    they need. When nothing was named: every service without `profiles` and those with
+    an active one, and what they need (a needed service starts whatever its profiles,
+    as a named one does)."""
+    if requested:
+        names = [n for n in requested if n in config.services]
+    else:
+        names = [
+            n for n, svc in config.services.items() if not svc.profiles or set(svc.profiles) & set(profiles)
+        ]
     return graph.closure(config.graph(), names) if names else set()
 
 
@@ -63,6 +68,7 @@ def plan_reload(
     requested: Sequence[str],
     running: set[str],
     stopped_by_hand: set[str],
+    profiles: Collection[str] = (),
 ) -> ReloadPlan:
     """`running`: services with a live lifecycle; `stopped_by_hand`: those in `stopped`.
 
@@ -70,7 +76,7 @@ def plan_reload(
     one stopped by hand stays stopped.
     """
     restarts = sorted(restart_set(diff, new) & set(old.services))
-    chosen = selection(new, requested)
+    chosen = selection(new, requested, profiles)
     stop = tuple(n for n in (*diff.removed, *restarts) if n in running)
     by_hand = {n for n in restarts if n not in stop and n in stopped_by_hand}
     starting = set(diff.added) | (set(restarts) - by_hand)

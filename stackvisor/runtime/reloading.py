@@ -30,6 +30,7 @@ class Reloading:
     ports: PortAssignments
     selection: set[str]
     requested: list[str]
+    profiles: set[str]
     last_reload: ReloadResult | None
     bus: EventBus
     logger: Any
@@ -46,9 +47,10 @@ class Reloading:
 
         async def stop_services(self, names: Iterable[str], *, keep_sockets: bool = False) -> None: ...
 
-    async def converge(self, names: Sequence[str]) -> ConvergeResult:
+    async def converge(self, names: Sequence[str], profiles: Sequence[str] = ()) -> ConvergeResult:
         """`up [SERVICE...]` against this running stack, as `docker compose up -d`: apply the
-        file, make the named services (none named: the whole stack) part of what runs, and
+        file, make the named services (none named: the whole stack, with the services of
+        `profiles` and of the profiles already active) part of what runs, and
         start those of them that are neither running nor on their way. LookupError names
         a service the file does not have (after the reload)."""
         result = await self.reload(source="up")
@@ -62,7 +64,8 @@ class Reloading:
                 self.requested = []
             elif self.requested:
                 self.requested = [*self.requested, *(n for n in names if n not in self.requested)]
-            wanted = plans.selection(self.config, names or list(self.config.services))
+            self.profiles |= set(profiles)
+            wanted = plans.selection(self.config, names, self.profiles)
             self.selection |= wanted
             started = []
             for name in graph.start_order(self.config.graph()):
@@ -91,6 +94,7 @@ class Reloading:
                 requested=self.requested,
                 running={n for n, r in self.runners.items() if r.running},
                 stopped_by_hand={n for n, r in self.runners.items() if r.state is State.STOPPED},
+                profiles=self.profiles,
             )
             result = plans.reload_result(plan, dry_run=dry_run, source=source, now=time.time())
             if dry_run:

@@ -62,8 +62,10 @@ class Supervisor(Reloading):
         logger: Any = None,
         owns_process_tree: bool = False,
         clock: Clock | None = None,
+        profiles: Iterable[str] = (),
     ) -> None:
         self.config = config
+        self.profiles = set(profiles)  # Compose's: which services with `profiles` run
         self.paths = stack_paths(config)
         self.pid = os.getpid()
         # Every child carries "<instance>/<service>/<n>": unique across supervisors and runs.
@@ -159,7 +161,7 @@ class Supervisor(Reloading):
         self.open()
         assert self.state_db is not None
         self.requested = list(selection or [])
-        self.selection = plans.selection(self.config, self.requested)
+        self.selection = plans.selection(self.config, self.requested, self.profiles)
         self.lease = lease or Lease()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
