@@ -1,7 +1,8 @@
 """Finding and loading services.yaml into a validated `StackConfig`.
 
 Lives here: locating the file, reading it, the order of the steps of loading (YAML,
-`.env`, interpolation of the document, validation, env files, whole-stack checks), and
+`extends`, `.env`, interpolation of the document, validation, env files, `include`,
+whole-stack checks), and
 the parts of the document the loader owns (the `x-` extension fields it drops, the
 service names and the file's path it fills in). Not here: reading YAML with the
 position of every node (`yamlpos`), the dotenv format (`envfiles`), the shape of the
@@ -32,6 +33,7 @@ from stackvisor.config.checks import apply_env_files, check_stack, check_users, 
 from stackvisor.config.compose import carry_over
 from stackvisor.config.envfiles import read_dotenv
 from stackvisor.config.explain import validate
+from stackvisor.config.include import extend, include, included_paths
 from stackvisor.config.interpolate import InterpolationError, interpolate, port_variables
 from stackvisor.config.report import ConfigError, Report, display
 from stackvisor.config.schema import StackConfig
@@ -64,8 +66,11 @@ def find_config(start: Path | None = None) -> Path:
     raise ConfigError(f"no services.yaml found in {origin} or its parents")
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> StackConfig:
-    """Read, interpolate and validate a stack file; raise `ConfigError` listing every problem."""
+def load_config(
+    path: Path, environ: Mapping[str, str] | None = None, *, _including: tuple[Path, ...] = ()
+) -> StackConfig:
+    """Read, interpolate and validate a stack file (with the files it includes); raise
+    `ConfigError` listing every problem."""
     path = Path(path)
     report = Report(display(path))
     text = _read_text(path, report)
@@ -83,8 +88,10 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> StackCo
     names = list(services_data) if isinstance(services_data, dict) else []
     kept = port_variables(names)
 
-    data = _interpolate_tree(carry_over(document.data, variables, report), (), variables, kept, report)
-    data = _prepare(data, absolute, report)
+    written = extend(document.data, root, _read_document, report)
+    data = _interpolate_tree(carry_over(written, variables, report), (), variables, kept, report)
+    includes = data.pop("include", None)
+    data = _prepare(data, absolute, report, included=includes is not None)
     config = validate(data, report)
     report.raise_if_any()
     assert config is not None
@@ -92,6 +99,15 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> StackCo
     config = apply_env_files(config, root, variables, kept, report)
     check_working_dirs(config, root, report)
     check_users(config, report)
+    if includes is not None:
+        chain = (*_including, absolute)
+
+        def load_included(other: Path) -> StackConfig:
+            if other in chain:
+                raise ConfigError(f"{display(path)}: include goes round in a circle through {display(other)}")
+            return load_config(other, environ, _including=chain)
+
+        config = include(config, included_paths(includes, root, report), load_included, report)
     check_stack(config, report)
     report.raise_if_any()
     return config
@@ -130,6 +146,15 @@ def _parse_yaml(text: str, report: Report) -> Document | None:
     for problem in problems:
         report.add(problem.path, problem.message, position=(problem.line, problem.column))
     return document
+
+
+def _read_document(path: Path) -> Document | None:
+    """Another file's document (for `extends`), None when it cannot be read or parsed."""
+    try:
+        document, problems = parse_yaml(path.read_text())
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None if problems else document
 
 
 def _read_dotenv(path: Path, environ: Mapping[str, str], report: Report) -> dict[str, str]:
@@ -200,8 +225,9 @@ def _interpolate_tree(
 # --- what the loader owns in the document ----------------------------------------------
 
 
-def _prepare(data: dict[str, Any], path: Path, report: Report) -> dict[str, Any]:
-    """Fill in what the loader owns (names, path) and reject it when written in the file."""
+def _prepare(data: dict[str, Any], path: Path, report: Report, *, included: bool = False) -> dict[str, Any]:
+    """Fill in what the loader owns (names, path) and reject it when written in the file.
+    A file that includes others may have no services of its own."""
     data = dict(data)
     if "path" in data:
         report.add(("path",), "unknown field (the file's own location is used)", key=True)
@@ -210,7 +236,9 @@ def _prepare(data: dict[str, Any], path: Path, report: Report) -> dict[str, Any]
         data["name"] = path.parent.name
     data["path"] = path
     services = data.get("services")
-    if services is None or services == {}:
+    if included and not services:
+        data["services"] = {}
+    elif services is None or services == {}:
         report.add(
             ("services",), "no services defined; expected a mapping of service names to their settings"
         )
