@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from stackvisor.cli import running, stack
+from stackvisor.cli import importing, running, stack
 from stackvisor.config.schema import Strategy, parse_duration
 
 
@@ -66,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     command("validate", "check the stack file and print the services in start order", stack.cmd_validate)
+
+    imported = sub.add_parser(
+        "import",
+        help="write a Procfile or a process-compose file as a services.yaml",
+        description="write a Procfile (foreman, honcho) or a process-compose file as a services.yaml",
+    )
+    imported.add_argument("source", metavar="FILE", help="Procfile, or a process-compose YAML file")
+    imported.add_argument("-o", "--output", metavar="OUT", help="write here instead of standard output")
+    imported.add_argument("--force", action="store_true", help="with -o: replace OUT if it exists")
+    imported.add_argument(
+        "-p", "--port", type=int, default=5000, help="a Procfile's first PORT (foreman's rule; default 5000)"
+    )
+    imported.set_defaults(func=importing.cmd_import)
 
     up = command("up", "start the stack (or the named services and what they need)", stack.cmd_up)
     supervisor_options(up)
