@@ -136,6 +136,7 @@ services:
         ("availability: {restart: always}", "unknown field (process-compose's availability; write `restart`"),
         ("autorestart: true", "unknown field (supervisord's autorestart; write `restart`)"),
         ("entrypoint: [sh]", "unknown field (Compose's entrypoint; write `command`)"),
+        ("develop: {watch: []}", "unknown field (Compose's develop.watch; write `watch`"),
     ],
 )
 def test_fields_of_containers_and_other_tools_say_what_to_write(
@@ -213,3 +214,9 @@ def test_profiles_from_the_command_line_the_environment_and_a_running_stack(
     monkeypatch.setenv("STACKVISOR_PROFILES", "debug")
     assert detached(tmp_path).returncode == 0
     assert selected() == {"api", "debugger", "tracer", "helper"}
+
+
+def test_env_file_paths_are_interpolated(tmp_path: Path) -> None:
+    (tmp_path / "staging.env").write_text("MODE=staging\n")
+    text = "services:\n  a: {command: x, env_file: ['${STAGE:-dev}.env']}\n"
+    assert load(tmp_path, text, environ={"STAGE": "staging"}).services["a"].env == {"MODE": "staging"}

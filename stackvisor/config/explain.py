@@ -32,6 +32,7 @@ _HIDDEN = {StackConfig: {"path"}, Service: {"name"}}
 # A service's fields as other tools name them: (whose, what to write here).
 FOREIGN = {
     "entrypoint": ("Compose's entrypoint", "`command`"),
+    "develop": ("Compose's develop.watch", "`watch` (restart, rerun or signal on a change)"),
     "availability": ("process-compose's availability", "`restart`, `max_restarts` and `backoff`"),
     "readiness_probe": ("process-compose's readiness_probe", "`healthcheck`"),
     "liveness_probe": ("process-compose's liveness_probe", "`healthcheck`"),
