@@ -307,7 +307,12 @@ def test_a_stop_signal_reaches_every_member(base: Path, start: Start, tmp_path: 
     assert {f"ready-{pid}" for pid in members} == {p.name for p in tmp_path.glob("ready-*")}
 
     assert cgroups.signal_all(svc, signal.SIGTERM, GATE) == 6
-    wait_for(lambda: len(list(tmp_path.glob("term-*"))) == 6)
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("term-*"))) == 6)
+    except AssertionError:  # say which member did not answer, and what it was doing
+        silent = [p for p in members if not (tmp_path / f"term-{p}").exists()]
+        states = {p: psutil.Process(p).status() if psutil.pid_exists(p) else "gone" for p in silent}
+        raise AssertionError(f"no SIGTERM handled by {states}") from None
     assert {f"term-{pid}" for pid in members} == {p.name for p in tmp_path.glob("term-*")}
     assert cgroups.wait_empty(svc, timeout=10)
 

@@ -80,7 +80,9 @@ def test_staying_up_resets_the_restart_budget() -> None:
     assert tracker.decide(now=3.0, **kw).delay == 1.0
     tracker.started(4.0)
     decision = tracker.decide(now=100.0, **kw)  # it stayed up for 96 s: a fresh budget
-    assert decision.verdict is Verdict.RESTART and decision.delay == 0.5
+    assert decision.verdict is Verdict.RESTART and decision.delay == 0.0  # and no wait: no crash loop
+    tracker.started(100.0)
+    assert tracker.decide(now=101.0, **kw).delay == 1.0  # the loop again: the second restart's
 
 
 def test_health_failures_inside_start_period_do_not_count() -> None:

@@ -59,13 +59,15 @@ class RestartTracker:
 
         `exit_code` is the code, or -N for a signal N. A process that stayed up
         for `backoff.reset_after` earns a fresh restart budget, like supervisord's
-        startsecs: a crash loop is throttled, a crash once a day is not.
+        startsecs, and is restarted at once: a crash loop is throttled, a crash once a day
+        is not.
 
         As in Compose, `always` and `unless-stopped` never give up (the backoff stays
         capped at `backoff.max`); `on-failure` gives up after `max_restarts` in a row,
         and `max_restarts: 0` means never.
         """
-        if self.started_at is not None and now - self.started_at >= backoff.reset_after:
+        stable = self.started_at is not None and now - self.started_at >= backoff.reset_after
+        if stable:
             self.restarts = 0
         failed = unhealthy or exit_code != 0
         if policy is RestartPolicy.NO or (policy is RestartPolicy.ON_FAILURE and not failed):
@@ -78,7 +80,8 @@ class RestartTracker:
             what = "unhealthy" if unhealthy else f"exited with code {exit_code}"
             return ExitDecision(Verdict.FAILED, reason=f"{what}; gave up after {self.restarts} restarts")
         self.restarts += 1
-        delay = backoff_delay(self.restarts, backoff)
+        # The backoff is for crash loops: a service that had run stably comes back at once.
+        delay = 0.0 if stable else backoff_delay(self.restarts, backoff)
         what = "unhealthy" if unhealthy else f"exited with code {exit_code}"
         return ExitDecision(Verdict.RESTART, delay=delay, reason=what)
 
