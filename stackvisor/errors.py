@@ -1,12 +1,14 @@
 """Errors that cross layers: raised in one (runtime, control, the client) and handled in another.
 
 Each says what happened in words a person can act on; the CLI maps them to exit
-statuses and the control API to HTTP statuses. Errors that stay inside one module
-(a config file's `ConfigError`, a `GraphError`, a `PortConflictError`) live there.
+statuses and the control API to HTTP statuses; `ConfigError` (everything wrong with a
+stack file) is here too, so that commands can catch it without loading the schema.
+Errors that stay inside one module (a `GraphError`, a `PortConflictError`) live there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -63,3 +65,14 @@ class ApiError(Exception):
     @property
     def body(self) -> dict[str, str]:
         return {"error": self.error, "detail": self.detail}
+
+
+class ConfigError(Exception):
+    """Everything wrong with a stack file, one formatted line per problem."""
+
+    def __init__(self, errors: str | Iterable[str]) -> None:
+        self.errors: list[str] = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)

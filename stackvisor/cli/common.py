@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stackvisor.config import find_config, load_config
-from stackvisor.config.schema import StackConfig
+from stackvisor.config.finding import find_config
 from stackvisor.errors import NotRunning
 
 if TYPE_CHECKING:
+    from stackvisor.config.schema import StackConfig
     from stackvisor.control.client import Client
     from stackvisor.control.ops import Stack, StackRef
 
@@ -31,6 +31,8 @@ class UsageError(Exception):
 
 
 def load(args: argparse.Namespace) -> StackConfig:
+    from stackvisor.config.loader import load_config  # the schema: only the commands that read the file
+
     path = Path(args.file) if args.file else find_config()
     return load_config(path)
 

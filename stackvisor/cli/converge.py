@@ -13,10 +13,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK, follow_logs
-from stackvisor.config.schema import StackConfig
 from stackvisor.errors import ApiError
+
+if TYPE_CHECKING:
+    from stackvisor.config.schema import StackConfig
 
 
 @dataclass(frozen=True)

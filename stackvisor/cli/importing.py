@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from stackvisor.config.importers import NotImportable, from_process_compose, from_procfile
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from stackvisor.config.importers import NotImportable, from_process_compose, from_procfile
+
     source = Path(args.source)
     try:
         text = source.read_text(encoding="utf-8")

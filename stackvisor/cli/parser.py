@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from stackvisor.cli import importing, running, stack
-from stackvisor.config.schema import Strategy, parse_duration
+from stackvisor.config.kinds import Strategy, parse_duration
 
 
 def _pid(text: str) -> int:

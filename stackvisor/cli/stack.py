@@ -24,11 +24,12 @@ from stackvisor.cli.common import (
     profiles,
 )
 from stackvisor.cli.render import format_history
-from stackvisor.config.schema import StackConfig, Strategy
+from stackvisor.config.kinds import Strategy
 from stackvisor.paths import stack_paths
 from stackvisor.runtime.status import StackStatus
 
 if TYPE_CHECKING:
+    from stackvisor.config.schema import StackConfig
     from stackvisor.control.ops import Stack
     from stackvisor.runtime.state import StateDB
 

@@ -33,37 +33,20 @@ from stackvisor.config.checks import apply_env_files, check_stack, check_users, 
 from stackvisor.config.compose import carry_over
 from stackvisor.config.envfiles import read_dotenv
 from stackvisor.config.explain import validate
+from stackvisor.config.finding import CONFIG_NAMES, find_config
 from stackvisor.config.include import extend, include, included_paths
 from stackvisor.config.interpolate import InterpolationError, interpolate, port_variables
-from stackvisor.config.report import ConfigError, Report, display
+from stackvisor.config.report import Report, display
 from stackvisor.config.schema import StackConfig
 from stackvisor.config.yamlpos import Document, Loc, parse_yaml
+from stackvisor.errors import ConfigError
 
 __all__ = ["CONFIG_NAMES", "ConfigError", "find_config", "load_config"]
-
-CONFIG_NAMES = ("services.yaml", "services.yml", "stackvisor.yaml")
 
 # Fields whose strings keep the port variables for the start-time pass: ports are
 # known only once conflicts are resolved at start time (a migrated port must reach the
 # dependents), and only these fields are expanded again then.
 _DEFERRED = frozenset({"command", "env", "environment", "healthcheck"})
-
-
-def find_config(start: Path | None = None) -> Path:
-    """The stack file in `start` (default: the current folder) or the nearest parent.
-
-    Names are tried in the order of `CONFIG_NAMES`; a file given as `start` is
-    returned as it is, so `-f path/to/stack.yaml` goes through the same call.
-    """
-    origin = (start or Path.cwd()).resolve()
-    if origin.is_file():
-        return origin
-    for folder in (origin, *origin.parents):
-        for name in CONFIG_NAMES:
-            candidate = folder / name
-            if candidate.is_file():
-                return candidate
-    raise ConfigError(f"no services.yaml found in {origin} or its parents")
 
 
 def load_config(

@@ -17,17 +17,7 @@ from typing import Any
 
 from stackvisor.config.envfiles import EnvProblem
 from stackvisor.config.yamlpos import Document, Loc
-
-
-class ConfigError(Exception):
-    """Everything wrong with a stack file, one formatted line per problem."""
-
-    def __init__(self, errors: str | Iterable[str]) -> None:
-        self.errors: list[str] = [errors] if isinstance(errors, str) else list(errors)
-        super().__init__("\n".join(self.errors))
-
-    def __str__(self) -> str:
-        return "\n".join(self.errors)
+from stackvisor.errors import ConfigError
 
 
 @dataclass

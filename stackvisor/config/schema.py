@@ -29,21 +29,18 @@ from pydantic import (
 from stackvisor.config.address import split_host_port
 from stackvisor.config.fields import (
     Backoff,
-    Condition,
     Dependency,
     Duration,
     EnvFile,
     HealthCheck,
     Model,
     Port,
-    RestartPolicy,
     SignalName,
-    Strategy,
     Watch,
-    parse_duration,
     port_number,
     whole_number,
 )
+from stackvisor.config.kinds import Condition, RestartPolicy, Strategy, parse_duration
 
 __all__ = [
     "Backoff",

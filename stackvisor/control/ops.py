@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
-from stackvisor.config import ConfigError, load_config
 from stackvisor.config.interpolate import port_env
-from stackvisor.config.schema import StackConfig
 from stackvisor.control import sockets
 from stackvisor.control.client import Client
 from stackvisor.errors import AlreadyRunning, ApiError, NotResponding, NotRunning, UnsafePath
@@ -28,6 +27,9 @@ from stackvisor.paths import StackPaths, stack_paths
 from stackvisor.runtime.states import State
 from stackvisor.runtime.status import ServiceStatus, StackStatus
 from stackvisor.system.files import dir_mode, open_append, secure_dir
+
+if TYPE_CHECKING:
+    from stackvisor.config.schema import StackConfig
 
 READY = frozenset({State.HEALTHY, State.RUNNING, State.COMPLETED})
 BROKEN = frozenset({State.FAILED, State.EXITED})
@@ -57,13 +59,45 @@ class StackRef:
     @classmethod
     def locate(cls, path: Path) -> StackRef:
         path = path.resolve()
+        quick = cls._read_quickly(path)
+        if quick is not None:
+            return quick
+        from stackvisor.config.loader import load_config
+        from stackvisor.errors import ConfigError
+
         try:
             return cls.of(load_config(path))
         except ConfigError:
             return cls(path, path.parent.name, StackPaths.at(path.parent))
 
+    @classmethod
+    def _read_quickly(cls, path: Path) -> StackRef | None:
+        """The same, from the YAML alone when that is enough: no schema to load, which
+        is most of a command's time (`status`, `logs`, `down`). None when the file
+        needs the full loader: it includes others, a value the paths depend on is
+        interpolated, or it is not a plain mapping."""
+        import yaml
 
-Stack = StackConfig | StackRef
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        try:
+            data = yaml.load(path.read_bytes()[: 10 * 1024 * 1024], Loader=loader)
+        except (OSError, yaml.YAMLError):
+            return None
+        if not isinstance(data, dict) or "include" in data or not isinstance(data.get("services"), dict):
+            return None
+        settings = data.get("settings") or {}
+        control = settings.get("control") or {} if isinstance(settings, dict) else None
+        if not isinstance(settings, dict) or not isinstance(control, dict):
+            return None
+        name, socket, logs = data.get("name"), control.get("socket"), settings.get("logs_dir")
+        chosen = [v for v in (name, socket, logs) if v is not None]
+        if not all(isinstance(v, str) and "$" not in v for v in chosen):
+            return None
+        paths = StackPaths.at(path.parent, **{k: v for k, v in (("socket", socket), ("logs", logs)) if v})
+        return cls(path, name or path.parent.name, paths, tuple(str(n) for n in data["services"]))
+
+
+Stack: TypeAlias = "StackConfig | StackRef"
 
 
 def _ref(stack: Stack) -> StackRef:
