@@ -131,3 +131,26 @@ def test_exec_runs_a_command_as_the_service_runs(open_tmp: Path) -> None:
     assert cli_process("exec", "web", "--", "sh", "-c", "exit 7", cwd=open_tmp).returncode == 7
     missing = cli_process("exec", "web", "--", "no-such-program-here", cwd=open_tmp)
     assert missing.returncode == 127 and "cannot run 'no-such-program-here'" in missing.stderr
+
+
+def test_the_stack_is_located_from_its_yaml_alone_unless_the_loader_is_needed(tmp_path: Path) -> None:
+    from stackvisor.control.ops import StackRef
+
+    stack = tmp_path / "services.yaml"
+    stack.write_text(
+        "name: shop\nsettings: {logs_dir: out, control: {socket: run/c.sock}}\nservices: {a: {command: x}}\n"
+    )
+    quick = StackRef._read_quickly(stack)
+    assert quick is not None and quick == StackRef.locate(stack)
+    assert (quick.name, quick.paths.socket, quick.paths.logs, quick.services) == (
+        "shop",
+        tmp_path / "run" / "c.sock",
+        tmp_path / "out",
+        ("a",),
+    )
+    # The loader decides when a path is interpolated or the stack spans files.
+    stack.write_text("settings: {logs_dir: '${LOGS:-out2}'}\nservices: {a: {command: x}}\n")
+    assert StackRef._read_quickly(stack) is None
+    assert StackRef.locate(stack).paths.logs == tmp_path / "out2"
+    stack.write_text("include: [other.yaml]\nservices: {}\n")
+    assert StackRef._read_quickly(stack) is None
