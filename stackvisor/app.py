@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stackvisor import logsetup
 from stackvisor.config.address import split_host_port
 from stackvisor.config.schema import StackConfig, Strategy
-from stackvisor.control.server import ControlServer, ensure_token
 from stackvisor.control.sockets import StackLock, bind_unix
 from stackvisor.errors import AlreadyRunning, UnsafePath
 from stackvisor.paths import stack_paths
@@ -29,20 +31,27 @@ from stackvisor.runtime.watch import watch_stack
 from stackvisor.system.cgroups import CgroupUnavailable
 from stackvisor.system.files import dir_mode, secure_dir
 
+if TYPE_CHECKING:
+    from stackvisor.control.server import ControlServer
+
 # How often the stack's files are checked for having been deleted under it.
 REACHABLE_CHECK = 1.0
 
 
-async def start_control(sup: Supervisor) -> ControlServer:
-    """The control API on the stack's socket (0600), and on TCP with a token if configured."""
+async def start_control(sup: Supervisor, unix: socket.socket) -> ControlServer:
+    """The control API on the stack's socket `unix` (bound, 0600), and on TCP with a token
+    if configured. The server (aiohttp) is imported here, in a thread: the services are
+    already starting meanwhile, and a client that connects first waits in the socket's
+    backlog."""
+    server_module = await asyncio.to_thread(importlib.import_module, "stackvisor.control.server")
     settings = sup.config.settings.control
     token = None
     tcp = None
     if settings.tcp:
         tcp = split_host_port(settings.tcp)
-        token = ensure_token(sup.paths.token)
-    server = ControlServer(sup, token)
-    await server.start(bind_unix(sup.paths.socket), tcp)
+        token = server_module.ensure_token(sup.paths.token)
+    server: ControlServer = server_module.ControlServer(sup, token)
+    await server.start(unix, tcp)
     return server
 
 
@@ -67,15 +76,19 @@ async def serve(
     assert lock.socket is not None
     loop.add_reader(lock.socket.fileno(), lock.drain)
     try:
-        server = await start_control(sup) if control else None
+        started: list[ControlServer] = []
         companions: list[Companion] = [watch_stack] if sup.config.settings.reload else []
-        if server is not None:
-            companions.append(functools.partial(keep_reachable, server=server, lock=lock))
+        if control:
+            unix = bind_unix(sup.paths.socket)  # clients queue here until the server serves
+            companions.append(functools.partial(_control, unix=unix, started=started, lock=lock))
         try:
             return await sup.run(selection, until_done=until_done, lease=lease, companions=companions)
         finally:
-            if server is not None:
+            # Closed after the last event (the stack's "down"), which streams still get.
+            for server in started:
                 await server.close()
+            if control:
+                unix.close()
                 sup.paths.socket.unlink(missing_ok=True)
     finally:
         loop.remove_reader(lock.socket.fileno())
@@ -83,6 +96,15 @@ async def serve(
         # for it, returns only once the supervisor is really gone.
         if not sup.owns_process_tree:
             lock.release()
+
+
+async def _control(
+    sup: Supervisor, *, unix: socket.socket, started: list[ControlServer], lock: StackLock
+) -> None:
+    """The control server as a companion of the running stack: started once the services
+    are on their way, then kept reachable; `serve` closes it after the last event."""
+    started.append(await start_control(sup, unix))
+    await keep_reachable(sup, server=started[0], lock=lock)
 
 
 async def keep_reachable(sup: Supervisor, *, server: ControlServer, lock: StackLock) -> None:

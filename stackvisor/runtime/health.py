@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import shlex
 from collections.abc import Mapping
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from stackvisor.config.address import split_host_port
 from stackvisor.config.users import UserSpec
 from stackvisor.runtime.logs import pump
 from stackvisor.runtime.process import Spawner
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 async def probe_tcp(address: str, timeout: float) -> tuple[bool, str]:
@@ -33,7 +36,17 @@ async def probe_tcp(address: str, timeout: float) -> tuple[bool, str]:
     return True, f"tcp {address}: connected"
 
 
+async def http_session() -> aiohttp.ClientSession:
+    """A session for a service's http probes. aiohttp is imported on the first one, in a
+    thread: the event loop keeps starting services meanwhile."""
+    module = await asyncio.to_thread(importlib.import_module, "aiohttp")
+    session: aiohttp.ClientSession = module.ClientSession()
+    return session
+
+
 async def probe_http(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[bool, str]:
+    import aiohttp
+
     try:
         async with session.get(
             url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)

@@ -13,8 +13,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from stackvisor.config.interpolate import interpolate
 from stackvisor.config.schema import HealthCheck
@@ -26,6 +25,9 @@ from stackvisor.runtime.events import PortMismatch
 from stackvisor.runtime.logs import ServiceLog
 from stackvisor.runtime.policy import Health, HealthTracker
 from stackvisor.runtime.process import Child
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 @dataclass
@@ -51,31 +53,44 @@ class HealthProbe:
             tracker.record(True, clock.now())
             self.changed(Health.HEALTHY, "log matched")
             return
-        async with aiohttp.ClientSession() as session:
-            verified = False
-            while self._alive():
-                ok, seen = await self._once(variables, session)
-                if not self._alive():  # it ended during the probe
-                    return
-                if ok and not verified:
-                    ok, why = await self._owns_port()
-                    verified = ok
-                    if not ok:
-                        seen = why
-                        self.ctx.bus.publish(PortMismatch(self.port, why), self.name)
-                change = tracker.record(ok, clock.now())
-                if change is not None:
-                    self.changed(change, seen)
-                # Until the first success, probe often: start-up time is what people wait for.
-                interval = check.interval if tracker.healthy else min(check.interval, check.start_interval)
-                await clock.sleep(interval)
+        session = await health.http_session() if check.http is not None else None
+        try:
+            await self._probe(tracker, variables, session)
+        finally:
+            if session is not None:
+                await session.close()
+
+    async def _probe(
+        self, tracker: HealthTracker, variables: dict[str, str], session: aiohttp.ClientSession | None
+    ) -> None:
+        check = self.check
+        clock = self.ctx.clock
+        verified = False
+        while self._alive():
+            ok, seen = await self._once(variables, session)
+            if not self._alive():  # it ended during the probe
+                return
+            if ok and not verified:
+                ok, why = await self._owns_port()
+                verified = ok
+                if not ok:
+                    seen = why
+                    self.ctx.bus.publish(PortMismatch(self.port, why), self.name)
+            change = tracker.record(ok, clock.now())
+            if change is not None:
+                self.changed(change, seen)
+            # Until the first success, probe often: start-up time is what people wait for.
+            interval = check.interval if tracker.healthy else min(check.interval, check.start_interval)
+            await clock.sleep(interval)
 
     def _alive(self) -> bool:
         return self.child.exit_code is None
 
-    async def _once(self, variables: dict[str, str], session: aiohttp.ClientSession) -> tuple[bool, str]:
+    async def _once(
+        self, variables: dict[str, str], session: aiohttp.ClientSession | None
+    ) -> tuple[bool, str]:
         check = self.check
-        if check.http is not None:
+        if check.http is not None and session is not None:
             return await health.probe_http(session, interpolate(check.http, variables), check.timeout)
         if check.tcp is not None:
             return await health.probe_tcp(interpolate(check.tcp, variables), check.timeout)

@@ -136,12 +136,15 @@ class Spawner:
             # Popen would have said "not found" or "permission denied" itself; through a
             # launcher the child would just exit 127. Find the program as exec would.
             argv = [resolve_program(argv[0], cwd, full_env.get("PATH", os.defpath)), *argv[1:]]
-        if launcher and user is not None:
-            launcher = (*launcher[:1], *_setpriv_user(user), *launcher[1:])
+        as_user = (*launcher[:1], *_setpriv_user(user), *launcher[1:]) if launcher and user else ()
         if cgroup is not None and launcher:
-            launcher = (*cgroups.launcher(cgroup), *launcher)  # joined as root, then setpriv
+            # PDEATHSIG first (a supervisor killed now still takes the child along), the
+            # cgroup joined as root, then the change of user (which sets it again).
+            launcher = (*launcher, *cgroups.launcher(cgroup), *as_user)
         elif cgroup is not None:
             argv = [*cgroups.launcher(cgroup), *argv]
+        elif as_user:
+            launcher = as_user
         popen, read_fd = _start(argv, launcher, full_env, cwd, pass_fds, None if launcher else user)
         self._unreaped.add(popen.pid)
         child = Child(
