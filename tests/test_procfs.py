@@ -93,3 +93,14 @@ def test_marked_finds_exact_markers_and_prefixes(start: Start) -> None:
     assert [p.pid for p in procfs.marked(f"{stack}/api/1")] == [first.pid]
     assert [p.pid for p in procfs.marked(f"{stack}/api/")] == []  # exact unless prefix
     assert sorted(p.pid for p in procfs.marked(f"{stack}/", prefix=True)) == sorted([first.pid, tenth.pid])
+
+
+def test_children_and_zombies_are_read_from_proc() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        assert child.pid in procfs.children(os.getpid())
+        wait_for(lambda: procfs.zombie(child.pid))  # exited, not reaped yet
+    finally:
+        child.wait()
+    assert not procfs.zombie(child.pid) and child.pid not in procfs.children(os.getpid())
+    assert procfs.children(2**22 + 1) == []

@@ -93,7 +93,8 @@ class Spawner:
         base = self.tracking.base
         if base is not None:
             for path in sorted(p for p in base.glob("*") if p.is_dir()):
-                cgroups.kill(path, self.gate)
+                if not cgroups.empty(path):
+                    cgroups.kill(path, self.gate)
                 cgroups.remove(path)
             with contextlib.suppress(OSError):  # no service ever started: remove() did not
                 base.rmdir()
@@ -170,20 +171,12 @@ class Spawner:
         if not self.subreaper:
             return reaped
         spared = set(keep) | self._unreaped
-        try:
-            kids = psutil.Process().children()
-        except psutil.Error:
-            return reaped
-        for kid in kids:
-            if kid.pid in spared:
+        for pid in procfs.children(os.getpid()):
+            if pid in spared or not procfs.zombie(pid):
                 continue
-            try:
-                if kid.status() != psutil.STATUS_ZOMBIE:
-                    continue
-                os.waitpid(kid.pid, os.WNOHANG)
-                reaped.append(kid.pid)
-            except (psutil.Error, ChildProcessError, OSError):
-                pass
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+                reaped.append(pid)
         return reaped
 
     def _reaped(self, pid: int) -> None:
@@ -286,15 +279,19 @@ class Child:
         return sent
 
     def descendants(self) -> list[psutil.Process]:
-        """Everything this child started, in its group or not, alive now."""
+        """Everything this child started, in its group or not, alive now: its cgroup's
+        members, or (without one) its process tree and whatever carries its marker.
+        The cgroup is one small read; the tree and the markers walk all of /proc."""
         found: dict[int, psutil.Process] = {}
-        if self.exit_code is None:  # once reaped, the pid may be somebody else's
-            found.update((proc.pid, proc) for proc in procfs.descendants(self.pid))
-        for proc in procfs.marked(self.marker):
-            found.setdefault(proc.pid, proc)
-        for pid in cgroups.pids(self.cgroup) if self.cgroup else ():
-            with contextlib.suppress(psutil.Error):
-                found.setdefault(pid, psutil.Process(pid))
+        if self.cgroup is not None:
+            for pid in cgroups.pids(self.cgroup):
+                with contextlib.suppress(psutil.Error):
+                    found[pid] = psutil.Process(pid)
+        else:
+            if self.exit_code is None:  # once reaped, the pid may be somebody else's
+                found.update((proc.pid, proc) for proc in procfs.descendants(self.pid))
+            for proc in procfs.marked(self.marker):
+                found.setdefault(proc.pid, proc)
         found.pop(self.pid, None)
         found.pop(os.getpid(), None)
         return [p for p in found.values() if procfs.running(p)]
@@ -313,11 +310,18 @@ class Child:
             if self.exit_code is not None and not family:
                 break
             await asyncio.sleep(0.02)
-        self.kill_now(family)
+        if not self._ended(family):
+            self.kill_now(family)
         try:
             return await asyncio.wait_for(asyncio.shield(self.wait()), _KILL_WAIT)
         except TimeoutError:  # stuck in the kernel (D state): do not hang the stack on it
             return self.exit_code if self.exit_code is not None else -int(signal.SIGKILL)
+
+    def _ended(self, family: list[psutil.Process]) -> bool:
+        """Nothing left to kill: the leader reaped, `family` gone, its cgroup empty."""
+        return (
+            self.exit_code is not None and not family and (self.cgroup is None or cgroups.empty(self.cgroup))
+        )
 
     async def cleanup(self, sig: int, timeout: float) -> None:
         """After the leader exited by itself: end what it left behind, gracefully first."""

@@ -97,6 +97,34 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def children(pid: int) -> list[int]:
+    """The pids of `pid`'s children, from /proc/<pid>/task/*/children (no walk of all of
+    /proc); psutil's walk where the kernel does not offer that file."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"{PROC}/{pid}/task"):
+            with open(f"{PROC}/{pid}/task/{task}/children", "rb") as fh:
+                found.extend(int(word) for word in fh.read().split())
+    except FileNotFoundError:
+        if not os.path.exists(f"{PROC}/{pid}"):
+            return []
+        with contextlib.suppress(psutil.Error):
+            return [proc.pid for proc in psutil.Process(pid).children()]
+    except OSError:
+        return []
+    return found
+
+
+def zombie(pid: int) -> bool:
+    """Is `pid` a zombie (exited, not yet reaped)? False when it is gone."""
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :].startswith(b"Z")
+
+
 def group_members(pgid: int) -> list[int]:
     """The live, non-zombie pids of process group `pgid`."""
     if not os.path.isdir(PROC):
