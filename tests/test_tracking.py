@@ -94,7 +94,7 @@ def escaped() -> Iterator[list[int]]:
 
 def resources(root: Path) -> dict[str, Any] | None:
     """The one service's figures now (up to half a second old)."""
-    (service,) = client(root).get("/v1/status")["services"]
+    (service,) = client(root).get("/v1/status?resources=true")["services"]
     return service["resources"]
 
 

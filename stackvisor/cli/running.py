@@ -18,7 +18,7 @@ from stackvisor.errors import ApiError, NotRunning
 def cmd_status(args: argparse.Namespace) -> int:
     config = locate(args)
     try:
-        status = client(config).get("/v1/status")
+        status = client(config).get("/v1/status?resources=true")
     except NotRunning:
         if args.json:
             print(json.dumps({"name": config.name, "running": False}))

@@ -55,7 +55,7 @@ async def metrics(request: web.Request) -> web.Response:
             for s in State
         ],
     )
-    used = {s["name"]: s.get("resources") for s in supervisor(request).status()["services"]}
+    used = {s["name"]: s.get("resources") for s in supervisor(request).status(resources=True)["services"]}
     for name, key, kind, help_text in (
         ("memory_bytes", "memory_bytes", "gauge", "Memory of the service's processes (its cgroup's)."),
         ("cpu_seconds_total", "cpu_seconds", "counter", "CPU time of the service's processes."),

@@ -143,6 +143,15 @@ OPENAPI: dict[str, Any] = {
         "/v1/status": {
             "get": {
                 "summary": "The stack and every service",
+                "parameters": [
+                    {
+                        "name": "resources",
+                        "in": "query",
+                        "required": False,
+                        "description": "true: each service's memory, CPU time and processes",
+                        "schema": {"type": "boolean"},
+                    }
+                ],
                 "responses": {"200": _json({"$ref": "#/components/schemas/Status"})},
             }
         },

@@ -36,7 +36,7 @@ from stackvisor.runtime.supervisor import Supervisor
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(supervisor(request).status())
+    return web.json_response(supervisor(request).status(resources=bool_query(request, "resources")))
 
 
 async def service(request: web.Request) -> web.Response:

@@ -337,10 +337,12 @@ class Supervisor(Reloading):
 
     # ----- reporting -------------------------------------------------------------------
 
-    def status(self) -> StackStatus:
+    def status(self, *, resources: bool = False) -> StackStatus:
+        """The stack's status; with `resources`, what each service uses (reading that
+        costs a few milliseconds: asked for by people and scrapers, not by polling)."""
         services = []
         running = {n: child for n, r in self.runners.items() if (child := r.process) is not None}
-        figures = self.meter.read(running)
+        figures = self.meter.read(running) if resources else {}
         for name in graph.start_order(self.config.graph()):
             entry = self.runners[name].status()
             entry["selected"] = name in self.selection
