@@ -155,6 +155,11 @@ def detach(config: StackConfig, argv: Sequence[str], timeout: float = 30.0) -> D
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
+            holder = supervisor_pid(config)
+            if holder is not None and holder != proc.pid:  # ours lost the lock to it
+                return DetachResult(
+                    False, holder, f"another `up` won the race: the stack is running (pid {holder})", 1
+                )
             text = out_path.read_bytes()[start:].decode("utf-8", "replace").strip()
             text = text.removeprefix("stackvisor: ")  # the caller says who speaks
             return DetachResult(False, proc.pid, text or f"the supervisor exited with {code}", code or 1)
