@@ -352,3 +352,15 @@ def test_a_gone_cgroup_is_no_error(base: Path) -> None:
     assert cgroups.kill(gone, GATE)
     assert cgroups.remove(gone)
     assert cgroups.usage(gone) == cgroups.Usage(0, 0.0, 0)
+
+
+def test_a_cgroup_a_service_makes_below_its_own_is_counted_and_killed(base: Path, start: Start) -> None:
+    svc = cgroups.service_dir(base, "nesting")
+    inner = svc / "worker"
+    inner.mkdir()
+    outer_proc = start([*cgroups.launcher(svc), "sleep", "300"])
+    inner_proc = start([*cgroups.launcher(inner), "sleep", "300"])
+    wait_for(lambda: set(cgroups.pids(svc)) == {outer_proc.pid, inner_proc.pid})
+    assert cgroups.pids(inner) == [inner_proc.pid]
+    assert cgroups.kill(svc, GATE)
+    assert cgroups.remove(svc) and not svc.exists()

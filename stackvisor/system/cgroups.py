@@ -258,10 +258,18 @@ def _ours(path: Path) -> Path:
 
 
 def pids(path: Path) -> list[int]:
-    """Every process in the cgroup and the cgroups below it (a service may create its own)."""
+    """Every process in the cgroup and the cgroups below it (a service may create its own).
+    The folder is walked only when `cgroup.stat` says there is something below it."""
+    try:
+        stat = _read(path / "cgroup.stat")
+    except OSError:
+        return []  # gone (ENOENT, or ENODEV once removed)
+    folders = [str(path)]
+    if not re.search(r"^nr_descendants 0$", stat, re.MULTILINE):
+        folders = [folder for folder, _, _ in os.walk(path)]
     found: set[int] = set()
-    for folder, _, _ in os.walk(path):
-        with contextlib.suppress(OSError):  # gone meanwhile (ENOENT, or ENODEV once removed)
+    for folder in folders:
+        with contextlib.suppress(OSError):  # gone meanwhile
             found.update(int(word) for word in _read(Path(folder, "cgroup.procs")).split())
     return sorted(found)
 
