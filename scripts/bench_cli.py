@@ -6,7 +6,9 @@ person or a script runs it: wall time from fork to exit and peak RSS (from wait4
 rusage), median of N runs each. `down` starts the stack again before each run, outside
 the timing.
 
-Goals: <= 80 ms and <= 25 MB each.
+Goals: <= 80 ms and <= 25 MB each. For context the table starts with the interpreter
+alone (`python -c pass` in the same environment: site-packages' `.pth` files included),
+the floor under every command.
 
 Usage: python scripts/bench_cli.py [--runs 7]
 """
@@ -28,11 +30,13 @@ COMMANDS = [("status",), ("ps",), ("logs", "-n", "20"), ("down",)]
 
 
 def timed(args: tuple[str, ...], folder: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of `stackvisor ARGS` as a process of its own."""
+    """(seconds, peak RSS in MB) of `stackvisor ARGS` (or of `python -c pass` for
+    ARGS `("-c", "pass")`) as a process of its own."""
     env = dict(os.environ, PYTHONPATH=str(REPO), NO_COLOR="1")
+    argv = [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "stackvisor", *args]
     began = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stackvisor", *args],
+        argv,
         cwd=folder,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -56,7 +60,8 @@ def main() -> None:
         lines = [f"  s{i}:\n    command: {sys.executable} idle.py\n" for i in range(10)]
         stack = folder / "services.yaml"
         stack.write_text("services:\n" + "".join(lines))
-        rows = []
+        floor = [timed(("-c", "pass"), folder) for _ in range(args.runs)]
+        rows = [("(interpreter)", statistics.median(t for t, _ in floor), max(m for _, m in floor))]
         try:
             for command in COMMANDS:
                 samples = []

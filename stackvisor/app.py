@@ -72,6 +72,7 @@ async def serve(
     except AlreadyRunning:
         sup.close()
         raise
+    sup.record()
     loop = asyncio.get_running_loop()
     assert lock.socket is not None
     loop.add_reader(lock.socket.fileno(), lock.drain)
@@ -108,8 +109,8 @@ async def _control(
 
 
 async def keep_reachable(sup: Supervisor, *, server: ControlServer, lock: StackLock) -> None:
-    """Once a second: a deleted control socket, state.db or lock file (`rm`, `git clean
-    -fdx`) is made again, so the CLI can always reach the running stack. The lock
+    """Once a second: a deleted control socket, state.db, lock file or stack record (`rm`,
+    `git clean -fdx`) is made again, so the CLI can always reach the running stack. The lock
     itself cannot be lost (see `StackLock`)."""
     socket_id = _identity(sup.paths.socket)
     while True:
@@ -124,6 +125,8 @@ async def keep_reachable(sup: Supervisor, *, server: ControlServer, lock: StackL
                 sup.logger.warning(f"{sup.paths.state_db} was deleted: made again from memory")
             if not lock.path.exists():
                 lock.rewrite_file()
+            if not sup.paths.record.exists():
+                sup.record()
         except (OSError, UnsafePath) as exc:
             sup.logger.error(f"cannot make the stack's files again: {exc}")
 

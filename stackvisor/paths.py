@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from stackvisor.config.schema import StackConfig
@@ -22,8 +21,7 @@ DEFAULT_SOCKET = f"{STATE_DIR}/control.sock"
 DEFAULT_LOGS = "logs"
 
 
-@dataclass(frozen=True)
-class StackPaths:
+class StackPaths(NamedTuple):
     """The files of one stack. `socket` and `logs` follow the stack's settings."""
 
     root: Path
@@ -50,6 +48,11 @@ class StackPaths:
     @property
     def state_db(self) -> Path:
         return self.state_dir / "state.db"
+
+    @property
+    def record(self) -> Path:
+        """Where the supervisor says which file it runs and where its socket is."""
+        return self.state_dir / "stack.json"
 
     @property
     def token(self) -> Path:

@@ -14,7 +14,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "stackvisor"
 
 # Lowest first: a module may import its own layer and the layers before it.
 LAYERS = [
-    {"stackvisor.errors", "stackvisor.paths", "stackvisor.textfmt", "stackvisor.graph", "stackvisor.config"},
+    {
+        "stackvisor.errors",
+        "stackvisor.paths",
+        "stackvisor.stackref",
+        "stackvisor.textfmt",
+        "stackvisor.graph",
+        "stackvisor.config",
+    },
     {"stackvisor.system"},
     {"stackvisor.ports"},
     {"stackvisor.runtime"},

@@ -134,7 +134,7 @@ def test_exec_runs_a_command_as_the_service_runs(open_tmp: Path) -> None:
 
 
 def test_the_stack_is_located_from_its_yaml_alone_unless_the_loader_is_needed(tmp_path: Path) -> None:
-    from stackvisor.control.ops import StackRef
+    from stackvisor.stackref import StackRef
 
     stack = tmp_path / "services.yaml"
     stack.write_text(

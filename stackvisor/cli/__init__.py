@@ -8,7 +8,6 @@ asks a running stack); what they print in `render`.
 
 from __future__ import annotations
 
-import http.client
 import os
 import sys
 from collections.abc import Sequence
@@ -59,6 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # nothing to flush at exit either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except (OSError, http.client.HTTPException, ValueError) as exc:  # a broken answer
+    except (OSError, ValueError) as exc:  # a broken answer (BadAnswer is a ValueError)
         print(f"stackvisor: the supervisor did not answer properly: {exc}", file=sys.stderr)
         return EXIT_FAILURE

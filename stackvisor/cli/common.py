@@ -15,7 +15,8 @@ from stackvisor.errors import NotRunning
 if TYPE_CHECKING:
     from stackvisor.config.schema import StackConfig
     from stackvisor.control.client import Client
-    from stackvisor.control.ops import Stack, StackRef
+    from stackvisor.control.ops import Stack
+    from stackvisor.stackref import StackRef
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -39,7 +40,7 @@ def load(args: argparse.Namespace) -> StackConfig:
 
 def locate(args: argparse.Namespace) -> StackRef:
     """The running stack's address; works while its file is broken mid-edit."""
-    from stackvisor.control.ops import StackRef
+    from stackvisor.stackref import StackRef
 
     return StackRef.locate(Path(args.file) if args.file else find_config())
 

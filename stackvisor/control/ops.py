@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import http.client
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from stackvisor.config.interpolate import port_env
 from stackvisor.control import sockets
-from stackvisor.control.client import Client
+from stackvisor.control.client import BadAnswer, Client
 from stackvisor.errors import AlreadyRunning, ApiError, NotResponding, NotRunning, UnsafePath
 from stackvisor.paths import StackPaths, stack_paths
 from stackvisor.runtime.states import State
 from stackvisor.runtime.status import ServiceStatus, StackStatus
+from stackvisor.stackref import StackRef
+from stackvisor.system import procfs
 from stackvisor.system.files import dir_mode, open_append, secure_dir
 
 if TYPE_CHECKING:
@@ -33,68 +31,6 @@ if TYPE_CHECKING:
 
 READY = frozenset({State.HEALTHY, State.RUNNING, State.COMPLETED})
 BROKEN = frozenset({State.FAILED, State.EXITED})
-
-
-@dataclass(frozen=True)
-class StackRef:
-    """Where a stack's supervisor is found: enough to talk to it even if its file is broken.
-
-    `status`, `down`, `logs` must work while the file is mid-edit: the running
-    supervisor keeps its last good configuration, and so must we.
-    """
-
-    path: Path
-    name: str
-    paths: StackPaths
-    services: tuple[str, ...] = ()
-
-    @property
-    def root(self) -> Path:
-        return self.path.parent
-
-    @classmethod
-    def of(cls, config: StackConfig) -> StackRef:
-        return cls(config.path, config.name, stack_paths(config), tuple(config.services))
-
-    @classmethod
-    def locate(cls, path: Path) -> StackRef:
-        path = path.resolve()
-        quick = cls._read_quickly(path)
-        if quick is not None:
-            return quick
-        from stackvisor.config.loader import load_config
-        from stackvisor.errors import ConfigError
-
-        try:
-            return cls.of(load_config(path))
-        except ConfigError:
-            return cls(path, path.parent.name, StackPaths.at(path.parent))
-
-    @classmethod
-    def _read_quickly(cls, path: Path) -> StackRef | None:
-        """The same, from the YAML alone when that is enough: no schema to load, which
-        is most of a command's time (`status`, `logs`, `down`). None when the file
-        needs the full loader: it includes others, a value the paths depend on is
-        interpolated, or it is not a plain mapping."""
-        import yaml
-
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        try:
-            data = yaml.load(path.read_bytes()[: 10 * 1024 * 1024], Loader=loader)
-        except (OSError, yaml.YAMLError):
-            return None
-        if not isinstance(data, dict) or "include" in data or not isinstance(data.get("services"), dict):
-            return None
-        settings = data.get("settings") or {}
-        control = settings.get("control") or {} if isinstance(settings, dict) else None
-        if not isinstance(settings, dict) or not isinstance(control, dict):
-            return None
-        name, socket, logs = data.get("name"), control.get("socket"), settings.get("logs_dir")
-        chosen = [v for v in (name, socket, logs) if v is not None]
-        if not all(isinstance(v, str) and "$" not in v for v in chosen):
-            return None
-        paths = StackPaths.at(path.parent, **{k: v for k, v in (("socket", socket), ("logs", logs)) if v})
-        return cls(path, name or path.parent.name, paths, tuple(str(n) for n in data["services"]))
 
 
 Stack: TypeAlias = "StackConfig | StackRef"
@@ -116,8 +52,7 @@ def supervisor_pid(stack: Stack) -> int | None:
     return sockets.StackLock(_ref(stack).paths.lock).holder()
 
 
-@dataclass
-class DetachResult:
+class DetachResult(NamedTuple):
     ok: bool
     pid: int | None = None
     message: str = ""
@@ -126,6 +61,8 @@ class DetachResult:
 
 def detach(config: StackConfig, argv: Sequence[str], timeout: float = 30.0) -> DetachResult:
     """Start `stackvisor _supervise ARGV` in its own session; return once its socket answers."""
+    import subprocess  # here: the commands that only ask a running stack do without it
+
     paths = stack_paths(config)
     out_path = paths.detached_output
     mode = config.settings.logs_mode
@@ -178,12 +115,7 @@ def detach(config: StackConfig, argv: Sequence[str], timeout: float = 30.0) -> D
 
 def is_stopped(pid: int) -> bool:
     """Is `pid` stopped (SIGSTOP, a debugger)? It then answers nothing until resumed."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
-    except psutil.Error:
-        return False
+    return procfs.stopped(pid)
 
 
 def _answering_pid(client: Client) -> int | None:
@@ -196,11 +128,10 @@ def _answering_pid(client: Client) -> int | None:
     return pid if isinstance(pid, int) else None
 
 
-@dataclass
-class WaitResult:
+class WaitResult(NamedTuple):
     ok: bool
     status: StackStatus | None
-    broken: list[ServiceStatus] = field(default_factory=list)
+    broken: Sequence[ServiceStatus] = ()
     timed_out: bool = False
     stopped: str | None = None  # the stack was stopped before it was ready: why
 
@@ -217,7 +148,7 @@ def wait_ready(
     while True:
         try:
             status = client.get("/v1/status")
-        except (NotRunning, ConnectionError, http.client.HTTPException):
+        except (NotRunning, ConnectionError, BadAnswer):
             # The supervisor went away while we asked (a `down`, a signal).
             return WaitResult(False, status, [], False, stopped="")
         assert status is not None
@@ -238,7 +169,7 @@ def wait_ready(
         time.sleep(0.05)
 
 
-def failure_report(client: Client, services: list[ServiceStatus], lines: int = 20) -> str:
+def failure_report(client: Client, services: Sequence[ServiceStatus], lines: int = 20) -> str:
     out = []
     for svc in services:
         out.append(f"{svc['name']}: {svc['state']}{' - ' + svc['reason'] if svc.get('reason') else ''}")
@@ -258,8 +189,9 @@ def run_command(cmd: Sequence[str], env: dict[str, str], grace: float = 10.0) ->
     background or in a session of its own. Exit codes follow the shell: 128+N
     for a death by signal N.
     """
+    import subprocess
+
     from stackvisor.runtime.process import die_with_parent, pdeathsig_launcher, resolve_program
-    from stackvisor.system import procfs
     from stackvisor.system.signals import SignalGate
 
     gate = SignalGate()
@@ -318,18 +250,17 @@ def port_environment(status: StackStatus) -> dict[str, str]:
     return port_env({s["name"]: s["port"] for s in status["services"] if s["pid"] is not None})
 
 
-@dataclass
-class DownResult:
+class DownResult(NamedTuple):
     was_running: bool
-    pid: int | None = None
-    ended: list[str] = field(default_factory=list)
-    killed: bool = False
+    pid: int | None
+    ended: list[str]
+    killed: bool
 
 
 def down(config: Stack, timeout: float) -> DownResult:
     """Stop the stack, wait for its supervisor to exit, and end what a dead one left."""
     pid = supervisor_pid(config)
-    result = DownResult(pid is not None, pid)
+    killed = False
     if pid is not None and pid > 0:
         from stackvisor.system.signals import SignalGate
 
@@ -344,10 +275,9 @@ def down(config: Stack, timeout: float) -> DownResult:
             gate.send(pid, signal.SIGTERM)
         if not _wait_exit(config, pid, timeout) and _is_our_supervisor(pid, config):
             # Last resort: its children die with it (PDEATHSIG), the rest is ended below.
-            result.killed = gate.send(pid, signal.SIGKILL)
+            killed = gate.send(pid, signal.SIGKILL)
             _wait_exit(config, pid, 5.0)
-    result.ended = end_orphans(config)
-    return result
+    return DownResult(pid is not None, pid, end_orphans(config), killed)
 
 
 def _is_our_supervisor(pid: int, config: Stack) -> bool:

@@ -45,6 +45,8 @@ class Reloading:
 
         def _check_not_stopping(self) -> asyncio.TaskGroup: ...
 
+        def record(self) -> None: ...
+
         async def stop_services(self, names: Iterable[str], *, keep_sockets: bool = False) -> None: ...
 
     async def converge(self, names: Sequence[str], profiles: Sequence[str] = ()) -> ConvergeResult:
@@ -122,6 +124,7 @@ class Reloading:
             self.runners.pop(name).close()
             self.ports.forget(name)
         self.config = self.ports.config = new
+        self.record()
         for name in plan.diff.changed:
             runner = self.runners[name]
             runner.reconfigure(new.services[name])

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from stackvisor import graph
+from stackvisor import graph, stackref
 from stackvisor.config.schema import Service, StackConfig, Strategy
 from stackvisor.errors import ActionConflict
 from stackvisor.paths import stack_paths
@@ -220,6 +220,14 @@ class Supervisor(Reloading):
         tracking = self.spawner.track(self.paths.cgroup_name)  # last: nothing fails after it
         self.ledger.tracked_in(tracking.base)
         self.logger.info(f"processes tracked by {tracking.kind} ({tracking.reason})")
+
+    def record(self) -> None:
+        """Say in the state folder which file runs and where its socket is (`stackref`):
+        by the holder of the lock only, at start and after each reload that applied."""
+        try:
+            stackref.record(self.config, self.paths)
+        except OSError as exc:
+            self.logger.warning(f"cannot write {self.paths.record}: {exc}")
 
     def close(self) -> None:
         """Release the files: the services' logs and state.db. Idempotent."""

@@ -1,4 +1,6 @@
-"""Process facts, read from /proc (through psutil where it already does the reading).
+"""Process facts, read from /proc (through psutil where it already does the reading;
+imported on first use, so that a CLI asking whether its supervisor is stopped does not
+pay for it).
 
 The one place that answers: when did a process start, is a pid still the process we
 saw (never a recycled pid), is it alive, who are its ancestors, its descendants and
@@ -13,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 PROC = "/proc"
 
@@ -41,6 +44,8 @@ def pids() -> list[int]:
 
 def create_time(pid: int) -> float | None:
     """When `pid` started (seconds since the epoch), None when it cannot be read or is gone."""
+    import psutil
+
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
@@ -61,6 +66,8 @@ def same_process(pid: int, started: float | None) -> bool:
     positive proof of identity is needed (ending an orphan), compare `create_time`
     with `same_start` instead: an unreadable start time proves nothing.
     """
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         if started is not None and not same_start(proc.create_time(), started):
@@ -74,6 +81,8 @@ def same_process(pid: int, started: float | None) -> bool:
 
 def running(proc: psutil.Process) -> bool:
     """Still the process psutil saw (not a recycled pid), and not a zombie."""
+    import psutil
+
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -83,6 +92,8 @@ def running(proc: psutil.Process) -> bool:
 def ancestors(pid: int) -> frozenset[int]:
     """`pid` and all of its ancestors, up to pid 1 (psutil checks each parent started
     before its child, so a recycled parent pid ends the chain)."""
+    import psutil
+
     out = {pid}
     with contextlib.suppress(psutil.Error):
         out.update(p.pid for p in psutil.Process(pid).parents())
@@ -91,6 +102,8 @@ def ancestors(pid: int) -> frozenset[int]:
 
 def descendants(pid: int) -> list[psutil.Process]:
     """Every process below `pid` now (children, grandchildren, ...); empty when it is gone."""
+    import psutil
+
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
@@ -108,6 +121,8 @@ def children(pid: int) -> list[int]:
     except FileNotFoundError:
         if not os.path.exists(f"{PROC}/{pid}"):
             return []
+        import psutil
+
         with contextlib.suppress(psutil.Error):
             return [proc.pid for proc in psutil.Process(pid).children()]
     except OSError:
@@ -115,18 +130,31 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def zombie(pid: int) -> bool:
-    """Is `pid` a zombie (exited, not yet reaped)? False when it is gone."""
+def state(pid: int) -> str | None:
+    """The state letter of `pid` in /proc/<pid>/stat (R, S, D, T, t, Z...), None when gone."""
     try:
         with open(f"{PROC}/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].startswith(b"Z")
+        return None
+    # The command name (field 2) may hold spaces and parentheses: the state follows its last ")".
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3].decode("ascii", "replace") or None
+
+
+def zombie(pid: int) -> bool:
+    """Is `pid` a zombie (exited, not yet reaped)? False when it is gone."""
+    return state(pid) == "Z"
+
+
+def stopped(pid: int) -> bool:
+    """Is `pid` stopped (SIGSTOP, or a debugger's stop)? It then answers nothing until resumed."""
+    return state(pid) in ("T", "t")
 
 
 def group_members(pgid: int) -> list[int]:
     """The live, non-zombie pids of process group `pgid`."""
+    import psutil
+
     if not os.path.isdir(PROC):
         members = []
         for proc in psutil.process_iter():
@@ -158,6 +186,8 @@ def marked(marker: str, *, prefix: bool = False) -> list[psutil.Process]:
     /proc/<pid>/environ is the environment the program was started with, so a program
     that unsets the variable while it runs still carries it.
     """
+    import psutil
+
     out = []
     needle = f"{MARKER}={marker}".encode()
     for pid in pids():
@@ -173,8 +203,7 @@ def marked(marker: str, *, prefix: bool = False) -> list[psutil.Process]:
     return out
 
 
-@dataclass(frozen=True)
-class Stat:
+class Stat(NamedTuple):
     """One process as /proc/<pid>/stat shows it: enough to add up a process tree."""
 
     ppid: int
