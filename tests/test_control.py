@@ -344,6 +344,7 @@ async def test_tcp_needs_the_bearer_token(tmp_path: Path) -> None:
     )
     async with running_stack(path) as sup:
         await until_ready(sup)
+        await asyncio.to_thread(client(tmp_path).get, "/v1/status")  # the control server is up
         token_file = StackPaths.at(tmp_path).token
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         token = token_file.read_text().strip()

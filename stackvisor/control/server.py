@@ -156,13 +156,17 @@ class ControlServer:
         self.sites: list[web.BaseSite] = []
 
     async def start(self, unix_sock: socket.socket, tcp: tuple[str, int] | None = None) -> None:
+        """TCP first: whoever has an answer on the unix socket (`up -d --wait`) can count on
+        the TCP address too. `sites[0]` is the unix one (see `replace_unix`)."""
         await self.runner.setup()
-        site = web.SockSite(self.runner, unix_sock)
-        await site.start()
-        self.sites.append(site)
+        tcp_site = None
         if tcp is not None:
             tcp_site = web.TCPSite(self.runner, tcp[0], tcp[1])
             await tcp_site.start()
+        site = web.SockSite(self.runner, unix_sock)
+        await site.start()
+        self.sites.append(site)
+        if tcp_site is not None:
             self.sites.append(tcp_site)
 
     async def replace_unix(self, unix_sock: socket.socket) -> None:

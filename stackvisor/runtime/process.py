@@ -39,6 +39,7 @@ PR_SET_CHILD_SUBREAPER = 36
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _KILL_WAIT = 5.0  # how long a SIGKILLed child may take to be reaped
+REAP_DELAY = 0.01  # orphans that exit within this much of each other are reaped together
 
 
 def become_subreaper() -> bool:
@@ -80,6 +81,7 @@ class Spawner:
         self.gate = gate
         self.subreaper = subreaper
         self._unreaped: set[int] = set()
+        self._reap_scheduled = False
         # Until `track` finds cgroups usable, children are found by their markers.
         self.tracking = cgroups.Tracking("marker", "cgroups not probed")
 
@@ -160,6 +162,18 @@ class Spawner:
         )
         _watch_exit(child)
         return child
+
+    def reap_soon(self) -> None:
+        """SIGCHLD's handler: one `reap_orphans` for the exits of the next REAP_DELAY, not
+        one each (each reads our list of children: 200 services stopping made that
+        quadratic)."""
+        if not self._reap_scheduled:
+            self._reap_scheduled = True
+            asyncio.get_running_loop().call_later(REAP_DELAY, self._reap_now)
+
+    def _reap_now(self) -> None:
+        self._reap_scheduled = False
+        self.reap_orphans()
 
     def reap_orphans(self, keep: Iterable[int] = ()) -> list[int]:
         """Collect exit statuses of reparented grandchildren (we are their subreaper).

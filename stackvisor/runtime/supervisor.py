@@ -166,7 +166,7 @@ class Supervisor(Reloading):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        loop.add_signal_handler(signal.SIGCHLD, self.spawner.reap_orphans)
+        loop.add_signal_handler(signal.SIGCHLD, self.spawner.reap_soon)
         try:
             stack = self.paths.cgroup_name
             for ended in await orphans.end_orphans(self.state_db, self.instance, self.spawner, stack=stack):
@@ -203,6 +203,8 @@ class Supervisor(Reloading):
 
     @property
     def state_db(self) -> StateDB | None:
+        """state.db, with every event published so far written to it."""
+        self.ledger.flush()
         return self.ledger.db
 
     def open(self) -> None:
