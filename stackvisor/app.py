@@ -109,8 +109,8 @@ async def _control(
 
 
 async def keep_reachable(sup: Supervisor, *, server: ControlServer, lock: StackLock) -> None:
-    """Once a second: a deleted control socket, state.db, lock file or stack record (`rm`,
-    `git clean -fdx`) is made again, so the CLI can always reach the running stack. The lock
+    """Once a second: a deleted control socket, state.db, lock file, stack record or port
+    registry (`rm`, `git clean -fdx`) is made again, so the CLI can always reach the running stack. The lock
     itself cannot be lost (see `StackLock`)."""
     socket_id = _identity(sup.paths.socket)
     while True:
@@ -127,6 +127,7 @@ async def keep_reachable(sup: Supervisor, *, server: ControlServer, lock: StackL
                 lock.rewrite_file()
             if not sup.paths.record.exists():
                 sup.record()
+            sup.ports.check_registry()
         except (OSError, UnsafePath) as exc:
             sup.logger.error(f"cannot make the stack's files again: {exc}")
 

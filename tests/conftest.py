@@ -41,6 +41,26 @@ from stackvisor.system import procfs
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Every stack the tests start shares one port registry per test process (as a user's
+# stacks share theirs), never the real ~/.local/state of whoever runs the suite.
+_REGISTRY = Path(tempfile.mkdtemp(prefix="stackvisor-registry-"))
+os.environ["STACKVISOR_REGISTRY"] = str(_REGISTRY / "ports.db")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_REGISTRY, ignore_errors=True)
+
+
+_registries = iter(range(1, 1 << 30))
+
+
+@pytest.fixture(autouse=True)
+def _registry_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with an empty registry: what one test allocated (held by the
+    test process itself) must not decide what the next one is handed."""
+    monkeypatch.setenv("STACKVISOR_REGISTRY", str(_REGISTRY / f"ports-{next(_registries)}.db"))
+
+
 # ----- child programs ---------------------------------------------------------------------
 
 # A command that runs until it is ended.

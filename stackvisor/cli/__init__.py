@@ -25,6 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ports"]:
+        from stackvisor.cli.registry import normalise
+
+        argv = normalise(argv)
     cmd: list[str] = []
     if "--" in argv:
         at = argv.index("--")

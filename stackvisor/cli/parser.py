@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from stackvisor.cli import importing, running, stack
+from stackvisor.cli import importing, registry, running, stack
 from stackvisor.config.kinds import Strategy, parse_duration
 
 
@@ -91,12 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=_duration, default=120.0, help="for --wait (default 120s)")
     up.add_argument("--dry-run", action="store_true", help="print the port plan and start nothing")
 
-    ports = command(
-        "ports", "show the port plan (holder, level, action) without doing anything", stack.cmd_ports
+    ports = sub.add_parser(
+        "ports",
+        help="this stack's port plan, and the registry of ports every stack and script shares",
+        description="`ports` alone (or with service names) is `ports plan`",
     )
-    ports.add_argument("services", nargs="*", metavar="SERVICE")
-    ports.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
-    ports.add_argument("--json", action="store_true")
+    verbs = ports.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def plan_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-f", "--file", help="the stack file (default: services.yaml here or above)")
+        p.add_argument("services", nargs="*", metavar="SERVICE")
+        p.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
+        p.add_argument("--json", action="store_true")
+
+    registry.grammar(verbs, _duration, plan_options)
 
     history = command("history", "list the port conflicts and how they were resolved", stack.cmd_history)
     history.add_argument("--json", action="store_true")

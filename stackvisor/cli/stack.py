@@ -131,13 +131,15 @@ def _children(config: StackConfig) -> tuple[set[tuple[int, float]], list[tuple[i
 def _port_plan(
     config: StackConfig, strategy: str | None, names: Sequence[str], active: Sequence[str] = ()
 ) -> list[Any]:
+    from stackvisor.cli import registry
     from stackvisor.ports.resolve import plan_stack
     from stackvisor.runtime import plans
 
     selection = plans.selection(config, names, active)
     override = Strategy(strategy) if strategy else None
     known, running = _children(config)
-    return [a for a in plan_stack(config, override, known, running) if a.service in selection]
+    allocated = registry.allocated_to_others(config)
+    return [a for a in plan_stack(config, override, known, running, allocated) if a.service in selection]
 
 
 def cmd_ports(args: argparse.Namespace) -> int:

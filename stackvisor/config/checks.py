@@ -173,6 +173,11 @@ def check_stack(config: StackConfig, report: Report) -> None:
             at=_dependency_place(report, first, second),
         )
         graph[first].remove(second)
+    types = config.port_types()
+    for name, service in config.services.items():
+        if service.type is not None and service.type not in types:
+            known = ", ".join(sorted(types))
+            report.add(("services", name, "type"), f"unknown service type {service.type!r} (known: {known})")
     owners: dict[int, str] = {}
     for name, service in config.services.items():
         if isinstance(service.port, int):

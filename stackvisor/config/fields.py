@@ -43,6 +43,28 @@ def port_number(value: int) -> int:
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+def port_range(value: Any) -> Any:
+    """`6380-6399` or `[6380, 6399]` as a (low, high) pair; `any` as None."""
+    if value == "any":
+        return None
+    if isinstance(value, str):
+        low, sep, high = value.partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise ValueError(f"expected a range like 6380-6399 (got {value!r})")
+        value = (int(low), int(high))
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        if not all(whole_number(end) for end in value):
+            raise ValueError("expected two port numbers like [6380, 6399]")
+        first, last = port_number(int(value[0])), port_number(int(value[1]))
+        if first > last:
+            raise ValueError(f"expected the low end first (got {first}-{last})")
+        return (first, last)
+    return value
+
+
+PortRange = Annotated[tuple[int, int] | None, BeforeValidator(port_range)]  # None: any port
+
+
 def whole_number(value: Any) -> bool:
     # bool is an int subclass, and `true` is not a port.
     if isinstance(value, str):

@@ -22,6 +22,22 @@ class Condition(StrEnum):
     COMPLETED = "service_completed_successfully"
 
 
+# The service types of the port registry and where each gets its port (`type:` with
+# `port: auto`, `stackvisor ports allocate --type`); None: any port. The stack's
+# `settings.port_types` adds types or changes these.
+DEFAULT_PORT_TYPES: dict[str, tuple[int, int] | None] = {
+    "rest-api": (8080, 8099),
+    "grpc": (50050, 50099),
+    "websocket": (8100, 8199),
+    "database": (5400, 5499),
+    "cache": (6300, 6399),
+    "analytics": (8200, 8299),
+    "security": (8300, 8399),
+    "frontend": (3000, 3099),
+    "custom": None,
+}
+
+
 class RestartPolicy(StrEnum):
     NO = "no"
     ON_FAILURE = "on-failure"

@@ -35,12 +35,12 @@ from stackvisor.config.fields import (
     HealthCheck,
     Model,
     Port,
+    PortRange,
     SignalName,
     Watch,
-    port_number,
-    whole_number,
+    port_range,
 )
-from stackvisor.config.kinds import Condition, RestartPolicy, Strategy, parse_duration
+from stackvisor.config.kinds import DEFAULT_PORT_TYPES, Condition, RestartPolicy, Strategy, parse_duration
 
 __all__ = [
     "Backoff",
@@ -64,6 +64,8 @@ class Service(Model):
     port: Port | Literal["auto"] | None = None
     alternative_ports: list[Port] = []
     port_range: tuple[int, int] | None = None
+    # The registry's service type: with `port: auto`, the port comes from its range.
+    type: str | None = None
     process_patterns: list[str] = []
     healthcheck: HealthCheck | None = None
     depends_on: dict[str, Dependency] = {}
@@ -185,19 +187,7 @@ class Service(Model):
     @field_validator("port_range", mode="before")
     @classmethod
     def _range(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            low, sep, high = value.partition("-")
-            if not sep or not low.strip().isdigit() or not high.strip().isdigit():
-                raise ValueError(f"expected a range like 6380-6399 (got {value!r})")
-            value = (int(low), int(high))
-        if isinstance(value, (list, tuple)) and len(value) == 2:
-            if not all(whole_number(end) for end in value):
-                raise ValueError("expected two port numbers like [6380, 6399]")
-            first, last = port_number(int(value[0])), port_number(int(value[1]))
-            if first > last:
-                raise ValueError(f"expected the low end first (got {first}-{last})")
-            return (first, last)
-        return value
+        return port_range(value)
 
     @property
     def signal_number(self) -> int:
@@ -255,6 +245,9 @@ LogsMode = Annotated[int, BeforeValidator(_file_mode)]
 class Settings(Model):
     strategy: Strategy = Strategy.INTELLIGENT
     reserved_ports: list[Port] = []
+    # Service types of the port registry beside (or instead of) the defaults:
+    # `name: 9000-9099`, or `any`.
+    port_types: dict[str, PortRange] = {}
     protected_processes: list[str] = []
     dev_server_patterns: list[str] | None = None
     stop_timeout: Duration = 10.0
@@ -276,6 +269,21 @@ class StackConfig(Model):
     settings: Settings = Settings()
     services: dict[str, Service]
     path: Path = Path("services.yaml")
+
+    @model_validator(mode="after")
+    def _ports_from_types(self) -> StackConfig:
+        """`port: auto` with a `type:` takes its port from the type's range (unless the
+        service has a `port_range` of its own). An unknown type is reported by
+        `checks.check_stack`, with its place in the file."""
+        types = self.port_types()
+        for name, svc in list(self.services.items()):
+            span = types.get(svc.type) if svc.type else None
+            if svc.port == "auto" and svc.port_range is None and span is not None:
+                self.services[name] = svc.model_copy(update={"port_range": span})
+        return self
+
+    def port_types(self) -> dict[str, tuple[int, int] | None]:
+        return {**DEFAULT_PORT_TYPES, **self.settings.port_types}
 
     @property
     def root(self) -> Path:

@@ -13,6 +13,7 @@ import types
 import typing
 from typing import Any
 
+from stackvisor.control import registry_api
 from stackvisor.runtime.events import PAYLOADS, EventKind
 from stackvisor.runtime.states import State
 
@@ -307,8 +308,15 @@ OPENAPI: dict[str, Any] = {
         "/openapi.json": {
             "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
         },
+        **registry_api.PATHS,
     },
     "components": {
-        "schemas": {"Error": _ERROR, "Service": _SERVICE, "Status": _STATUS, "Event": _event_schema()}
+        "schemas": {
+            "Error": _ERROR,
+            "Service": _SERVICE,
+            "Status": _STATUS,
+            "Event": _event_schema(),
+            **registry_api.SCHEMAS,
+        }
     },
 }

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from stackvisor.control import metrics, streams
+from stackvisor.control import metrics, registry_api, streams
 from stackvisor.control.http import (
     CLOSING,
     SUPERVISOR,
@@ -144,6 +144,7 @@ def make_app(sup: Supervisor, token: str | None = None) -> web.Application:
     app.router.add_get("/v1/ws", streams.websocket)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics.metrics)
+    registry_api.add_routes(app)
     return app
 
 

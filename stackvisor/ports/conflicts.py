@@ -133,7 +133,9 @@ class _Candidates:
     skipped: tuple[str, ...] = field(default=())  # "8001 (in use)" ...
 
 
-def pick_port(service: Service, busy: Set[int], taken: Set[int], reserved: Set[int]) -> _Candidates:
+def pick_port(
+    service: Service, busy: Set[int], taken: Set[int], reserved: Set[int], allocated: Set[int] = frozenset()
+) -> _Candidates:
     """The first usable migration target: alternative_ports, then port_range, then,
     for `port: auto`, "auto" (the kernel picks one when the service starts)."""
     skipped: list[str] = []
@@ -142,6 +144,8 @@ def pick_port(service: Service, busy: Set[int], taken: Set[int], reserved: Set[i
             continue
         if port in reserved:
             skipped.append(f"{port} reserved")
+        elif port in allocated:
+            skipped.append(f"{port} allocated to another stack or script")
         elif port in taken:
             skipped.append(f"{port} used by another service of the stack")
         elif port in busy:
@@ -185,6 +189,7 @@ def plan_port(
     taken: Set[int] = frozenset(),
     name: str | None = None,
     claimed: Set[int] | None = None,
+    allocated: Mapping[int, str] | None = None,
 ) -> PortAction:
     """Decide one service's port.
 
@@ -192,8 +197,10 @@ def plan_port(
     `busy` every port with a listener (for migration targets); `taken` the ports other
     services of the stack have or will have, never migration targets; `claimed` those
     already handed to another service, which the service must move away from
-    (default: `taken`).
+    (default: `taken`); `allocated` the ports the registry gave another stack or a
+    script (port -> who), never taken from them, by any strategy, listened on or not.
     """
+    allocated = allocated or {}
     name = name or service.name or "service"
     requested: PortSpec = service.port
     # What every answer shares; each one below fills in port, action and message.
@@ -201,7 +208,7 @@ def plan_port(
     if requested is None:
         return replace(base, message=f"{name} has no port")
     reserved = policy.reserved_ports
-    candidates = pick_port(service, busy, taken, reserved)
+    candidates = pick_port(service, busy, taken, reserved, set(allocated))
 
     if requested == "auto":
         chosen = candidates.chosen or "auto"
@@ -221,6 +228,17 @@ def plan_port(
             )
         hint = _alternatives_hint(name, service, candidates)
         return replace(shared, action=Action.FAIL, message=f"{head}; {hint}.")
+
+    if requested in allocated:
+        # Another stack's port (maybe restarting right now), or a script's: never ours.
+        head = f"port {requested} is allocated to {allocated[requested]}"
+        moved = replace(base, holders=tuple(holders), reason="allocated in the port registry")
+        if candidates.chosen is not None:
+            message = f"{head}; {name} moves to port {candidates.chosen}."
+            return replace(moved, port=candidates.chosen, action=Action.MIGRATE, message=message)
+        return replace(
+            moved, action=Action.FAIL, message=f"{head}; {_alternatives_hint(name, service, candidates)}."
+        )
 
     own = next((s for s in map(policy.running_service, holders) if s is not None), None)
     if own is not None:
@@ -288,6 +306,7 @@ def plan_services(
     holders: Mapping[int, Sequence[Owner]],
     busy: Set[int],
     policy: Policy,
+    allocated: Mapping[int, str] | None = None,
 ) -> list[PortAction]:
     """Plan every service of a stack, in order, so migration targets never collide.
 
@@ -310,6 +329,7 @@ def plan_services(
             taken,
             name,
             claimed=assigned,
+            allocated=allocated,
         )
         plan.append(action)
         if isinstance(action.port, int):

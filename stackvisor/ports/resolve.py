@@ -57,6 +57,8 @@ class PortContext:
     dev_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_DEV_PATTERNS))
     known_children: set[tuple[int, float]] = field(default_factory=set)
     taken: set[int] = field(default_factory=set)  # ports of the other services of the stack
+    # Ports the registry gave other stacks and scripts (port -> who): never taken.
+    allocated: dict[int, str] = field(default_factory=dict)
     grace: float = 5.0
     supervisor_pid: int = field(default_factory=os.getpid)
     # A command-line --strategy: wins over both the default and a service's own.
@@ -309,7 +311,12 @@ async def secure_port(service: Service, ctx: PortContext) -> PortResolution:
     if service.port is None:
         return PortResolution(name, None, None, None)
     requested = service.port
-    if isinstance(requested, int) and requested not in ctx.taken and tables.is_free(requested):
+    if (
+        isinstance(requested, int)
+        and requested not in ctx.taken
+        and requested not in ctx.allocated
+        and tables.is_free(requested)
+    ):
         # The common case, answered by one netlink query (tens of microseconds).
         return PortResolution(name, requested, requested, None)
     strategy = ctx.strategy_for(service)
@@ -319,7 +326,7 @@ async def secure_port(service: Service, ctx: PortContext) -> PortResolution:
     else:
         holders = []
     busy = await asyncio.to_thread(tables.listening_ports) if service.candidate_ports() or holders else set()
-    plan = plan_port(service, strategy, holders, busy, policy, ctx.taken, name)
+    plan = plan_port(service, strategy, holders, busy, policy, ctx.taken, name, allocated=ctx.allocated)
     return await carry_out(plan, service, ctx, policy)
 
 
@@ -329,7 +336,8 @@ async def carry_out(plan: PortAction, service: Service, ctx: PortContext, policy
     if plan.action in (Action.USE, Action.KEEP):
         port = plan.port
         if port == "auto":
-            port = await asyncio.to_thread(kernel_port, set(ctx.taken) | set(ctx.reserved_ports))
+            avoid = set(ctx.taken) | set(ctx.reserved_ports) | set(ctx.allocated)
+            port = await asyncio.to_thread(kernel_port, avoid)
         return PortResolution(name, requested, port if isinstance(port, int) else None, None)
     if plan.action is Action.MIGRATE:
         assert isinstance(plan.port, int)
@@ -358,15 +366,17 @@ def plan_stack(
     strategy_override: Strategy | None = None,
     known_children: Iterable[tuple[int, float]] = (),
     running: Iterable[tuple[int, float, str]] = (),
+    allocated: dict[int, str] | None = None,
 ) -> list[PortAction]:
     """The plan for every service of the stack, doing nothing (reads /proc only).
 
     `running`: the live children of the stack's running supervisor, (pid, start time,
-    service): holders among them are kept, not planned against."""
+    service): holders among them are kept, not planned against. `allocated`: what the
+    registry gave other stacks and scripts (port -> who)."""
     ctx = PortContext.from_config(config, strategy_override, known_children)
     policy = replace(ctx.policy(), running=tuple(running))
     fixed = [svc.port for svc in config.services.values() if isinstance(svc.port, int)]
     holders = ctx.owners.find_owners_many(fixed, _holder_hints(ctx)) if fixed else {}
     busy = tables.listening_ports()
     services = [(name, svc, ctx.strategy_for(svc)) for name, svc in config.services.items()]
-    return plan_services(services, holders, busy, policy)
+    return plan_services(services, holders, busy, policy, allocated)

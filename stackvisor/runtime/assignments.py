@@ -4,21 +4,35 @@
 dependent's `${DB_PORT}` follows), resolves conflicts one service at a time through
 `ports.resolve`, and records each conflict as an event. The decisions are in
 `ports.conflicts`; the signals go through the stack's gate.
+
+Every port it settles on is claimed in the user's port registry for this stack (held
+by the supervisor's process), so no other stack or script is handed it while the
+stack runs, restarts included; a port another owner holds there is never taken, by
+any strategy. Without a usable registry (an unwritable home) the stack still runs,
+and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sqlite3
 from typing import Any
 
 from stackvisor.config.interpolate import port_env
 from stackvisor.config.schema import Service, StackConfig, Strategy
-from stackvisor.errors import StartError
+from stackvisor.errors import StartError, UnsafePath
 from stackvisor.ports.conflicts import ConflictRecord, PortConflictError
+from stackvisor.ports.leases import Allocation, PortTaken
 from stackvisor.ports.owners import OwnerSearch
+from stackvisor.ports.registry import Registry
 from stackvisor.ports.resolve import PortContext, secure_port
-from stackvisor.runtime.events import EventBus, PortConflict
+from stackvisor.runtime.events import EventBus, PortAllocated, PortConflict, PortExpired, PortReleased
+from stackvisor.system import procfs
 from stackvisor.system.signals import SignalGate
+
+_CLAIM_ATTEMPTS = 5  # plans made again after losing a claim to a racing stack
 
 
 class PortAssignments:
@@ -41,6 +55,90 @@ class PortAssignments:
         # Children recorded by earlier runs: a holder among them is a stale copy (level low).
         self.earlier_children: set[tuple[int, float]] = set()
         self._lock = asyncio.Lock()
+        self.registry: Registry | None = None
+        self._claimed: dict[str, tuple[int, str]] = {}  # service -> (port, type) in the registry
+        self._me = (os.getpid(), procfs.create_time(os.getpid()))
+
+    @property
+    def owner(self) -> str:
+        return str(self.config.path)
+
+    # ----- the registry ------------------------------------------------------------------
+
+    def open_registry(self) -> None:
+        try:
+            self.registry = Registry.open()
+        except (OSError, UnsafePath, sqlite3.Error) as exc:
+            self.logger.warning(
+                f"the port registry cannot be used ({exc}): ports are not shared with other stacks"
+            )
+            return
+        if self.registry.note:
+            self.logger.warning(self.registry.note)
+
+    def close_registry(self) -> None:
+        """The stack is down: its ports go back."""
+        if self.registry is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            # Only what this supervisor claimed: one that lost the race for the stack's
+            # lock must not release the ports of the one that runs it.
+            self._published(PortReleased, self.registry.release_owner(self.owner, list(self._claimed)))
+        self.registry.close()
+        self.registry = None
+        self._claimed.clear()
+
+    def check_registry(self) -> None:
+        """Once a second: a registry file deleted or replaced (corrupt, moved aside) is
+        opened again and this stack's ports claimed again."""
+        if self.registry is None or not self.registry.replaced():
+            return
+        self.registry.close()
+        self.open_registry()
+        for name, (port, kind) in list(self._claimed.items()):
+            self._claim(name, port, kind)
+
+    def _claim(self, name: str, port: int, kind: str) -> str | None:
+        """Claim `port` for `name`; None when it is ours, else who has it."""
+        if self.registry is None:
+            return None
+        try:
+            got, replaced, expired = self.registry.claim(
+                self.owner, name, port, kind=kind, pid=self._me[0], pid_start=self._me[1]
+            )
+        except PortTaken as exc:
+            return str(exc).removeprefix(f"port {port} is allocated to ")
+        except sqlite3.Error as exc:
+            self.logger.warning(f"the port registry failed ({exc}): {name}'s port {port} is not shared")
+            return None
+        self._published(PortExpired, expired)
+        if replaced is not None:
+            self._published(PortReleased, [replaced])
+        if self._claimed.get(name) != (port, kind):
+            self._published(PortAllocated, [got])
+        self._claimed[name] = (port, kind)
+        return None
+
+    def release(self, name: str) -> None:
+        """`name` left the stack (a reload removed it) or gave up: its port goes back."""
+        if self.registry is None or self._claimed.pop(name, None) is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self._published(PortReleased, self.registry.release_owner(self.owner, [name]))
+
+    def _others(self) -> dict[int, str]:
+        if self.registry is None:
+            return {}
+        try:
+            return {port: a.describe() for port, a in self.registry.others(self.owner).items()}
+        except sqlite3.Error:
+            return {}
+
+    def _published(self, payload: type[PortAllocated], allocations: list[Allocation]) -> None:
+        for a in allocations:
+            self.bus.publish(
+                payload(a.id, a.port, a.name, a.type, a.owner), a.name if a.owner == self.owner else None
+            )
 
     def env(self, name: str) -> dict[str, str]:
         """`PORT` for `name` and `<NAME>_PORT` for every service of the stack."""
@@ -51,6 +149,7 @@ class PortAssignments:
 
     def forget(self, name: str) -> None:
         self.ports.pop(name, None)
+        self.release(name)
 
     async def secure(self, svc: Service) -> int | None:
         """The port the service will use, after any conflict on it is resolved."""
@@ -68,11 +167,28 @@ class PortAssignments:
                 gate=self.gate,
             )
             ctx.grace = self.config.stop_timeout(svc)
-            try:
-                resolution = await secure_port(svc, ctx)
-            except PortConflictError as exc:
-                self._record(svc.name, exc.record)
-                raise StartError(str(exc)) from None
+            kind = svc.type or "custom"
+            # A fixed port is claimed first (one transaction, the common case); when
+            # another owner holds it, or the port is chosen here, the plan avoids what
+            # every other owner holds. A claim lost to a racing stack plans again.
+            held = self._claim(svc.name, svc.port, kind) if isinstance(svc.port, int) else None
+            if held is not None or not isinstance(svc.port, int):
+                ctx.allocated = self._others()
+            for _ in range(_CLAIM_ATTEMPTS):
+                try:
+                    resolution = await secure_port(svc, ctx)
+                except PortConflictError as exc:
+                    self._record(svc.name, exc.record)
+                    raise StartError(str(exc)) from None
+                port = resolution.port
+                if port is None or port == svc.port:
+                    break
+                held = self._claim(svc.name, port, kind)
+                if held is None:
+                    break
+                ctx.allocated = {**self._others(), port: held}
+            else:
+                raise StartError(f"{svc.name}: every port tried was allocated meanwhile by another stack")
             self.ports[svc.name] = resolution.port
         self._record(svc.name, resolution.conflict)
         return resolution.port

@@ -35,6 +35,9 @@ class EventKind(StrEnum):
     STACK = "stack"
     ORPHAN = "orphan"
     WATCH_FAILED = "watch_failed"
+    PORT_ALLOCATED = "port_allocated"
+    PORT_RELEASED = "port_released"
+    PORT_EXPIRED = "port_expired"
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,33 @@ class WatchFailed(Payload):
     error: str
 
 
+@dataclass(frozen=True)
+class PortAllocated(Payload):
+    kind = EventKind.PORT_ALLOCATED
+    description = (
+        "a port was allocated in the user's registry (for a service of this stack, or through this API)"
+    )
+    id: str
+    port: int
+    name: str
+    type: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class PortReleased(PortAllocated):
+    kind = EventKind.PORT_RELEASED
+    description = (
+        "an allocation of the registry was released (the stack went down, the service moved or was removed)"
+    )
+
+
+@dataclass(frozen=True)
+class PortExpired(PortAllocated):
+    kind = EventKind.PORT_EXPIRED
+    description = "an allocation expired: its holder process is gone, or its lease passed without a heartbeat"
+
+
 PAYLOADS: dict[EventKind, type[Payload]] = {
     cls.kind: cls
     for cls in (
@@ -186,6 +216,9 @@ PAYLOADS: dict[EventKind, type[Payload]] = {
         StackChanged,
         OrphanEnded,
         WatchFailed,
+        PortAllocated,
+        PortReleased,
+        PortExpired,
     )
 }
 assert set(PAYLOADS) == set(EventKind), "every kind of event has a payload"

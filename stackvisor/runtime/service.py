@@ -325,7 +325,7 @@ class ServiceRunner:
     # ----- one process -----------------------------------------------------------------
 
     async def _spawn(self) -> None:
-        if self._listener.port() != self._port:
+        if (held := self._listener.port()) is None or held != self._port:  # not kept (inherit)
             self.close_socket()
             self._port = await self.ctx.secure_port(self._config)
         cfg = self._config

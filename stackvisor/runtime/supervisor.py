@@ -139,6 +139,8 @@ class Supervisor(Reloading):
         # "pending" is bookkeeping: in the JSON log, not on the terminal.
         log = self.logger.debug if new is State.PENDING else self.logger.info
         log(f"{name}: {new}", service=name, old=str(old), new=str(new), reason=reason)
+        if new is State.FAILED:  # it gave up: its port goes back to the registry
+            self.ports.release(name)
 
     # ----- running ---------------------------------------------------------------------
 
@@ -216,6 +218,7 @@ class Supervisor(Reloading):
         note = self.ledger.open()
         if note is not None:
             self.logger.warning(note)
+        self.ports.open_registry()
         self.ports.earlier_children = self.ledger.known_children()
         for runner in self.runners.values():
             runner.open()
@@ -235,6 +238,7 @@ class Supervisor(Reloading):
         """Release the files: the services' logs and state.db. Idempotent."""
         for runner in self.runners.values():
             runner.close()
+        self.ports.close_registry()
         self.ledger.close()
 
     def heartbeat(self) -> float | None:
