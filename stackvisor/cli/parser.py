@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
         p.add_argument("--json", action="store_true")
 
-    registry.grammar(verbs, _duration, plan_options)
+    registry.grammar(verbs, _duration, plan_options, stack.cmd_ports)
 
     history = command("history", "list the port conflicts and how they were resolved", stack.cmd_history)
     history.add_argument("--json", action="store_true")

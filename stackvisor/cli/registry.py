@@ -36,9 +36,13 @@ def normalise(argv: list[str]) -> list[str]:
 
 
 def grammar(
-    verbs: Any, duration: Callable[[str], float], plan: Callable[[argparse.ArgumentParser], None]
+    verbs: Any,
+    duration: Callable[[str], float],
+    plan: Callable[[argparse.ArgumentParser], None],
+    plan_command: Callable[[argparse.Namespace], int],
 ) -> None:
-    """The verbs of `ports` (`verbs`: its subparsers action; `plan` adds the plan's)."""
+    """The verbs of `ports` (`verbs`: its subparsers action; `plan` adds the plan's
+    options, `plan_command` runs it)."""
 
     def verb(name: str, text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = verbs.add_parser(name, help=text, description=text)
@@ -48,7 +52,11 @@ def grammar(
     def json_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true")
 
-    plan(verb("plan", "show this stack's port plan (holder, level, action) without doing anything", _plan))
+    plan(
+        verb(
+            "plan", "show this stack's port plan (holder, level, action) without doing anything", plan_command
+        )
+    )
     p = verb(
         "allocate", "hand out a port no stack or script will get while the allocation lives", cmd_allocate
     )
@@ -85,12 +93,6 @@ def grammar(
         ("unreserve", "hand these ports out again"),
     ):
         verb(name, text, cmd_reserve).add_argument("ports", nargs="+", type=int, metavar="PORT")
-
-
-def _plan(args: argparse.Namespace) -> int:
-    from stackvisor.cli.stack import cmd_ports
-
-    return cmd_ports(args)
 
 
 def allocated_to_others(config: StackConfig) -> dict[int, str]:
