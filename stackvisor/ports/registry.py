@@ -36,42 +36,18 @@ from stackvisor.ports.leases import (
     choose_port,
     type_range,
 )
+from stackvisor.ports.registry_file import ENV, LOCK_WAIT, connect, default_path, identity
 from stackvisor.system import procfs
 from stackvisor.system.files import secure_dir
 
-ENV = "STACKVISOR_REGISTRY"
 KEEP_EXPIRED = 24 * 3600.0  # expired allocations stay listed (`--all`) this long
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS allocations (
-    id TEXT PRIMARY KEY,
-    port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
-    name TEXT NOT NULL,
-    type TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    pid INTEGER,
-    pid_start REAL,
-    host TEXT NOT NULL,
-    allocated_at REAL NOT NULL,
-    last_heartbeat REAL NOT NULL,
-    ttl REAL,
-    status TEXT NOT NULL CHECK (status IN ('reserved', 'expired')),
-    expired_at REAL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS live_port ON allocations (port) WHERE status = 'reserved';
-CREATE INDEX IF NOT EXISTS by_owner ON allocations (owner, name);
-CREATE TABLE IF NOT EXISTS reserved (port INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535));
-"""
+# Literal, not a parameter: only then can sqlite use the schema's partial indexes.
+LIVE = "status = 'reserved'"
+_ALLOCATED = f"SELECT 1 FROM allocations WHERE {LIVE} AND port = ?"
+_PACKED = f"SELECT COUNT(*), MAX(port) FROM allocations WHERE {LIVE} AND port BETWEEN ? AND ?"
+_LIVE_PORTS = f"SELECT port FROM allocations WHERE {LIVE} AND port BETWEEN ? AND ? ORDER BY port"
 _COLUMNS = "id, port, name, type, owner, pid, pid_start, host, allocated_at, last_heartbeat, ttl, status"
-
-
-def default_path(environ: Mapping[str, str] = os.environ) -> Path:
-    """STACKVISOR_REGISTRY, else `$XDG_STATE_HOME/stackvisor/ports.db` (default
-    `~/.local/state/stackvisor/ports.db`)."""
-    if environ.get(ENV):
-        return Path(environ[ENV]).expanduser()
-    state = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "stackvisor" / "ports.db"
 
 
 def holder_alive(pid: int, started: float | None) -> bool:
@@ -88,7 +64,7 @@ class Registry:
         self.note = note  # set when a corrupt file was moved aside
         self.host = socket.gethostname()
         self.listened: Callable[[int], bool] = lambda port: not tables.is_free(port)
-        self.identity = _identity(path)
+        self.identity = identity(path)
 
     # ----- opening ----------------------------------------------------------------------
 
@@ -103,25 +79,42 @@ class Registry:
             if os.path.islink(f"{path}{suffix}"):
                 raise UnsafePath(f"{path}{suffix} is a symbolic link; stackvisor does not write through one")
         try:
-            return cls(_connect(path), path)
+            return cls(connect(path), path)
         except sqlite3.DatabaseError as exc:
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(f"{path}{suffix}", f"{aside}{suffix}")
             note = f"{path} could not be read ({exc}): moved to {aside.name}; a fresh registry was made"
-            return cls(_connect(path), path, note)
+            return cls(connect(path), path, note)
 
     def close(self) -> None:
         self.db.close()
 
     def replaced(self) -> bool:
         """The file was deleted or replaced since it was opened (a person, `rm -rf`)."""
-        return _identity(self.path) != self.identity
+        return identity(self.path) != self.identity
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
+        """A write transaction. While another process holds the lock, retry every
+        fraction of a millisecond: sqlite's own busy handler sleeps up to 100 ms at a
+        time, far longer than any transaction here lasts."""
+        deadline = time.monotonic() + LOCK_WAIT
+        pause = 0.0002
+        self.db.execute("PRAGMA busy_timeout=0")
+        try:
+            while True:
+                try:
+                    self.db.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(pause)
+                    pause = min(pause * 1.5, 0.001)
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT * 1000)}")
         try:
             yield self.db
         except BaseException:
@@ -136,7 +129,7 @@ class Registry:
         return [Allocation(*row) for row in self.db.execute(query, args)]
 
     def live(self) -> list[Allocation]:
-        return self._rows("status = ?", (RESERVED,))
+        return self._rows(LIVE)
 
     def get(self, allocation_id: str) -> Allocation:
         found = self._rows("id = ?", (allocation_id,))
@@ -145,7 +138,7 @@ class Registry:
         return found[0]
 
     def listing(self, kind: str | None = None, *, everything: bool = False) -> list[Allocation]:
-        where, args = ("1=1", []) if everything else ("status = ?", [RESERVED])
+        where, args = ("1=1", []) if everything else (LIVE, [])
         if kind is not None:
             where += " AND type = ?"
             args.append(kind)
@@ -154,8 +147,8 @@ class Registry:
     def lookup(self, key: str | int) -> list[Allocation]:
         """The live allocations of a port (a number) or of a service name."""
         if isinstance(key, int) or key.isdigit():
-            return self._rows("status = ? AND port = ?", (RESERVED, check_port(int(key))))
-        return self._rows("status = ? AND name = ?", (RESERVED, key))
+            return self._rows(f"{LIVE} AND port = ?", (check_port(int(key)),))
+        return self._rows(f"{LIVE} AND name = ?", (key,))
 
     def reserved_ports(self) -> set[int]:
         return {port for (port,) in self.db.execute("SELECT port FROM reserved")}
@@ -173,29 +166,40 @@ class Registry:
             )
         return list(allocations)
 
-    def _sweep(self, now: float) -> list[Allocation]:
-        """Expire what is dead: each distinct holder is looked at once."""
-        live = self.live()
-        seen: dict[tuple[int, float | None], bool] = {}
+    def _dead_holders(self) -> list[tuple[int, float | None]]:
+        """The holders of live allocations that are gone, each looked at once. Read
+        before the write lock is taken: a holder that died is still dead inside it."""
+        rows = self.db.execute(
+            f"SELECT DISTINCT pid, pid_start FROM allocations WHERE {LIVE} AND pid IS NOT NULL"
+        ).fetchall()
+        return [(pid, start) for pid, start in rows if not holder_alive(pid, start)]
 
-        def alive(pid: int, started: float | None) -> bool:
-            if (pid, started) not in seen:
-                seen[(pid, started)] = holder_alive(pid, started)
-            return seen[(pid, started)]
+    def _expirable(self, now: float, dead: Sequence[tuple[int, float | None]]) -> list[Allocation]:
+        """The live allocations of `dead` holders and those whose lease ran out."""
+        where = "(ttl IS NOT NULL AND last_heartbeat + ttl < ?)"
+        args: list[Any] = [now]
+        for pid, start in dead:
+            where += " OR (pid = ? AND pid_start IS ?)"
+            args += [pid, start]
+        return self._rows(f"{LIVE} AND ({where})", args)
 
-        return self._expire([a for a in live if a.expired(now, alive)], now)
+    def _sweep(self, now: float, dead: Sequence[tuple[int, float | None]]) -> list[Allocation]:
+        """Expire what `_expirable` finds (inside a write transaction)."""
+        return self._expire(self._expirable(now, dead), now)
 
     def sweep(self) -> list[Allocation]:
         """Expire every allocation whose holder is gone or whose lease ran out."""
+        dead = self._dead_holders()
         with self._write():
-            return self._sweep(time.time())
+            return self._sweep(time.time(), dead)
 
     def cleanup(self) -> tuple[list[Allocation], int]:
         """Sweep, and forget allocations expired more than KEEP_EXPIRED ago: (expired now,
         how many were forgotten)."""
         now = time.time()
+        dead = self._dead_holders()
         with self._write():
-            expired = self._sweep(now)
+            expired = self._sweep(now, dead)
             cur = self.db.execute(
                 "DELETE FROM allocations WHERE status = ? AND expired_at < ?", (EXPIRED, now - KEEP_EXPIRED)
             )
@@ -230,23 +234,40 @@ class Registry:
         started = procfs.create_time(pid) if pid is not None else None
         if pid is not None and started is None:
             raise RegistryError(f"no process {pid} to hold the allocation")
+        # Everything that only reads is done before the write lock, so that the lock is
+        # held for a few statements: what expired, and a port that was free a moment ago.
+        # Under the lock the port is checked again, and chosen again if it was just taken.
+        dead = self._dead_holders()
         now = time.time()
+        stale = bool(self._expirable(now, dead))
+        unavailable = self.reserved_ports() | set(reserved)
+        try:
+            guess: int | None = self._choose(span, preferred, required, unavailable)
+        except PortTaken:
+            guess = None  # maybe its holder is among what expires below
         with self._write():
-            expired = self._sweep(now)
-            taken = {a.port: a for a in self.live()}
-            unavailable = set(taken) | self.reserved_ports() | set(reserved)
-            port = None
-            if preferred is not None:
-                port = choose_port([preferred], unavailable, self.listened)
-                if port is None and required:
-                    raise self._taken(preferred, taken.get(preferred), set(reserved))
-            if port is None:
-                port = self._pick(span, unavailable)
+            now = time.time()
+            expired = self._sweep(now, dead) if stale else []
+            port = guess
+            if port is None or self._allocated(port):
+                port = self._choose(span, preferred, required, unavailable)
             allocation = Allocation(
                 uuid.uuid4().hex, port, name, kind, owner, pid, started, self.host, now, now, ttl, RESERVED
             )
             self._insert(allocation)
         return allocation, expired
+
+    def _choose(
+        self, span: tuple[int, int] | None, preferred: int | None, required: bool, unavailable: set[int]
+    ) -> int:
+        if preferred is not None:
+            holder = self._rows(f"{LIVE} AND port = ?", (preferred,))
+            port = None if holder else choose_port([preferred], unavailable, self.listened)
+            if port is not None:
+                return port
+            if required:
+                raise self._taken(preferred, holder[0] if holder else None, unavailable)
+        return self._pick(span, unavailable)
 
     def _taken(self, port: int, holder: Allocation | None, reserved: set[int]) -> PortTaken:
         if holder is not None:
@@ -255,18 +276,35 @@ class Registry:
             return PortTaken(f"port {port} is reserved")
         return PortTaken(f"port {port} is listened on by another process (`stackvisor ports plan` names it)")
 
+    def _allocated(self, port: int) -> bool:
+        return self.db.execute(_ALLOCATED, (port,)).fetchone() is not None
+
+    def _unallocated(self, low: int, high: int) -> Iterator[int]:
+        """The ports of low..high that no live allocation has, lowest first. A range that
+        is filled from its low end without a hole (how lowest-first allocation fills it)
+        is answered by one count over the index; otherwise the gaps are walked."""
+        count, top = self.db.execute(_PACKED, (low, high)).fetchone()
+        if count == 0 or top - low + 1 == count:
+            yield from range(low if count == 0 else top + 1, high + 1)
+            return
+        expected = low
+        for (port,) in self.db.execute(_LIVE_PORTS, (low, high)).fetchall():
+            yield from range(expected, port)
+            expected = port + 1
+        yield from range(expected, high + 1)
+
     def _pick(self, span: tuple[int, int] | None, unavailable: set[int]) -> int:
         if span is not None:
-            port = choose_port(range(span[0], span[1] + 1), unavailable, self.listened)
+            port = choose_port(self._unallocated(*span), unavailable, self.listened)
             if port is None:
                 raise PortTaken(f"no port of {span[0]}-{span[1]} is available")
             return port
         for _ in range(100):  # the kernel's pick, until it is one nobody was handed
             with socket.socket() as probe:
                 probe.bind(("", 0))
-                port = probe.getsockname()[1]
-            if port not in unavailable:
-                return int(port)
+                port = int(probe.getsockname()[1])
+            if port not in unavailable and not self._allocated(port):
+                return port
         raise PortTaken("the kernel offered only ports that are allocated")
 
     def _insert(self, a: Allocation) -> None:
@@ -312,13 +350,19 @@ class Registry:
         now = time.time()
         with self._write():
             expired: list[Allocation] = []
-            holder = self._rows("status = ? AND port = ?", (RESERVED, port))
+            holder = self._rows(f"{LIVE} AND port = ?", (port,))
             if holder and (holder[0].owner, holder[0].name) != (owner, name):
                 if holder[0].expired(now, holder_alive):
                     expired = self._expire(holder, now)
                 else:
                     raise self._taken(port, holder[0], set())
-            mine = self._rows("status = ? AND owner = ? AND name = ?", (RESERVED, owner, name))
+            mine = self._rows(
+                f"{LIVE} AND owner = ? AND name = ?",
+                (
+                    owner,
+                    name,
+                ),
+            )
             if mine and mine[0].port == port and mine[0].pid == pid:
                 return mine[0], None, expired
             for old in mine:
@@ -331,12 +375,12 @@ class Registry:
 
     def others(self, owner: str) -> dict[int, Allocation]:
         """The live allocations of every other owner, by port."""
-        return {a.port: a for a in self._rows("status = ? AND owner != ?", (RESERVED, owner))}
+        return {a.port: a for a in self._rows(f"{LIVE} AND owner != ?", (owner,))}
 
     def release_owner(self, owner: str, names: Sequence[str] | None = None) -> list[Allocation]:
         """Release a stack's allocations (all, or those of `names`)."""
         with self._write():
-            mine = self._rows("status = ? AND owner = ?", (RESERVED, owner))
+            mine = self._rows(f"{LIVE} AND owner = ?", (owner,))
             gone = [a for a in mine if names is None or a.name in names]
             for a in gone:
                 self.db.execute("DELETE FROM allocations WHERE id = ?", (a.id,))
@@ -351,33 +395,6 @@ class Registry:
             if a["status"] != EXPIRED:
                 by_type[a["type"]] = by_type.get(a["type"], 0) + 1
         return {"total": len(listed), "by_status": by_status, "by_type": by_type}
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    if not path.exists():  # 0600 from the start; sqlite gives -wal and -shm the same mode
-        with contextlib.suppress(FileExistsError):
-            os.close(
-                os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            )
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=10000")
-        db.executescript(_SCHEMA)
-        db.execute("SELECT COUNT(*) FROM allocations").fetchone()
-    except BaseException:
-        db.close()
-        raise
-    return db
 
 
 __all__ = ["ENV", "Registry", "RegistryError", "default_path"]
