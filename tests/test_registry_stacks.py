@@ -251,3 +251,34 @@ def test_racing_cli_allocations_are_distinct(tmp_path: Path) -> None:
     assert all(p.returncode == 0 for p in procs)
     ports = [int(o) for o in outs]
     assert len(set(ports)) == 8 and all(8200 <= p <= 8299 for p in ports)
+
+
+def test_a_waiting_service_has_its_port_before_it_starts(tmp_path: Path, detached: Any) -> None:
+    db, api = free_ports(2)
+    write_stack(
+        tmp_path,
+        f"""
+        services:
+          db:
+            command: python3 server.py
+            port: {db}
+            environment: {{GO: "{tmp_path / "go"}"}}
+            healthcheck: {{tcp: "${{PORT}}", interval: 0.2s}}
+          api:
+            command: python3 server.py
+            port: {api}
+            depends_on: {{db: {{condition: service_healthy}}}}
+        """,
+    )
+    assert detached(tmp_path, wait=False).returncode == 0
+    wait_for(lambda: client(tmp_path).get("/v1/services/api")["state"] == "pending")
+    registry = Registry.open()
+    try:
+        assert {(a.name, a.port) for a in registry.live()} == {("db", db), ("api", api)}
+    finally:
+        registry.close()
+    # Nobody else is handed it meanwhile.
+    refused = cli("ports", "allocate", "x", "--preferred", str(api), "--required")
+    assert refused.returncode == 1 and "'s api" in refused.stderr
+    (tmp_path / "go").touch()
+    wait_for(lambda: client(tmp_path).get("/v1/services/api")["state"] == "running", timeout=15)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from stackvisor.config.kinds import parse_duration
-from stackvisor.control.http import int_query, json_body, supervisor
+from stackvisor.control.http import bool_query, int_query, json_body, supervisor
 from stackvisor.errors import ApiError, UnsafePath
 from stackvisor.ports.leases import Allocation, RegistryError
 from stackvisor.ports.registry import Registry
@@ -145,15 +145,9 @@ async def cleanup(request: web.Request) -> web.Response:
     return web.json_response({"expired": rows, "forgotten": forgotten})
 
 
-def _everything(request: web.Request) -> bool:
-    from stackvisor.control.http import bool_query
-
-    return bool_query(request, "all")
-
-
 async def directory(request: web.Request) -> web.Response:
     kind = request.query.get("type")
-    everything = _everything(request)
+    everything = bool_query(request, "all")
     rows = await _call(
         request, lambda registry: _rows(registry, registry.listing(kind, everything=everything))
     )

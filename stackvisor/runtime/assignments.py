@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+from collections.abc import Iterable
 from typing import Any
 
 from stackvisor.config.interpolate import port_env
@@ -118,6 +119,15 @@ class PortAssignments:
             self._published(PortAllocated, [got])
         self._claimed[name] = (port, kind)
         return None
+
+    def reserve(self, names: Iterable[str]) -> None:
+        """At `up`: the fixed port of each service named is the stack's from now on, also
+        while the service waits for its dependencies. One that another owner has is left
+        to the service's own start, which moves it."""
+        for name in names:
+            svc = self.config.services.get(name)
+            if svc is not None and isinstance(svc.port, int):
+                self._claim(name, svc.port, svc.type or "custom")
 
     def release(self, name: str) -> None:
         """`name` left the stack (a reload removed it) or gave up: its port goes back."""

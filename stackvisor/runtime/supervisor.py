@@ -174,6 +174,7 @@ class Supervisor(Reloading):
             for ended in await orphans.end_orphans(self.state_db, self.instance, self.spawner, stack=stack):
                 self.logger.warning(ended.describe())
                 self.bus.publish(OrphanEnded(ended.pid, ended.describe()), ended.service)
+            self.ports.reserve(sorted(self.selection))
             self.bus.publish(StackChanged("up", services=tuple(sorted(self.selection))))
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
