@@ -139,6 +139,7 @@ def test_release_cleanup_lookup_and_stats(registry: Registry, holder: subprocess
     assert [a.id for a in expired] == [gone.id] and forgotten == 0
     assert [a.id for a in registry.lookup("db")] == [kept.id]
     assert [a.id for a in registry.lookup(str(kept.port))] == [kept.id]
+    assert registry.lookup("¹") == []  # a digit to str.isdigit, a name here
     assert {a.id for a in registry.listing(everything=True)} == {kept.id, gone.id}
     stats = registry.stats()
     assert stats["by_status"] == {"reserved": 1, "expired": 1} and stats["by_type"] == {"database": 1}

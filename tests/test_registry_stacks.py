@@ -176,6 +176,14 @@ def test_the_api_allocates_and_refuses_with_4xx(tmp_path: Path, detached: Any) -
         with pytest.raises(ApiError) as bad:
             api.post("/v1/ports/allocate", body)
         assert bad.value.status == 400, body
+    for url, code in (
+        ("/v1/ports/port/%C2%B9", 400),
+        ("/v1/ports/port/70000", 400),
+        ("/v1/ports/service/%C2%B9", 404),
+    ):
+        with pytest.raises(ApiError) as refused:
+            api.get(url)
+        assert refused.value.status == code, url
     with pytest.raises(ApiError) as gone:
         api.post("/v1/ports/release", {"id": "no-such-id"})
     assert gone.value.status == 404

@@ -20,6 +20,7 @@ to double each one buys nothing. A malformed `${...}` is an error.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Iterable, Mapping
 
@@ -41,6 +42,7 @@ def interpolate(text: str, variables: Mapping[str, str], *, keep: Collection[str
     return _Expander(variables, frozenset(keep)).expand(text)
 
 
+@functools.lru_cache(maxsize=4096)
 def port_variable(service: str) -> str:
     """The variable that holds a service's port: `my-db` -> `MY_DB_PORT`."""
     return re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_PORT"

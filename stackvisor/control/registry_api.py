@@ -175,7 +175,7 @@ async def by_service(request: web.Request) -> web.Response:
 
 async def by_port(request: web.Request) -> web.Response:
     raw = request.match_info["port"]
-    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 65535:
         raise ApiError(400, "bad port", f"expected a port between 1 and 65535, got {raw!r}")
     return await _found(request, int(raw))
 

@@ -146,7 +146,7 @@ class Registry:
 
     def lookup(self, key: str | int) -> list[Allocation]:
         """The live allocations of a port (a number) or of a service name."""
-        if isinstance(key, int) or key.isdigit():
+        if isinstance(key, int) or (key.isascii() and key.isdigit()):  # not "¹"
             return self._rows(f"{LIVE} AND port = ?", (check_port(int(key)),))
         return self._rows(f"{LIVE} AND name = ?", (key,))
 

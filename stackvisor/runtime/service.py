@@ -120,8 +120,8 @@ class ServiceRunner:
     def outdated(self) -> str:
         """Why this run (or completed one-shot) is outdated ("": it is not; see `freshness`)."""
         live = self.state in ALIVE or (self.state is State.COMPLETED and not self.running)
-        if self._basis is None or not live:
-            return ""
+        if self._basis is None or not live or not (self._basis.runs or self._basis.ports):
+            return ""  # asked on every event: most services follow nothing, answer at once
         return outdated(self._basis, self._config, self.ctx.dependency, self.ctx.port_env(self.name))
 
     def tail(self, lines: int) -> list[str]:
