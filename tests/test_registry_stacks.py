@@ -233,6 +233,10 @@ def test_port_auto_with_a_type_takes_its_range(tmp_path: Path, detached: Any) ->
     )
     assert detached(tmp_path).returncode == 0
     assert ports_of(tmp_path) == {"web": low}
+    # The CLI knows the stack's types: its one port is the stack's now.
+    assert json.loads(cli("ports", "ranges", "--json", cwd=tmp_path).stdout)["mine"] == [low, low]
+    full = cli("ports", "allocate", "x", "--type", "mine", cwd=tmp_path)
+    assert full.returncode == 1 and f"no port of {low}-{low} is available" in full.stderr
 
 
 def test_racing_cli_allocations_are_distinct(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK
@@ -62,6 +63,7 @@ def grammar(
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--type", default="custom", help="a service type: its range (see `ports ranges`)")
+    p.add_argument("-f", "--file", help="the stack whose port_types --type may name (default: the one here)")
     p.add_argument("--preferred", type=int, metavar="PORT", help="this port when it is available")
     p.add_argument("--required", action="store_true", help="with --preferred: that port or exit 1")
     p.add_argument("--ttl", type=duration, help="expire unless `ports heartbeat ID` comes within it")
@@ -87,7 +89,9 @@ def grammar(
     p.add_argument("key", metavar="NAME|PORT")
     json_option(p)
     json_option(verb("stats", "allocations by status and type", cmd_stats))
-    json_option(verb("ranges", "the service types and their port ranges", cmd_ranges))
+    p = verb("ranges", "the service types and their port ranges (with this stack's port_types)", cmd_ranges)
+    p.add_argument("-f", "--file", help="the stack file (default: services.yaml here or above, if any)")
+    json_option(p)
     for name, text in (
         ("reserve", "never hand out these ports"),
         ("unreserve", "hand these ports out again"),
@@ -157,6 +161,7 @@ def _show(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 def cmd_allocate(args: argparse.Namespace) -> int:
     holder = os.getppid() if args.pid is None else (args.pid or None)
+    types = port_types(args.file, args.type)
 
     def allocate(registry: Registry) -> int:
         allocation, _ = registry.allocate(
@@ -166,6 +171,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
             required=args.required,
             ttl=args.ttl,
             pid=holder,
+            types=types,
         )
         if args.quiet:
             print(allocation.port)
@@ -246,10 +252,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return _run(stats)
 
 
-def cmd_ranges(args: argparse.Namespace) -> int:
-    from stackvisor.ports.leases import DEFAULT_TYPES
+def port_types(file: str | None, wanted: str | None = None) -> dict[str, tuple[int, int] | None]:
+    """The default service types, and those of the stack here (or `file`) when there is
+    one. The stack file is loaded only when it is named or `wanted` is not a default
+    type: a script's `allocate --type rest-api` costs no schema."""
+    from stackvisor.config.kinds import DEFAULT_PORT_TYPES
 
-    ranges = {kind: (list(span) if span else None) for kind, span in DEFAULT_TYPES.items()}
+    if file is None and wanted is not None and wanted in DEFAULT_PORT_TYPES:
+        return dict(DEFAULT_PORT_TYPES)
+    from stackvisor.config import load_config
+    from stackvisor.config.finding import find_config
+    from stackvisor.errors import ConfigError
+
+    try:
+        return load_config(Path(file) if file else find_config()).port_types()
+    except ConfigError:
+        if file is not None:
+            raise
+        return dict(DEFAULT_PORT_TYPES)  # no stack here (or a broken one): the defaults
+
+
+def cmd_ranges(args: argparse.Namespace) -> int:
+    ranges = {kind: (list(span) if span else None) for kind, span in port_types(args.file).items()}
     if args.json:
         print(json.dumps(ranges, indent=2))
     else:
