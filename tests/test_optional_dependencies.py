@@ -24,7 +24,7 @@ async def test_an_optional_dependency_that_fails_does_not_block(tmp_path: Path) 
     async with running_stack(path) as sup:
         await until_state(sup, "db", "exited")
         await until_state(sup, "api", "running")
-        assert any("optional dependency db" in line for line in sup.runners["api"].tail(10))
+        assert any("optional dependency db" in line for line in sup.runners["api"].log.last(10))
 
 
 async def test_a_required_dependency_that_fails_fails_the_dependent(tmp_path: Path) -> None:

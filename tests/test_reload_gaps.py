@@ -107,7 +107,7 @@ async def test_a_watch_entry_with_action_signal_sends_it_and_keeps_the_process(t
         await watching(tmp_path / "conf")
         server, other = pid(sup, "server"), pid(sup, "other")
         (tmp_path / "conf" / "site.conf").write_text("v2\n")
-        await async_wait_for(lambda: "reloaded v2" in "\n".join(sup.runners["server"].tail(5)))
+        await async_wait_for(lambda: "reloaded v2" in "\n".join(sup.runners["server"].log.last(5)))
         await until(sup, lambda: pid(sup, "other") not in (None, other))  # a plain glob restarts
         assert pid(sup, "server") == server
         assert sup.runners["server"].status()["restarts"] == 0

@@ -298,7 +298,7 @@ async def test_programs_are_found_from_the_working_dir_and_missing_ones_fail_cle
             "cannot start 'no-such-program-here': No such file or directory" in sup.runners["missing"].reason
         )
         assert "Permission denied" in sup.runners["denied"].reason
-        await async_wait_for(lambda: any("ran from" in line for line in sup.runners["relative"].tail(5)))
+        await async_wait_for(lambda: any("ran from" in line for line in sup.runners["relative"].log.last(5)))
         assert sup.runners["missing"].status()["restarts"] == 0
 
 

@@ -44,7 +44,7 @@ async def test_a_service_runs_as_its_user_with_that_users_environment(tmp_path: 
         await async_wait_for(lambda: psutil.Process(pid).uids().real == 65534)
         home = __import__("pwd").getpwnam("nobody").pw_dir
         expected = f"uid=65534 user=nobody home={home}"
-        await async_wait_for(lambda: expected in sup.runners["app"].tail(5))
+        await async_wait_for(lambda: expected in sup.runners["app"].log.last(5))
 
 
 def test_a_service_of_another_user_dies_with_a_killed_supervisor(tmp_path: Path) -> None:

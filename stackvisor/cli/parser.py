@@ -137,7 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(action, f"{action} one service of the running stack", running.service_action(action))
         p.add_argument("service", metavar="SERVICE")
 
-    command("heartbeat", "renew the lease of a stack started with --lease", running.cmd_heartbeat)
+    beat = command(
+        "heartbeat",
+        "renew the lease of a stack started with --lease, or of a service's `lease`",
+        running.cmd_heartbeat,
+    )
+    beat.add_argument(
+        "service", nargs="?", metavar="SERVICE", help="a service with `lease:` (default: the stack)"
+    )
 
     reload = command(
         "reload", "apply the edits of the stack file now (it also happens by itself)", running.cmd_reload

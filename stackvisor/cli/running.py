@@ -102,6 +102,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_heartbeat(args: argparse.Namespace) -> int:
+    if args.service:  # a service's own `lease:`
+        client(locate(args)).post(f"/v1/services/{args.service}/heartbeat")
+        return EXIT_OK
     result = client(locate(args)).post("/v1/heartbeat")
     if result.get("lease_seconds_left") is None:
         print("stackvisor: the stack has no --lease; the heartbeat changes nothing", file=sys.stderr)

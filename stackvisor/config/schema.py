@@ -89,6 +89,13 @@ class Service(Model):
     # (systemd's LISTEN_FDS protocol, fd 3), so nobody can take it between our check
     # and the child's bind, and a restart never meets a conflict.
     socket: Literal["inherit"] | None = None
+    # `on_demand`: the supervisor holds the port's listening socket from `up` on and
+    # starts the service at the first connection (its socket handed over: `inherit`).
+    start: Literal["always", "on_demand"] = "always"
+    # Stopped after this long without an established connection on its port.
+    idle_stop: Duration | None = None
+    # Stopped unless `stackvisor heartbeat SERVICE` comes within every `lease`.
+    lease: Duration | None = None
     # Kept as written, shown in `status --json` (Compose's labels: notes for tools).
     labels: dict[str, str] = {}
     # Compose's profiles: a service with profiles starts only when one of them is
@@ -112,6 +119,12 @@ class Service(Model):
     def _inherit_needs_a_port(self) -> Service:
         if self.socket == "inherit" and not isinstance(self.port, int):
             raise ValueError("socket: inherit needs a fixed port (a number)")
+        if self.start == "on_demand" and self.socket != "inherit":
+            raise ValueError(
+                "start: on_demand needs socket: inherit (the supervisor holds the port until then)"
+            )
+        if self.idle_stop is not None and self.port is None:
+            raise ValueError("idle_stop needs a port: idleness is counted in connections to it")
         return self
 
     @field_validator("command")

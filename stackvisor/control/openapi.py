@@ -274,6 +274,13 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/services/{name}/heartbeat": {
+            "post": {
+                "summary": "Renew a service's own `lease`",
+                "parameters": [_NAME],
+                "responses": {"200": _json({"type": "object"}), **_errors(400, 404, 409)},
+            }
+        },
         "/v1/heartbeat": {
             "post": {
                 "summary": "Renew the lease of a stack started with --lease",

@@ -29,7 +29,7 @@ from stackvisor.system.files import dir_mode, open_append, secure_dir
 if TYPE_CHECKING:
     from stackvisor.config.schema import StackConfig
 
-READY = frozenset({State.HEALTHY, State.RUNNING, State.COMPLETED})
+READY = frozenset({State.HEALTHY, State.RUNNING, State.COMPLETED, State.IDLE})
 BROKEN = frozenset({State.FAILED, State.EXITED})
 
 

@@ -110,6 +110,16 @@ async def heartbeat(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "lease_seconds_left": left})
 
 
+async def service_heartbeat(request: web.Request) -> web.Response:
+    name = service_name(request)
+    await json_body(request)
+    try:
+        left = supervisor(request).heartbeat(name)
+    except ActionConflict as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return web.json_response({"ok": True, "lease_seconds_left": left})
+
+
 async def reload(request: web.Request) -> web.Response:
     body = await json_body(request)
     dry_run = bool(body.get("dry_run")) or bool_query(request, "dry_run")
@@ -140,6 +150,7 @@ def make_app(sup: Supervisor, token: str | None = None) -> web.Application:
     app.router.add_post("/v1/up", up)
     app.router.add_post("/v1/reload", reload)
     app.router.add_post("/v1/heartbeat", heartbeat)
+    app.router.add_post("/v1/services/{name}/heartbeat", service_heartbeat)
     app.router.add_get("/v1/events", streams.events)
     app.router.add_get("/v1/ws", streams.websocket)
     app.router.add_get("/openapi.json", openapi)

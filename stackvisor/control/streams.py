@@ -27,7 +27,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     tail = int_query(request, "tail", 100, 0, 100_000)
     follow = bool_query(request, "follow")
     runner = supervisor(request).runners[name]
-    lines = runner.tail(tail)
+    lines = runner.log.last(tail)
     if not follow:
         return web.Response(text="".join(f"{line}\n" for line in lines), content_type="text/plain")
     queue: asyncio.Queue[str] = asyncio.Queue(maxsize=10_000)
@@ -38,7 +38,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
 
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await resp.prepare(request)
-    runner.follow(listen)
+    runner.log.listeners.add(listen)
     try:
         if lines:
             await resp.write("".join(f"{line}\n" for line in lines).encode())
@@ -53,7 +53,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
-        runner.unfollow(listen)
+        runner.log.listeners.discard(listen)
     return resp
 
 

@@ -29,6 +29,8 @@ class DependencyFacts:
 def condition_met(facts: DependencyFacts, condition: Condition) -> bool | None:
     """Is a `depends_on` condition met (True), never to be met (False), or not yet (None)?"""
     state = facts.state
+    if state is State.IDLE and condition is not Condition.COMPLETED:
+        return True  # its port accepts now; the first connection starts it
     if condition is Condition.STARTED:
         if facts.spawned:
             return True
@@ -61,6 +63,8 @@ def outage(depends_on: Mapping[str, Dependency], facts: Callable[[str], Dependen
 
 def condition_holds(state: State, condition: Condition) -> bool:
     """Does a dependency in `state` meet `condition` right now?"""
+    if state is State.IDLE and condition is not Condition.COMPLETED:
+        return True
     if condition is Condition.STARTED:
         return state in ALIVE or state in (State.COMPLETED, State.STOPPING)
     if condition is Condition.HEALTHY:

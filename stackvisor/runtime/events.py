@@ -38,6 +38,8 @@ class EventKind(StrEnum):
     PORT_ALLOCATED = "port_allocated"
     PORT_RELEASED = "port_released"
     PORT_EXPIRED = "port_expired"
+    ACTIVATED = "activated"
+    IDLE_STOP = "idle_stop"
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,21 @@ class PortExpired(PortAllocated):
     description = "an allocation expired: its holder process is gone, or its lease passed without a heartbeat"
 
 
+@dataclass(frozen=True)
+class Activated(Payload):
+    kind = EventKind.ACTIVATED
+    description = "an on-demand service was started by a connection (`seconds`: from it to the service up)"
+    port: int | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class IdleStopped(Payload):
+    kind = EventKind.IDLE_STOP
+    description = "a service was stopped: no connection for `idle_stop`, or no heartbeat within its `lease`"
+    reason: str
+
+
 PAYLOADS: dict[EventKind, type[Payload]] = {
     cls.kind: cls
     for cls in (
@@ -219,6 +236,8 @@ PAYLOADS: dict[EventKind, type[Payload]] = {
         PortAllocated,
         PortReleased,
         PortExpired,
+        Activated,
+        IdleStopped,
     )
 }
 assert set(PAYLOADS) == set(EventKind), "every kind of event has a payload"

@@ -137,6 +137,13 @@ class BackoffOver:
 
 
 @dataclass(frozen=True)
+class Idle:
+    """`start: on_demand`: the service waits for a connection on its port."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Crashed:
     """The runner itself failed (a bug): the service fails rather than the stack."""
 
@@ -154,6 +161,7 @@ LifeEvent = (
     | StopRequested
     | Exited
     | BackoffOver
+    | Idle
     | Crashed
 )
 
@@ -246,6 +254,8 @@ def step(life: Life, event: LifeEvent, now: float, rules: Rules) -> Step:
             return _exited(life, code, port_taken, now, rules, waiting_for)
         case BackoffOver() if state is State.BACKOFF:
             return Step(life, (), (Spawn(),))
+        case Idle(reason) if state in SETTLED and state is not State.IDLE:
+            return _step(life, replace(life, state=State.IDLE), [Transition(State.IDLE, reason)])
         case Crashed(reason) if State.FAILED in ALLOWED[state]:
             return _step(
                 life, replace(life, state=State.FAILED, ending=None), [Transition(State.FAILED, reason)]
@@ -280,7 +290,7 @@ def _stop(life: Life, reason: str) -> Step:
         return _step(
             life, replace(life, state=State.STOPPED), [Transition(State.STOPPED, "stopped during backoff")]
         )
-    if state is State.PENDING:
+    if state in (State.PENDING, State.IDLE):
         return _step(life, replace(life, state=State.STOPPED), [Transition(State.STOPPED, reason)])
     if state in ALIVE:
         new = replace(life, state=State.STOPPING, ending=Ending.STOP)

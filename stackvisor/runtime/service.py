@@ -36,6 +36,7 @@ from stackvisor.runtime.lifecycle import (
     Ending,
     Exited,
     HealthVerdict,
+    Idle,
     Life,
     LifeEvent,
     Restart,
@@ -50,7 +51,7 @@ from stackvisor.runtime.lifecycle import (
     may_have_lost_port,
     step,
 )
-from stackvisor.runtime.logs import LineListener, ServiceLog, pump
+from stackvisor.runtime.logs import ServiceLog, pump
 from stackvisor.runtime.policy import Health
 from stackvisor.runtime.probing import HealthProbe, port_taken_by_other
 from stackvisor.runtime.process import Child
@@ -124,15 +125,6 @@ class ServiceRunner:
             return ""  # asked on every event: most services follow nothing, answer at once
         return outdated(self._basis, self._config, self.ctx.dependency, self.ctx.port_env(self.name))
 
-    def tail(self, lines: int) -> list[str]:
-        return self.log.last(lines)
-
-    def follow(self, listener: LineListener) -> None:
-        self.log.listeners.add(listener)
-
-    def unfollow(self, listener: LineListener) -> None:
-        self.log.listeners.discard(listener)
-
     @property
     def process(self) -> Child | None:
         """The service's process while it runs (or stops)."""
@@ -187,8 +179,7 @@ class ServiceRunner:
             self._feed(StopRequested(reason))
 
     def send_signal(self, sig: int) -> int | None:
-        """`sig` to the service's process, not its group (the shell of a compound command
-        would die of a SIGHUP meant for its server); its pid, None when nothing runs."""
+        """`sig` to the process, not its group (a shell would die of a SIGHUP for its server)."""
         child = self._child
         if child is None or self.state not in ALIVE or not child.signal(sig, group=False):
             return None
@@ -210,6 +201,13 @@ class ServiceRunner:
 
     def close_socket(self) -> None:
         self._listener.close()
+
+    def go_idle(self, reason: str) -> int:
+        """`start: on_demand`: wait in `idle`, holding the port's listening socket (its fd,
+        for the supervisor to watch for a connection)."""
+        fd = self._listener.fileno(self._port or 0)
+        self._feed(Idle(reason))
+        return fd
 
     def open(self) -> None:
         """Create the service's log file, so it is there to follow before any output."""

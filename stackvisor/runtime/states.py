@@ -21,12 +21,13 @@ class State(StrEnum):
     EXITED = "exited"
     COMPLETED = "completed"
     FAILED = "failed"
+    IDLE = "idle"  # `start: on_demand`: its port listens, the next connection starts it
 
 
 _ALIVE = {State.STARTING, State.RUNNING, State.HEALTHY, State.UNHEALTHY}
 # PENDING after a run: a dependency is down, so the service waits for it, not a restart.
 _ENDED_AFTER_RUN = {State.EXITED, State.COMPLETED, State.BACKOFF, State.FAILED, State.STOPPING, State.PENDING}
-_RESTARTABLE = {State.PENDING, State.STARTING, State.STOPPED}
+_RESTARTABLE = {State.PENDING, State.STARTING, State.STOPPED, State.IDLE}
 
 ALLOWED: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.STARTING, State.FAILED, State.STOPPED}),
@@ -41,12 +42,13 @@ ALLOWED: dict[State, frozenset[State]] = {
     State.EXITED: frozenset(_RESTARTABLE),
     State.COMPLETED: frozenset(_RESTARTABLE),
     State.FAILED: frozenset(_RESTARTABLE),
+    State.IDLE: frozenset({State.PENDING, State.STOPPED}),
 }
 
 # A process of the service exists in these states.
 ALIVE = frozenset(_ALIVE)
 # Nothing more happens to a service in these states unless somebody asks.
-SETTLED = frozenset({State.STOPPED, State.EXITED, State.COMPLETED, State.FAILED})
+SETTLED = frozenset({State.STOPPED, State.EXITED, State.COMPLETED, State.FAILED, State.IDLE})
 
 
 class TransitionError(RuntimeError):

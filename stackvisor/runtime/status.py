@@ -29,6 +29,8 @@ class ServiceStatus(TypedDict):
     selected: NotRequired[bool]  # in the stack's status: part of what `up` runs
     resources: NotRequired[Resources | None]  # in the stack's status; None when not running
     labels: NotRequired[dict[str, str]]  # in the stack's status: the service's `labels`
+    idle_stop_in: NotRequired[float | None]  # with `idle_stop`: seconds until it is stopped
+    lease_left: NotRequired[float | None]  # with `lease`: seconds until it is stopped
 
 
 class ReloadResult(TypedDict):

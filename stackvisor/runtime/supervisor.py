@@ -27,6 +27,7 @@ from stackvisor.config.schema import Service, StackConfig, Strategy
 from stackvisor.errors import ActionConflict
 from stackvisor.paths import stack_paths
 from stackvisor.runtime import orphans, plans
+from stackvisor.runtime.activation import Activation
 from stackvisor.runtime.assignments import PortAssignments
 from stackvisor.runtime.clock import Clock, MonotonicClock
 from stackvisor.runtime.context import RunnerContext
@@ -106,6 +107,7 @@ class Supervisor(Reloading):
         }
         self.selection: set[str] = set(config.services)
         self.tg: asyncio.TaskGroup | None = None
+        self.activations: dict[str, Activation] = {}  # on demand, idle_stop, lease (see activation)
         self._stop_requested = asyncio.Event()
         self._stop_reason = ""
         self._interrupts = 0
@@ -179,9 +181,10 @@ class Supervisor(Reloading):
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
                 for name in graph.start_order(self.config.graph()):
-                    if name in self.selection:
+                    if name in self.selection and self.runners[name].config.start != "on_demand":
                         self.runners[name].start(tg)
                 watchers: list[asyncio.Task[None]] = [tg.create_task(c(self)) for c in companions]
+                watchers += [tg.create_task(a.run()) for a in self._activations()]
                 if until_done:
                     watchers.append(tg.create_task(self._stop_when_done()))
                 watchers += [tg.create_task(w) for w in watches(self.lease, self.clock, self.request_stop)]
@@ -242,8 +245,31 @@ class Supervisor(Reloading):
         self.ports.close_registry()
         self.ledger.close()
 
-    def heartbeat(self) -> float | None:
-        return self.lease.renew(self.clock)
+    def heartbeat(self, service: str | None = None) -> float | None:
+        """Renew the stack's lease, or a service's own (`lease:`); seconds left."""
+        if service is None:
+            return self.lease.renew(self.clock)
+        activation = self.activations.get(service)
+        if activation is None or activation.runner.config.lease is None:
+            raise ActionConflict(f"{service} has no lease (give it `lease: 30s`)")
+        if not activation.runner.running:
+            raise ActionConflict(f"{service} is {activation.runner.state}: start it, then renew it")
+        activation.heartbeat()
+        return activation.deadlines()["lease_left"]
+
+    def _activations(self) -> list[Activation]:
+        """One per selected service started on demand, stopped when idle or held by a lease."""
+        for name in self.selection:
+            runner = self.runners[name]
+            config = runner.config
+            if config.start == "on_demand" or config.idle_stop is not None or config.lease is not None:
+                self.activations[name] = Activation(
+                    runner, bus=self.bus, clock=self.clock, start=self.start_service, stop=self._idle_out
+                )
+        return list(self.activations.values())
+
+    async def _idle_out(self, name: str, reason: str, keep_socket: bool) -> None:
+        await self.runners[name].stop(reason, keep_socket=keep_socket)
 
     def is_running(self, name: str) -> bool:
         runner = self.runners.get(name)
@@ -363,6 +389,12 @@ class Supervisor(Reloading):
             entry["selected"] = name in self.selection
             entry["resources"] = figures.get(name)
             entry["labels"] = dict(self.runners[name].config.labels)
+            if name in self.activations:
+                deadlines = self.activations[name].deadlines()
+                entry["idle_stop_in"], entry["lease_left"] = (
+                    deadlines["idle_stop_in"],
+                    deadlines["lease_left"],
+                )
             services.append(entry)
         status: StackStatus = {
             "name": self.config.name,

@@ -1,0 +1,140 @@
+"""Services started by their first connection, stopped when idle or when nobody renews
+them: `start: on_demand`, `idle_stop` and a service's own `lease`.
+
+The supervisor runs one `Activation` per service that has any of the three, as a task
+beside the services:
+- on demand: the service's listening socket is bound at `up` (and kept across stops),
+  the service waits in `idle`, and a connection in the socket's backlog starts it with
+  the socket handed over, so that connection is served, not refused;
+- `idle_stop`: after that long without an established connection on its port (the
+  kernel's socket table), the service is stopped gracefully;
+- `lease`: after that long without `stackvisor heartbeat SERVICE`, the same.
+An on-demand service that stopped, for any of these reasons or by itself, is idle again.
+
+The decision of when to stop is `due` (pure); the rest waits on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from stackvisor.errors import ActionConflict
+from stackvisor.ports import tables
+from stackvisor.runtime.clock import Clock
+from stackvisor.runtime.events import Activated, EventBus, IdleStopped
+from stackvisor.runtime.service import ServiceRunner
+from stackvisor.runtime.states import ALIVE, State
+
+_MAX_TICK = 1.0  # the longest time between two looks at a running service
+# Idleness is counted from here: a service still starting has no clients yet.
+_SERVING = frozenset({State.RUNNING, State.HEALTHY, State.UNHEALTHY})
+
+
+@dataclass
+class Watch:
+    """What one look at a running service knows: when connections were last seen (None:
+    some are open now) and when its lease was last renewed."""
+
+    idle_since: float | None
+    renewed: float
+
+
+def due(watch: Watch, now: float, idle_stop: float | None, lease: float | None) -> str:
+    """Why the service must stop now ("" when it need not)."""
+    if lease is not None and now - watch.renewed >= lease:
+        return f"no heartbeat for {lease:g}s (lease)"
+    if idle_stop is not None and watch.idle_since is not None and now - watch.idle_since >= idle_stop:
+        return f"no connection for {idle_stop:g}s (idle_stop)"
+    return ""
+
+
+def established(port: int) -> int:
+    """Established connections whose local port is `port`: the service's clients."""
+    _, counts = tables.listeners([port], established=True)
+    return counts.get(port, 0)
+
+
+class Activation:
+    def __init__(
+        self,
+        runner: ServiceRunner,
+        *,
+        bus: EventBus,
+        clock: Clock,
+        start: Callable[[str], Awaitable[None]],
+        stop: Callable[[str, str, bool], Awaitable[None]],
+    ) -> None:
+        self.runner = runner
+        self.bus = bus
+        self.clock = clock
+        self._start = start
+        self._stop = stop
+        self.watch = Watch(None, clock.now())
+
+    @property
+    def on_demand(self) -> bool:
+        return self.runner.config.start == "on_demand"
+
+    def heartbeat(self) -> None:
+        self.watch.renewed = self.clock.now()
+
+    def deadlines(self) -> dict[str, float | None]:
+        """Seconds until an idle stop and until the lease runs out, for `status`."""
+        config, now, watch = self.runner.config, self.clock.now(), self.watch
+        alive = self.runner.state in ALIVE
+        idle = None
+        if alive and config.idle_stop is not None and watch.idle_since is not None:
+            idle = max(0.0, config.idle_stop - (now - watch.idle_since))
+        lease = max(0.0, config.lease - (now - watch.renewed)) if alive and config.lease is not None else None
+        return {"idle_stop_in": idle, "lease_left": lease}
+
+    async def run(self) -> None:
+        """Until the stack stops (cancelled)."""
+        while True:
+            if self.on_demand and self.runner.state is not State.PENDING and not self.runner.running:
+                await self._serve_first_connection()
+            elif not self.runner.running:
+                await self.bus.wait_until(lambda: self.runner.running)
+            await self._watch_running()
+
+    async def _serve_first_connection(self) -> None:
+        port = self.runner.port
+        fd = self.runner.go_idle(f"waiting for a connection on port {port}")
+        loop = asyncio.get_running_loop()
+        waiting = asyncio.Event()
+        loop.add_reader(fd, waiting.set)
+        try:
+            await waiting.wait()
+        finally:
+            loop.remove_reader(fd)
+        woke = self.clock.now()
+        try:
+            await self._start(self.runner.name)
+        except ActionConflict:
+            if self.runner.running:
+                return  # started by somebody else meanwhile: watched below
+            await asyncio.Event().wait()  # the stack is stopping: nothing to serve
+        settled = {State.RUNNING, State.HEALTHY, State.FAILED, State.STOPPED, State.EXITED, State.COMPLETED}
+        await self.bus.wait_until(lambda: self.runner.state in settled)
+        if self.runner.state in (State.RUNNING, State.HEALTHY):
+            self.bus.publish(Activated(port, round(self.clock.now() - woke, 4)), self.runner.name)
+
+    async def _watch_running(self) -> None:
+        config = self.runner.config
+        ticks = [t / 5 for t in (config.idle_stop, config.lease) if t is not None]
+        tick = min([_MAX_TICK, *ticks])
+        self.watch = Watch(None, self.clock.now())
+        while self.runner.running:
+            await self.clock.sleep(tick)
+            now = self.clock.now()
+            port = self.runner.port
+            if config.idle_stop is not None and port is not None and self.runner.state in _SERVING:
+                busy = await asyncio.to_thread(established, port)
+                self.watch.idle_since = None if busy else (self.watch.idle_since or now)
+            why = due(self.watch, now, config.idle_stop, config.lease)
+            if why and self.runner.state in ALIVE:
+                await self._stop(self.runner.name, why, self.on_demand)
+                self.bus.publish(IdleStopped(why), self.runner.name)
+                return

@@ -1,0 +1,157 @@
+"""Started on demand, stopped when idle or without heartbeats: real supervisors (`up -d`),
+real servers on inherited sockets, real connections. The stop decision (`due`) is pure."""
+
+from __future__ import annotations
+
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stackvisor.errors import ApiError
+from stackvisor.runtime.activation import Watch, due
+from tests.conftest import alive, cli, client, free_ports, wait_for, write_stack
+
+# Answers each connection with its pid, on the socket it inherits (fd 3).
+INHERITING = """
+import os, socket, threading
+s = socket.socket(fileno=3)
+def answer(c):
+    c.sendall(str(os.getpid()).encode())
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=answer, args=(c,)).start()
+"""
+
+
+def ask(port: int) -> int:
+    """The pid of whoever answers on `port`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+        return int(conn.recv(32))
+
+
+def on_demand(root: Path, port: int, extra: str = "") -> None:
+    (root / "inherit.py").write_text(INHERITING)
+    write_stack(
+        root,
+        f"""
+        services:
+          api:
+            command: python3 inherit.py
+            port: {port}
+            socket: inherit
+            start: on_demand
+            {extra}
+        """,
+    )
+
+
+def service(root: Path) -> dict[str, Any]:
+    return client(root).get("/v1/services/api")
+
+
+def test_nothing_runs_until_the_first_connection_which_is_served(tmp_path: Path, detached: Any) -> None:
+    (port,) = free_ports(1)
+    on_demand(tmp_path, port)
+    assert detached(tmp_path).returncode == 0
+    idle = service(tmp_path)
+    assert (idle["state"], idle["pid"]) == ("idle", None)
+    assert "waiting for a connection" in idle["reason"]
+    pid = ask(port)  # this very connection wakes it, and is answered
+    assert alive(pid) and service(tmp_path)["pid"] == pid
+    events = json.loads(cli("history", "--all", "--json", cwd=tmp_path).stdout)
+    wait_for(
+        lambda: any(
+            e["kind"] == "activated"
+            for e in json.loads(cli("history", "--all", "--json", cwd=tmp_path).stdout)
+        )
+    )
+    assert all(e["kind"] != "idle_stop" for e in events)
+
+
+def test_a_burst_of_first_connections_is_all_served(tmp_path: Path, detached: Any) -> None:
+    (port,) = free_ports(1)
+    on_demand(tmp_path, port)
+    assert detached(tmp_path).returncode == 0
+    with ThreadPoolExecutor(50) as pool:
+        pids = list(pool.map(lambda _: ask(port), range(50)))
+    assert len(pids) == 50 and len(set(pids)) == 1
+
+
+def test_idle_stop_returns_it_to_idle_and_the_next_connection_starts_it(
+    tmp_path: Path, detached: Any
+) -> None:
+    (port,) = free_ports(1)
+    on_demand(tmp_path, port, "idle_stop: 1s")
+    assert detached(tmp_path).returncode == 0
+    first = ask(port)
+    wait_for(lambda: service(tmp_path)["state"] == "idle", timeout=10)
+    assert not alive(first)
+    second = ask(port)
+    assert second != first and alive(second)
+    kinds = [e["kind"] for e in json.loads(cli("history", "--all", "--json", cwd=tmp_path).stdout)]
+    assert kinds.count("activated") >= 1 and "idle_stop" in kinds
+
+
+def test_a_lease_without_heartbeats_stops_the_service(tmp_path: Path, detached: Any) -> None:
+    write_stack(
+        tmp_path,
+        """
+        services:
+          held: {command: "python3 -c 'import time; time.sleep(300)'", lease: 1s}
+          free: {command: "python3 -c 'import time; time.sleep(300)'"}
+        """,
+    )
+    assert detached(tmp_path).returncode == 0
+    api = client(tmp_path)
+    assert api.get("/v1/services/held")["state"] == "running"
+
+    def lease_left() -> float | None:
+        return next(s["lease_left"] for s in api.get("/v1/status")["services"] if s["name"] == "held")
+
+    # Renewed well within its lease, it stays.
+    for _ in range(6):
+        assert cli("heartbeat", "held", cwd=tmp_path).returncode == 0
+        assert api.get("/v1/services/held")["state"] == "running"
+        wait_for(lambda: (lease_left() or 0) < 0.8, timeout=5)
+    wait_for(lambda: api.get("/v1/services/held")["state"] == "stopped", timeout=10)
+    assert api.get("/v1/services/free")["state"] == "running"
+    with pytest.raises(ApiError) as refused:
+        api.post("/v1/services/free/heartbeat")
+    assert refused.value.status == 409 and "has no lease" in str(refused.value)
+
+
+def test_down_ends_the_listener_and_leaves_nothing(tmp_path: Path, detached: Any) -> None:
+    (port,) = free_ports(1)
+    on_demand(tmp_path, port)
+    assert detached(tmp_path).returncode == 0
+    pid = ask(port)
+    assert cli("down", cwd=tmp_path).returncode == 0
+    assert not alive(pid)
+    with socket.socket() as again:  # nothing listens any more (a closed connection may linger)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()
+
+
+def test_a_dependent_does_not_force_an_on_demand_service_up(tmp_path: Path, detached: Any) -> None:
+    (port,) = free_ports(1)
+    on_demand(tmp_path, port)
+    with (tmp_path / "services.yaml").open("a") as fh:
+        fh.write("  web:\n    command: python3 -c 'import time; time.sleep(300)'\n    depends_on: [api]\n")
+    assert detached(tmp_path).returncode == 0
+    assert client(tmp_path).get("/v1/services/web")["state"] == "running"
+    assert service(tmp_path)["state"] == "idle"
+
+
+def test_when_a_service_must_stop() -> None:
+    assert due(Watch(None, 0.0), 5.0, idle_stop=None, lease=None) == ""
+    assert due(Watch(1.0, 0.0), 5.0, idle_stop=5.0, lease=None) == ""
+    assert due(Watch(1.0, 0.0), 6.0, idle_stop=5.0, lease=None) == "no connection for 5s (idle_stop)"
+    assert due(Watch(None, 0.0), 6.0, idle_stop=5.0, lease=None) == ""  # connections are open
+    assert due(Watch(None, 2.0), 32.0, idle_stop=None, lease=30.0) == "no heartbeat for 30s (lease)"
+    assert due(Watch(None, 2.0), 31.0, idle_stop=None, lease=30.0) == ""
