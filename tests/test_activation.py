@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,94 @@ def test_when_a_service_must_stop() -> None:
     assert due(Watch(None, 0.0), 6.0, idle_stop=5.0, lease=None) == ""  # connections are open
     assert due(Watch(None, 2.0), 32.0, idle_stop=None, lease=30.0) == "no heartbeat for 30s (lease)"
     assert due(Watch(None, 2.0), 31.0, idle_stop=None, lease=30.0) == ""
+
+
+# Binds $PORT itself (it cannot take a socket); answers its pid, or echoes what it gets
+# after an "echo" line.
+PROXIED = """
+import os, socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen(128)
+def answer(c):
+    first = c.recv(5)
+    if first == b"echo\\n":
+        while data := c.recv(1 << 16):
+            c.sendall(data)
+    else:
+        c.sendall(str(os.getpid()).encode())
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=answer, args=(c,)).start()
+"""
+
+
+def proxied(root: Path, port: int, extra: str = "") -> None:
+    (root / "proxied.py").write_text(PROXIED)
+    write_stack(
+        root,
+        f"""
+        services:
+          api:
+            command: python3 proxied.py
+            port: {port}
+            socket: proxy
+            start: on_demand
+            {extra}
+          user:
+            command: sh -c 'echo "api at $$API_PORT"; sleep 300'
+            depends_on: [api]
+        """,
+    )
+
+
+def ask_pid(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+        conn.sendall(b"pid?\n")
+        return int(conn.recv(32))
+
+
+def test_a_proxied_service_starts_at_the_first_connection_which_is_served(
+    tmp_path: Path, detached: Any
+) -> None:
+    (port,) = free_ports(1)
+    proxied(tmp_path, port)
+    assert detached(tmp_path).returncode == 0
+    assert service(tmp_path)["state"] == "idle"
+    pid = ask_pid(port)
+    assert alive(pid)
+    shown = next(s for s in client(tmp_path).get("/v1/status")["services"] if s["name"] == "api")
+    assert shown["port"] == port and shown["internal_port"] not in (None, port)
+    # The others reach it on the public port.
+    wait_for(lambda: f"api at {port}" in cli("logs", "user", cwd=tmp_path).stdout)
+    # Bytes flow both ways, whole, in order.
+    payload = bytes(range(256)) * 40000  # 10 MB
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+        conn.sendall(b"echo\n")
+        sender = ThreadPoolExecutor(1).submit(lambda: (conn.sendall(payload), conn.shutdown(socket.SHUT_WR)))
+        got = bytearray()
+        while data := conn.recv(1 << 20):
+            got += data
+        sender.result()
+    assert bytes(got) == payload
+
+
+def test_a_burst_through_the_proxy_is_all_served_and_idle_stop_counts_its_connections(
+    tmp_path: Path, detached: Any
+) -> None:
+    (port,) = free_ports(1)
+    proxied(tmp_path, port, "idle_stop: 1s")
+    assert detached(tmp_path).returncode == 0
+    with ThreadPoolExecutor(50) as pool:
+        pids = list(pool.map(lambda _: ask_pid(port), range(50)))
+    assert len(pids) == 50 and len(set(pids)) == 1
+    # An open connection keeps it up past its idle_stop; once closed, it goes idle.
+    held = socket.create_connection(("127.0.0.1", port), timeout=15)
+    try:
+        time.sleep(2.5)  # what is tested is that nothing happens for longer than idle_stop
+        assert service(tmp_path)["state"] == "running"
+    finally:
+        held.close()
+    wait_for(lambda: service(tmp_path)["state"] == "idle", timeout=10)
+    assert not alive(pids[0])
+    assert ask_pid(port) != pids[0]

@@ -88,9 +88,11 @@ class Service(Model):
     # "inherit": the supervisor binds the port and hands the listening socket over
     # (systemd's LISTEN_FDS protocol, fd 3), so nobody can take it between our check
     # and the child's bind, and a restart never meets a conflict.
-    socket: Literal["inherit"] | None = None
+    # "proxy": the supervisor keeps the public port and forwards each connection to the
+    # service on an internal port (`${PORT}` in the service; `<NAME>_PORT` stays public).
+    socket: Literal["inherit", "proxy"] | None = None
     # `on_demand`: the supervisor holds the port's listening socket from `up` on and
-    # starts the service at the first connection (its socket handed over: `inherit`).
+    # starts the service at the first connection (the socket handed over, or proxied).
     start: Literal["always", "on_demand"] = "always"
     # Stopped after this long without an established connection on its port.
     idle_stop: Duration | None = None
@@ -117,11 +119,11 @@ class Service(Model):
 
     @model_validator(mode="after")
     def _inherit_needs_a_port(self) -> Service:
-        if self.socket == "inherit" and not isinstance(self.port, int):
-            raise ValueError("socket: inherit needs a fixed port (a number)")
-        if self.start == "on_demand" and self.socket != "inherit":
+        if self.socket is not None and not isinstance(self.port, int):
+            raise ValueError(f"socket: {self.socket} needs a fixed port (a number)")
+        if self.start == "on_demand" and self.socket is None:
             raise ValueError(
-                "start: on_demand needs socket: inherit (the supervisor holds the port until then)"
+                "start: on_demand needs socket: inherit or proxy (the supervisor holds the port)"
             )
         if self.idle_stop is not None and self.port is None:
             raise ValueError("idle_stop needs a port: idleness is counted in connections to it")

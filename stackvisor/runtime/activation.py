@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from stackvisor.errors import ActionConflict
 from stackvisor.ports import tables
 from stackvisor.runtime.clock import Clock
+from stackvisor.runtime.command import listening_socket
 from stackvisor.runtime.events import Activated, EventBus, IdleStopped
+from stackvisor.runtime.proxy import Proxy
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.states import ALIVE, State
 
@@ -72,6 +74,8 @@ class Activation:
         self._start = start
         self._stop = stop
         self.watch = Watch(None, clock.now())
+        self.proxy: Proxy | None = None  # with `socket: proxy`
+        self._wanted = asyncio.Event()  # a proxied connection waits for the service
 
     @property
     def on_demand(self) -> bool:
@@ -92,24 +96,38 @@ class Activation:
 
     async def run(self) -> None:
         """Until the stack stops (cancelled)."""
-        while True:
-            if self.on_demand and self.runner.state is not State.PENDING and not self.runner.running:
-                await self._serve_first_connection()
-            elif not self.runner.running:
-                await self.bus.wait_until(lambda: self.runner.running)
-            await self._watch_running()
+        serving = None
+        if self.runner.config.socket == "proxy":
+            public = self.runner.config.port
+            assert isinstance(public, int)
+            self.proxy = Proxy(listening_socket(public), up=self._up, alive=lambda: self.runner.running)
+            serving = asyncio.create_task(self.proxy.serve(), name=f"proxy:{self.runner.name}")
+        try:
+            while True:
+                if self.on_demand and self.runner.state is not State.PENDING and not self.runner.running:
+                    await self._serve_first_connection()
+                elif not self.runner.running:
+                    await self.bus.wait_until(lambda: self.runner.running)
+                await self._watch_running()
+        finally:
+            if serving is not None and self.proxy is not None:
+                serving.cancel()
+                self.proxy.close()
+
+    async def _up(self) -> int | None:
+        """For a proxied connection: the service's internal port once it serves (healthy
+        when it has a health check, else running), None if it cannot come up."""
+        runner = self.runner
+        ready = {State.HEALTHY} if runner.config.healthcheck is not None else {State.RUNNING, State.HEALTHY}
+        if not runner.running:
+            self._wanted.set()
+        await self.bus.wait_until(lambda: runner.state in ready or runner.state is State.FAILED)
+        return runner.port if runner.state in ready else None
 
     async def _serve_first_connection(self) -> None:
-        port = self.runner.port
-        fd = self.runner.go_idle(f"waiting for a connection on port {port}")
-        loop = asyncio.get_running_loop()
-        waiting = asyncio.Event()
-        loop.add_reader(fd, waiting.set)
-        try:
-            await waiting.wait()
-        finally:
-            loop.remove_reader(fd)
-        woke = self.clock.now()
+        port = self.runner.config.port if isinstance(self.runner.config.port, int) else None
+        reason = f"waiting for a connection on port {port}"
+        woke = await (self._proxied_wake(reason) if self.proxy is not None else self._socket_wake(reason))
         try:
             await self._start(self.runner.name)
         except ActionConflict:
@@ -121,6 +139,24 @@ class Activation:
         if self.runner.state in (State.RUNNING, State.HEALTHY):
             self.bus.publish(Activated(port, round(self.clock.now() - woke, 4)), self.runner.name)
 
+    async def _socket_wake(self, reason: str) -> float:
+        fd = self.runner.go_idle(reason)
+        assert fd is not None
+        loop = asyncio.get_running_loop()
+        waiting = asyncio.Event()
+        loop.add_reader(fd, waiting.set)
+        try:
+            await waiting.wait()
+        finally:
+            loop.remove_reader(fd)
+        return self.clock.now()
+
+    async def _proxied_wake(self, reason: str) -> float:
+        self._wanted.clear()
+        self.runner.go_idle(reason, hold=False)
+        await self._wanted.wait()
+        return self.clock.now()
+
     async def _watch_running(self) -> None:
         config = self.runner.config
         ticks = [t / 5 for t in (config.idle_stop, config.lease) if t is not None]
@@ -131,7 +167,11 @@ class Activation:
             now = self.clock.now()
             port = self.runner.port
             if config.idle_stop is not None and port is not None and self.runner.state in _SERVING:
-                busy = await asyncio.to_thread(established, port)
+                busy = (
+                    self.proxy.active
+                    if self.proxy is not None
+                    else await asyncio.to_thread(established, port)
+                )
                 self.watch.idle_since = None if busy else (self.watch.idle_since or now)
             why = due(self.watch, now, config.idle_stop, config.lease)
             if why and self.runner.state in ALIVE:

@@ -28,7 +28,7 @@ from stackvisor.ports.conflicts import ConflictRecord, PortConflictError
 from stackvisor.ports.leases import Allocation, PortTaken
 from stackvisor.ports.owners import OwnerSearch
 from stackvisor.ports.registry import Registry
-from stackvisor.ports.resolve import PortContext, secure_port
+from stackvisor.ports.resolve import PortContext, kernel_port, secure_port
 from stackvisor.runtime.events import EventBus, PortAllocated, PortConflict, PortExpired, PortReleased
 from stackvisor.system import procfs
 from stackvisor.system.signals import SignalGate
@@ -58,6 +58,7 @@ class PortAssignments:
         self._lock = asyncio.Lock()
         self.registry: Registry | None = None
         self._claimed: dict[str, tuple[int, str]] = {}  # service -> (port, type) in the registry
+        self.internal: dict[str, int] = {}  # proxied service -> the port it listens on
         self._me = (os.getpid(), procfs.create_time(os.getpid()))
 
     @property
@@ -151,8 +152,22 @@ class PortAssignments:
             )
 
     def env(self, name: str) -> dict[str, str]:
-        """`PORT` for `name` and `<NAME>_PORT` for every service of the stack."""
-        return port_env(self.ports, own=name)
+        """`PORT` for `name` and `<NAME>_PORT` for every service of the stack (a proxied
+        service's `PORT` is its internal port; the others reach it on the public one)."""
+        env = port_env(self.ports, own=name)
+        if name in self.internal:
+            env["PORT"] = str(self.internal[name])
+        return env
+
+    def _internal(self, svc: Service) -> int:
+        """A port for a proxied service to listen on behind its public one: the kernel's
+        pick, away from every port of the stack and of other owners, and allocated."""
+        avoid = {p for p in self.ports.values() if p is not None} | set(self.internal.values())
+        avoid |= set(self._others()) | set(self.config.settings.reserved_ports)
+        port = kernel_port(avoid)
+        self._claim(f"{svc.name}.internal", port, svc.type or "custom")
+        self.internal[svc.name] = port
+        return port
 
     def set(self, name: str, port: int | None) -> None:
         self.ports[name] = port
@@ -165,6 +180,8 @@ class PortAssignments:
         """The port the service will use, after any conflict on it is resolved."""
         if svc.port is None:
             return None
+        if svc.socket == "proxy":  # the public port is the supervisor's (see `proxy`)
+            return self._internal(svc)
         # One resolution at a time: two services migrating at once must not both pick
         # the same free port. (A free port is answered without suspending at all.)
         async with self._lock:

@@ -202,10 +202,10 @@ class ServiceRunner:
     def close_socket(self) -> None:
         self._listener.close()
 
-    def go_idle(self, reason: str) -> int:
-        """`start: on_demand`: wait in `idle`, holding the port's listening socket (its fd,
-        for the supervisor to watch for a connection)."""
-        fd = self._listener.fileno(self._port or 0)
+    def go_idle(self, reason: str, *, hold: bool = True) -> int | None:
+        """`start: on_demand`: wait in `idle`; with `hold`, holding the port's listening
+        socket (its fd, for the supervisor to watch for a connection)."""
+        fd = self._listener.fileno(self._port or 0) if hold else None
         self._feed(Idle(reason))
         return fd
 

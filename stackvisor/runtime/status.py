@@ -31,6 +31,7 @@ class ServiceStatus(TypedDict):
     labels: NotRequired[dict[str, str]]  # in the stack's status: the service's `labels`
     idle_stop_in: NotRequired[float | None]  # with `idle_stop`: seconds until it is stopped
     lease_left: NotRequired[float | None]  # with `lease`: seconds until it is stopped
+    internal_port: NotRequired[int | None]  # with `socket: proxy`: where the service listens
 
 
 class ReloadResult(TypedDict):

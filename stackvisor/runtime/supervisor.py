@@ -389,6 +389,11 @@ class Supervisor(Reloading):
             entry["selected"] = name in self.selection
             entry["resources"] = figures.get(name)
             entry["labels"] = dict(self.runners[name].config.labels)
+            if self.runners[name].config.socket == "proxy":  # the public port is the one to show
+                entry["internal_port"], entry["port"] = (
+                    self.ports.internal.get(name),
+                    self.ports.ports.get(name),
+                )
             if name in self.activations:
                 deadlines = self.activations[name].deadlines()
                 entry["idle_stop_in"], entry["lease_left"] = (

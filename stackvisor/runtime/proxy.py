@@ -1,0 +1,155 @@
+"""`socket: proxy`: the supervisor keeps a service's public port and forwards each
+connection to the service on an internal port, for servers that cannot take a socket.
+
+A connection that arrives while the service is not up asks for it (`wanted`) and waits
+until it is (healthy when it has a health check, else accepting on its internal port);
+then the bytes flow both ways. The copying is the kernel's: each direction is a thread
+moving data socket -> pipe -> socket with `splice(2)`, so no byte passes through
+Python and the event loop never carries the traffic. `active` counts the open
+connections (what `idle_stop` counts for a proxied service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+_CHUNK = 1 << 20  # bytes per splice: the pipe grows to this (F_SETPIPE_SZ) where allowed
+_CONNECT_WAIT = 30.0  # how long a connection waits for a started service to accept
+_F_SETPIPE_SZ = 1031
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # an unprivileged user may be capped below 1 MB
+        import fcntl
+
+        fcntl.fcntl(w, _F_SETPIPE_SZ, _CHUNK)
+    return r, w
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Copy `src` to `dst` until `src` ends, then end `dst`'s writing side."""
+    r, w = _pipe()
+    try:
+        while True:
+            moved = os.splice(src.fileno(), w, _CHUNK, flags=os.SPLICE_F_MOVE)
+            if moved == 0:
+                break
+            while moved:
+                moved -= os.splice(r, dst.fileno(), moved, flags=os.SPLICE_F_MOVE)
+    except OSError:
+        pass  # a side reset the connection: the other pump ends too
+    finally:
+        os.close(r)
+        os.close(w)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def relay(a: socket.socket, b: socket.socket, finished: Callable[[], object]) -> None:
+    """Forward both ways in two threads; `finished` is called (from a thread) once both
+    directions ended and both sockets are closed."""
+    a.setblocking(True)
+    b.setblocking(True)
+
+    def both() -> None:
+        other = threading.Thread(target=_pump, args=(b, a), daemon=True)
+        other.start()
+        _pump(a, b)
+        other.join()
+        a.close()
+        b.close()
+        finished()
+
+    threading.Thread(target=both, daemon=True, name="proxy").start()
+
+
+async def connect_when_accepting(
+    port: int, deadline: float, alive: Callable[[], bool]
+) -> socket.socket | None:
+    """A connection to 127.0.0.1:`port`, retried until the service accepts (it may run
+    before it listens), it dies, or the deadline passes."""
+    loop = asyncio.get_running_loop()
+    while time.monotonic() < deadline and alive():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            return sock
+        except OSError:
+            sock.close()
+            await asyncio.sleep(0.005)
+    return None
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _from_thread(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is gone: the stack is down
+        loop.call_soon_threadsafe(_settle, future)
+
+
+class Proxy:
+    """The public side: a listening socket of ours and the connections it forwards."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        up: Callable[[], Awaitable[int | None]],
+        alive: Callable[[], bool],
+    ) -> None:
+        self.sock = sock
+        self.active = 0
+        self.connections = 0
+        self._up = up  # waits until the service serves; its internal port (None: it did not come up)
+        self._alive = alive
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> None:
+        """Accept until cancelled."""
+        loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        while True:
+            client, _ = await loop.sock_accept(self.sock)
+            task = asyncio.create_task(self._forward(client))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _forward(self, client: socket.socket) -> None:
+        self.active += 1
+        self.connections += 1
+        try:
+            port = await self._up()
+            if port is None:
+                client.close()
+                return
+            upstream = await connect_when_accepting(port, time.monotonic() + _CONNECT_WAIT, self._alive)
+            if upstream is None:
+                client.close()
+                return
+            for end in (client, upstream):
+                end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            loop = asyncio.get_running_loop()
+            finished = loop.create_future()
+            relay(client, upstream, lambda: _from_thread(loop, finished))
+            await finished
+        except BaseException:
+            client.close()
+            raise
+        finally:
+            self.active -= 1
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self.sock.close()
