@@ -207,3 +207,27 @@ def test_the_real_stack_survives_an_outage_reloads_without_restarts_and_leaves_n
     assert cli("down", cwd=real).returncode == 0
     wait_for(lambda: not [p for p in everything if alive(p)], timeout=10)
     assert cgroups.leftovers(StackPaths.at(real).cgroup_name) == []
+
+
+def test_port_forwards_start_on_the_first_request_and_leave_nothing(
+    tmp_path: Path, detached: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/port-forwards with the stand-in kubectl (no cluster here), on free ports."""
+    root = tmp_path / "port-forwards"
+    shutil.copytree(REPO / "examples" / "port-forwards", root)
+    ports = dict(zip(("9090", "3000", "5432"), map(str, free_ports(3)), strict=True))
+    text = (root / "services.yaml").read_text()
+    for fixed, free in ports.items():
+        text = text.replace(f"port: {fixed}", f"port: {free}")
+    (root / "services.yaml").write_text(text)
+    monkeypatch.setenv("KUBECTL", str(root / "stand-in" / "kubectl"))
+    assert detached(root).returncode == 0
+    assert states(root) == {"prometheus": "idle", "grafana": "idle", "db": "idle"}
+    assert processes(root) == set()
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['9090']}/", timeout=30) as answer:
+        assert answer.read() == b"prometheus:9090\n"
+    assert states(root) == {"prometheus": "healthy", "grafana": "idle", "db": "idle"}
+    running = processes(root)
+    assert running
+    assert cli("down", cwd=root).returncode == 0
+    assert not any(alive(pid) for pid in running)

@@ -258,11 +258,11 @@ class Supervisor(Reloading):
         return activation.deadlines()["lease_left"]
 
     def _activations(self) -> list[Activation]:
-        """One per selected service started on demand, stopped when idle or held by a lease."""
+        """One per selected service started on demand, proxied, stopped when idle or held by a lease."""
         for name in self.selection:
             runner = self.runners[name]
             config = runner.config
-            if config.start == "on_demand" or config.idle_stop is not None or config.lease is not None:
+            if config.start == "on_demand" or config.socket == "proxy" or config.idle_stop or config.lease:
                 self.activations[name] = Activation(
                     runner, bus=self.bus, clock=self.clock, start=self.start_service, stop=self._idle_out
                 )
