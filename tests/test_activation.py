@@ -119,6 +119,8 @@ def test_a_lease_without_heartbeats_stops_the_service(tmp_path: Path, detached: 
         assert cli("heartbeat", "held", cwd=tmp_path).returncode == 0
         assert api.get("/v1/services/held")["state"] == "running"
         wait_for(lambda: (lease_left() or 0) < 0.8, timeout=5)
+    shown = cli("status", cwd=tmp_path).stdout
+    assert "lease ends in" in shown, shown
     wait_for(lambda: api.get("/v1/services/held")["state"] == "stopped", timeout=10)
     assert api.get("/v1/services/free")["state"] == "running"
     with pytest.raises(ApiError) as refused:

@@ -19,6 +19,9 @@ def format_status(status: StackStatus) -> str:
         detail = s.get("reason") or ""
         if s["state"] == State.EXITED and s.get("exit_code") is not None:
             detail = detail or f"exit code {s['exit_code']}"
+        for left, what in ((s.get("idle_stop_in"), "idle stop"), (s.get("lease_left"), "lease ends")):
+            if left is not None:
+                detail = ", ".join(x for x in (detail, f"{what} in {format_age(left, parts=2)}") if x)
         used = s.get("resources")
         rows.append(
             (
