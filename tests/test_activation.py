@@ -249,3 +249,32 @@ def test_a_burst_through_the_proxy_is_all_served_and_idle_stop_counts_its_connec
     wait_for(lambda: service(tmp_path)["state"] == "idle", timeout=10)
     assert not alive(pids[0])
     assert ask_pid(port) != pids[0]
+
+
+def test_an_on_demand_service_added_by_a_reload_waits_idle(tmp_path: Path, detached: Any) -> None:
+    (port,) = free_ports(1)
+    (tmp_path / "inherit.py").write_text(INHERITING)
+    stack = write_stack(
+        tmp_path, "services:\n  other: {command: \"python3 -c 'import time; time.sleep(300)'\"}\n"
+    )
+    assert detached(tmp_path).returncode == 0
+    stack.write_text(
+        stack.read_text()
+        + f"  api:\n    command: python3 inherit.py\n    port: {port}\n"
+        + "    socket: inherit\n    start: on_demand\n"
+    )
+    wait_for(lambda: "api" in {s["name"] for s in client(tmp_path).get("/v1/status")["services"]}, timeout=15)
+    wait_for(lambda: service(tmp_path)["state"] == "idle", timeout=10)
+    assert service(tmp_path)["pid"] is None
+    pid = ask(port)
+    assert alive(pid) and service(tmp_path)["pid"] == pid
+    # Removed again: its listener goes with it.
+    stack.write_text("services:\n  other: {command: \"python3 -c 'import time; time.sleep(300)'\"}\n")
+    wait_for(
+        lambda: "api" not in {s["name"] for s in client(tmp_path).get("/v1/status")["services"]}, timeout=15
+    )
+    wait_for(lambda: not alive(pid), timeout=10)
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()

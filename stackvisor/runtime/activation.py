@@ -10,6 +10,8 @@ beside the services:
   kernel's socket table), the service is stopped gracefully;
 - `lease`: after that long without `stackvisor heartbeat SERVICE`, the same.
 An on-demand service that stopped, for any of these reasons or by itself, is idle again.
+`Activating` is the supervisor's side: which services get one, also when a reload adds
+or removes them.
 
 The decision of when to stop is `due` (pure); the rest waits on the event loop.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from stackvisor.errors import ActionConflict
 from stackvisor.ports import tables
@@ -178,3 +181,57 @@ class Activation:
                 await self._stop(self.runner.name, why, self.on_demand)
                 self.bus.publish(IdleStopped(why), self.runner.name)
                 return
+
+
+class Activating:
+    """The supervisor's part (a mixin, as `Reloading`): which services get an
+    `Activation`, and the ones a reload adds or removes."""
+
+    runners: dict[str, ServiceRunner]
+    activations: dict[str, Activation]
+    _activation_tasks: dict[str, asyncio.Task[None]]
+    selection: set[str]
+    bus: EventBus
+    clock: Clock
+
+    if TYPE_CHECKING:  # the supervisor's
+
+        async def start_service(self, name: str) -> None: ...
+
+    def _activations(self) -> list[Activation]:
+        """One per selected service started on demand, proxied, stopped when idle or held by a lease."""
+        return [a for name in sorted(self.selection) if (a := self._activation(name)) is not None]
+
+    def _activation(self, name: str) -> Activation | None:
+        config = self.runners[name].config
+        if name not in self.activations and (
+            config.start == "on_demand" or config.socket == "proxy" or config.idle_stop or config.lease
+        ):
+            self.activations[name] = Activation(
+                self.runners[name],
+                bus=self.bus,
+                clock=self.clock,
+                start=self.start_service,
+                stop=self._idle_out,
+            )
+            return self.activations[name]
+        return None
+
+    def watch_added(self, name: str, tg: asyncio.TaskGroup) -> bool:
+        """A service a reload added: its activation, when it has one, runs from now on;
+        True when it starts on demand (not now)."""
+        activation = self._activation(name)
+        if activation is None:
+            return False
+        self._activation_tasks[name] = tg.create_task(activation.run(), name=f"activation:{name}")
+        return activation.on_demand
+
+    def unwatch(self, name: str) -> None:
+        """A service a reload removed: its activation ends."""
+        self.activations.pop(name, None)
+        task = self._activation_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def _idle_out(self, name: str, reason: str, keep_socket: bool) -> None:
+        await self.runners[name].stop(reason, keep_socket=keep_socket)

@@ -47,6 +47,10 @@ class Reloading:
 
         def record(self) -> None: ...
 
+        def watch_added(self, name: str, tg: asyncio.TaskGroup) -> bool: ...
+
+        def unwatch(self, name: str) -> None: ...
+
         async def stop_services(self, names: Iterable[str], *, keep_sockets: bool = False) -> None: ...
 
     async def converge(self, names: Sequence[str], profiles: Sequence[str] = ()) -> ConvergeResult:
@@ -121,6 +125,7 @@ class Reloading:
         # Stopping needs the old graph (removed services are only there).
         await self.stop_services(plan.stop)
         for name in plan.diff.removed:
+            self.unwatch(name)
             self.runners.pop(name).close()
             self.ports.forget(name)
         self.config = self.ports.config = new
@@ -136,6 +141,7 @@ class Reloading:
             self.runners[name].open()
             self.ports.set(name, fixed(svc))
         self.selection = set(plan.selection)
+        on_demand = {n for n in plan.diff.added if n in self.selection and self.watch_added(n, tg)}
         for name in plan.start:
-            if not self.runners[name].running:
+            if not self.runners[name].running and name not in on_demand:
                 self.runners[name].start(tg)

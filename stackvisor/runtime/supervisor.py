@@ -27,7 +27,7 @@ from stackvisor.config.schema import Service, StackConfig, Strategy
 from stackvisor.errors import ActionConflict
 from stackvisor.paths import stack_paths
 from stackvisor.runtime import orphans, plans
-from stackvisor.runtime.activation import Activation
+from stackvisor.runtime.activation import Activating, Activation
 from stackvisor.runtime.assignments import PortAssignments
 from stackvisor.runtime.clock import Clock, MonotonicClock
 from stackvisor.runtime.context import RunnerContext
@@ -53,7 +53,7 @@ Companion = Callable[["Supervisor"], Coroutine[Any, Any, None]]
 __all__ = ["Companion", "Lease", "Supervisor"]
 
 
-class Supervisor(Reloading):
+class Supervisor(Reloading, Activating):
     def __init__(
         self,
         config: StackConfig,
@@ -108,6 +108,7 @@ class Supervisor(Reloading):
         self.selection: set[str] = set(config.services)
         self.tg: asyncio.TaskGroup | None = None
         self.activations: dict[str, Activation] = {}  # on demand, idle_stop, lease (see activation)
+        self._activation_tasks: dict[str, asyncio.Task[None]] = {}  # those a reload added
         self._stop_requested = asyncio.Event()
         self._stop_reason = ""
         self._interrupts = 0
@@ -256,20 +257,6 @@ class Supervisor(Reloading):
             raise ActionConflict(f"{service} is {activation.runner.state}: start it, then renew it")
         activation.heartbeat()
         return activation.deadlines()["lease_left"]
-
-    def _activations(self) -> list[Activation]:
-        """One per selected service started on demand, proxied, stopped when idle or held by a lease."""
-        for name in self.selection:
-            runner = self.runners[name]
-            config = runner.config
-            if config.start == "on_demand" or config.socket == "proxy" or config.idle_stop or config.lease:
-                self.activations[name] = Activation(
-                    runner, bus=self.bus, clock=self.clock, start=self.start_service, stop=self._idle_out
-                )
-        return list(self.activations.values())
-
-    async def _idle_out(self, name: str, reason: str, keep_socket: bool) -> None:
-        await self.runners[name].stop(reason, keep_socket=keep_socket)
 
     def is_running(self, name: str) -> bool:
         runner = self.runners.get(name)
