@@ -258,7 +258,7 @@ def kill_marked(root: Path) -> None:
         cgroups.remove(folder)
     rows = children_rows(root)
     for row in rows:
-        if procfs.same_process(row["pid"], row["create_time"]):
+        if row["started"] is not None and procfs.same_process(row["pid"], row["started"]):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(row["pid"], signal.SIGKILL)
     # "<supervisor instance>/<service>/<n>": the instance names all of one supervisor's.
@@ -690,3 +690,22 @@ def spawn() -> Iterator[HolderFactory]:
         finally:
             if factory.subreaper:
                 _subreaper(False)
+
+
+ClockStep = Callable[[float], None]
+
+
+@pytest.fixture
+def clock_step(monkeypatch: pytest.MonkeyPatch) -> ClockStep:
+    """`clock_step(seconds)`: the wall clock steps (as NTP does on a running machine), as
+    every reader of the kernel's boot time sees it from now on: /proc/stat's `btime` is
+    derived from the wall clock, so psutil's `create_time` and `procfs.create_time` of one
+    process move by whole seconds. Only the boot time is shifted, never the clock itself."""
+    from psutil import _pslinux  # the module whose boot_time psutil's create_time adds
+
+    def step(seconds: float) -> None:
+        psutil_boot, our_boot = _pslinux.boot_time, procfs.boot_time
+        monkeypatch.setattr(_pslinux, "boot_time", lambda: psutil_boot() + seconds)
+        monkeypatch.setattr(procfs, "boot_time", lambda: our_boot() + seconds)
+
+    return step

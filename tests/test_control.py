@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from conftest import (
     SLEEP,
@@ -43,6 +42,7 @@ from conftest import (
 from stackvisor.control import sockets
 from stackvisor.errors import ApiError
 from stackvisor.paths import StackPaths
+from stackvisor.system import procfs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -273,7 +273,8 @@ def test_a_recycled_pid_is_never_taken_for_an_orphan(tmp_path: Path, start: Star
     bystander = start([sys.executable, "-c", "import time; time.sleep(300)"])
     state_db = StackPaths.at(tmp_path).state_db
     db = StateDB.open(state_db, 999_999)
-    real = psutil.Process(bystander.pid).create_time()
+    real = procfs.started(bystander.pid)
+    assert real is not None
     # Recorded by a supervisor that is gone, with the bystander's pid but another start time.
     db.child_started("api", bystander.pid, bystander.pid, real - 100, None, "999999-1.00-1/api/1")
     found = find_orphans(db, "another-instance")
@@ -283,6 +284,31 @@ def test_a_recycled_pid_is_never_taken_for_an_orphan(tmp_path: Path, start: Star
     assert alive(bystander.pid)
     with contextlib.closing(sqlite3.connect(state_db)) as conn:
         assert conn.execute("SELECT exited_at IS NOT NULL FROM children").fetchone() == (1,)
+
+
+def test_an_orphan_is_known_after_the_clock_steps_and_not_after_a_reboot(
+    tmp_path: Path, start: Start, clock_step
+) -> None:
+    """A record's start counts from the boot: a wall clock stepped since does not hide
+    the orphan, and a record of another boot never names a process of this one."""
+    from stackvisor.runtime.orphans import find_orphans
+    from stackvisor.runtime.state import StateDB
+
+    write_stack(tmp_path, "services:\n  api: {command: x}\n", programs=False)
+    orphan = start([sys.executable, "-c", "import time; time.sleep(300)"])
+    began = procfs.started(orphan.pid)
+    assert began is not None
+    db = StateDB.open(StackPaths.at(tmp_path).state_db, 999_999)
+    try:
+        db.child_started("api", orphan.pid, orphan.pid, began, None, "")
+        clock_step(3.0)
+        found = find_orphans(db, "another-instance")
+        assert [(r.service, [p.pid for p in procs]) for r, procs in found] == [("api", [orphan.pid])]
+        db.db.execute("UPDATE children SET boot = 'an-earlier-boot'")
+        assert [procs for _, procs in find_orphans(db, "another-instance")] == [[]]
+    finally:
+        db.close()
+    assert alive(orphan.pid)
 
 
 async def test_api_errors_are_json_4xx(tmp_path: Path) -> None:

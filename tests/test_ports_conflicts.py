@@ -51,6 +51,7 @@ def owner(
         uid=uid,
         euid=uid if euid is None else euid,
         create_time=create_time,
+        started=create_time,  # plain data: one clock for both, as if booted at the epoch
         pgid=pid,
         established=established,
     )

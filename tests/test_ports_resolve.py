@@ -31,6 +31,7 @@ from stackvisor.ports import (
     secure_port,
     terminate_holder,
 )
+from stackvisor.system import procfs
 from stackvisor.system.signals import SignalGate
 
 GRACE = 1.0
@@ -82,19 +83,27 @@ async def test_aggressive_ends_the_holder_and_its_process_group(spawn) -> None:
     assert not shell.is_running()
 
 
-async def test_aggressive_escalates_to_sigkill_after_the_grace_period(spawn) -> None:
+@pytest.mark.parametrize(
+    "step", [0.0, 2.0, -1.0], ids=["steady clock", "clock stepped on", "clock stepped back"]
+)
+async def test_aggressive_escalates_to_sigkill_after_the_grace_period(spawn, clock_step, step: float) -> None:
+    """A wall clock stepped while the holder is being ended (the boot time that wall-clock
+    start times are built on moves with it) must not make it look gone: identity is
+    counted from the boot."""
     holder = spawn(ignore_term=True)
     ctx = context(Strategy.AGGRESSIVE)
     ctx.grace = 0.3
+    clock_step(step)
     resolution = await secure_port(api(holder.port), ctx)
     assert resolution.port == holder.port
     assert await exit_status(holder.proc) == -9
 
 
-async def test_a_group_member_that_ignores_sigterm_is_killed_after_its_shell_left(spawn) -> None:
+async def test_a_group_member_that_ignores_sigterm_is_killed_after_its_shell_left(spawn, clock_step) -> None:
     holder = spawn(shell_parent=True, ignore_term=True)  # the shell ends on SIGTERM, the server not
     ctx = context(Strategy.AGGRESSIVE)
     ctx.grace = 0.3
+    clock_step(1.0)
     resolution = await secure_port(api(holder.port), ctx)
     assert (resolution.port, resolution.conflict.outcome) == (holder.port, "ok")
     assert is_free(holder.port)
@@ -133,7 +142,8 @@ async def test_intelligent_keeps_a_dev_server_with_established_connections(spawn
 @pytest.mark.parametrize("strategy", list(Strategy))
 async def test_a_stale_child_is_removed_by_every_strategy(spawn, strategy: Strategy) -> None:
     holder = spawn()
-    started = psutil.Process(holder.pid).create_time()
+    started = procfs.started(holder.pid)
+    assert started is not None
     ctx = context(strategy, known_children={(holder.pid, started)})
     resolution = await secure_port(api(holder.port, free_port()), ctx)
     assert resolution.port == holder.port
@@ -170,7 +180,8 @@ async def test_a_recorded_child_of_this_stack_is_ours_whatever_its_user(spawn, s
     """`user: postgres` makes a child of another uid: recorded by this stack (pid and start
     time), it is a stale copy to end, not another user's process to spare."""
     holder = spawn(user="nobody")
-    started = psutil.Process(holder.pid).create_time()
+    started = procfs.started(holder.pid)
+    assert started is not None
     ctx = context(strategy, known_children={(holder.pid, started)})
     resolution = await secure_port(api(holder.port), ctx)
     assert resolution.port == holder.port
@@ -183,7 +194,7 @@ async def test_a_recycled_pid_is_not_signalled(spawn) -> None:
     holder = spawn()
     owner = find_owner(holder.port)
     # Same pid, another start time: what a recycled pid looks like to a stale scan.
-    stale = replace(owner, create_time=owner.create_time - 30.0)
+    stale = replace(owner, started=owner.started - 30.0)
     ctx = context(Strategy.AGGRESSIVE)
     result = await terminate_holder(stale, ctx.policy(), GRACE, ctx.gate)
     assert result.ending is Ending.REFUSED

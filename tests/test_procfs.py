@@ -21,11 +21,34 @@ def no_such_pid() -> int:
         return int(fh.read()) + 1  # above the highest pid the kernel hands out
 
 
-def test_pids_and_create_time(start: Start) -> None:
+def test_pids_and_start_times(start: Start) -> None:
     child = start(SLEEPER)
     assert {os.getpid(), child.pid} <= set(procfs.pids())
-    assert procfs.create_time(child.pid) == psutil.Process(child.pid).create_time()
+    began = procfs.started(child.pid)
+    assert began is not None and 0 <= procfs.uptime() - began < 60  # seconds since boot
+    # For people, the wall-clock start: psutil's, give or take the second the clock may
+    # have moved between the two reads of the boot time.
+    shown = procfs.create_time(child.pid)
+    assert shown is not None and abs(shown - psutil.Process(child.pid).create_time()) <= 1.0
+    assert procfs.started(no_such_pid()) is None
     assert procfs.create_time(no_such_pid()) is None
+    assert procfs.boot_id() == procfs.boot_id() != ""
+
+
+def test_identity_does_not_move_with_the_wall_clock(start: Start, clock_step) -> None:
+    """The boot time that wall-clock start times are built on is derived from the wall
+    clock: after NTP steps it, psutil gives another create_time for the same process. A
+    start recorded before must still name the same process, and no other."""
+    child = start(SLEEPER)
+    began = procfs.started(child.pid)
+    shown = procfs.create_time(child.pid)
+    assert began is not None and shown is not None
+    clock_step(2.0)
+    assert procfs.started(child.pid) == began
+    assert procfs.same_process(child.pid, began)
+    assert not procfs.same_process(child.pid, began - 0.5)
+    moved = procfs.create_time(child.pid)
+    assert moved is not None and abs(moved - shown - 2.0) < 0.01  # only what people see moves
 
 
 def test_one_tolerance_for_start_times() -> None:
@@ -37,7 +60,7 @@ def test_one_tolerance_for_start_times() -> None:
 
 def test_same_process_is_alive_and_started_when_recorded(start: Start) -> None:
     sleeper = start(SLEEPER)
-    began = procfs.create_time(sleeper.pid)
+    began = procfs.started(sleeper.pid)
     assert began is not None
     assert procfs.same_process(sleeper.pid, began)
     assert procfs.same_process(sleeper.pid, None)  # no start time: alive is enough
@@ -45,7 +68,7 @@ def test_same_process_is_alive_and_started_when_recorded(start: Start) -> None:
     assert not procfs.same_process(no_such_pid(), None)
     quick = start([sys.executable, "-c", "pass"])
     wait_for(lambda: zombie(quick.pid))
-    started = procfs.create_time(quick.pid)  # a zombie still has its start time
+    started = procfs.started(quick.pid)  # a zombie still has its start time
     assert started is not None
     assert not procfs.same_process(quick.pid, started)  # but it is gone for every purpose
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -109,6 +110,30 @@ def test_a_holder_that_died_is_swept(registry: Registry, holder: subprocess.Pope
     assert (
         registry.allocate("again", preferred=held.port, required=True, pid=os.getpid())[0].port == held.port
     )
+
+
+def test_after_a_reboot_no_holder_is_taken_for_alive(tmp_path: Path, holder: subprocess.Popen[bytes]) -> None:
+    """Allocations held by processes of another boot expire at the first open in this one,
+    even where a process of this boot has the same pid and a start that reads the same:
+    starts count from the boot. A lease (no holder) lives on by its heartbeats."""
+    path = tmp_path / "ports.db"
+    first = Registry.open(path)
+    held, _ = first.allocate("api", pid=holder.pid)
+    lease, _ = first.allocate("forward", ttl=3600)
+    first.close()
+    with sqlite3.connect(path) as db:  # as the file reads after a reboot
+        db.execute("UPDATE boot SET id = 'an-earlier-boot'")
+    db.close()
+    again = Registry.open(path)
+    try:
+        assert again.get(held.id).status == "expired"
+        assert [a.id for a in again.live()] == [lease.id]
+        fresh, _ = again.allocate("api", preferred=held.port, required=True, pid=holder.pid)
+        third = Registry.open(path)  # a second open in this boot keeps what the first allocated
+        assert third.get(fresh.id).status == fresh.status
+        third.close()
+    finally:
+        again.close()
 
 
 def test_a_lease_lives_by_its_heartbeats(registry: Registry) -> None:

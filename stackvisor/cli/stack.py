@@ -119,9 +119,12 @@ def _children(config: StackConfig) -> tuple[set[tuple[int, float]], list[tuple[i
     db = _open_state(path)
     try:
         running = [
-            (r.pid, r.create_time, r.service)
+            (r.pid, r.started, r.service)
             for r in db.live_children()
-            if supervisor is not None and r.supervisor_pid == supervisor and not r.is_instance
+            if supervisor is not None
+            and r.supervisor_pid == supervisor
+            and not r.is_instance
+            and r.started is not None
         ]
         return db.known_children(), running
     finally:

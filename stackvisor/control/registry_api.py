@@ -240,7 +240,10 @@ _ALLOCATION = {
         "type": {"type": "string"},
         "owner": {"type": "string", "description": "the stack file, or `script`"},
         "pid": {"type": ["integer", "null"], "description": "the holder: it lives while this process does"},
-        "pid_start": {"type": ["number", "null"]},
+        "pid_start": {
+            "type": ["number", "null"],
+            "description": "when the holder started, in seconds since boot: with pid, its identity",
+        },
         "host": {"type": "string"},
         "allocated_at": {"type": "number"},
         "last_heartbeat": {"type": "number"},

@@ -69,15 +69,15 @@ class Policy:
     dev_patterns: tuple[str, ...] = DEFAULT_DEV_PATTERNS
     known_children: frozenset[tuple[int, float]] = frozenset()
     now: float = 0.0
-    # The running stack's own live children, (pid, start time) -> service: asked about
+    # The running stack's own live children, (pid, start since boot) -> service: asked about
     # while the stack runs, they are its services at work, not conflicts.
     running: tuple[tuple[int, float, str], ...] = ()
 
     def running_service(self, owner: Owner) -> str | None:
-        if owner.pid is None or owner.create_time is None:
+        if owner.pid is None or owner.started is None:
             return None
         for pid, started, service in self.running:
-            if pid == owner.pid and same_start(owner.create_time, started):
+            if pid == owner.pid and same_start(owner.started, started):
                 return service
         return None
 
@@ -115,9 +115,9 @@ def matching_pattern(owner: Owner, patterns: Iterable[str]) -> str | None:
 
 
 def is_known_child(owner: Owner, known_children: Set[tuple[int, float]]) -> bool:
-    if owner.pid is None or owner.create_time is None:
+    if owner.pid is None or owner.started is None:
         return False
-    return any(pid == owner.pid and same_start(owner.create_time, started) for pid, started in known_children)
+    return any(pid == owner.pid and same_start(owner.started, started) for pid, started in known_children)
 
 
 def untouchable(owner: Owner, policy: Policy) -> str | None:

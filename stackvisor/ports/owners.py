@@ -23,6 +23,7 @@ import psutil
 
 from stackvisor.ports.fdwalk import SocketSightings, socket_holders
 from stackvisor.ports.tables import Listener, listeners
+from stackvisor.system import procfs
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class Owner:
     user: str | None = None
     uid: int | None = None
     euid: int | None = None
-    create_time: float | None = None
+    create_time: float | None = None  # wall clock, for people
+    started: float | None = None  # seconds since boot: identity beside the pid (`procfs.started`)
     pgid: int | None = None
     established: int = 0
     addresses: tuple[str, ...] = ()
@@ -88,6 +90,9 @@ def describe_process(pid: int, port: int = 0, established: int = 0) -> Owner | N
         return None
     except psutil.AccessDenied:
         return Owner(port=port, readable=False, pid=pid, established=established)
+    began = procfs.started(pid)
+    if began is None:
+        return None
     try:
         pgid: int | None = os.getpgid(pid)
     except ProcessLookupError:
@@ -104,6 +109,7 @@ def describe_process(pid: int, port: int = 0, established: int = 0) -> Owner | N
         uid=uids.real,
         euid=uids.effective,
         create_time=create_time,
+        started=began,
         pgid=pgid,
         established=established,
     )

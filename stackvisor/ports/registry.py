@@ -231,7 +231,7 @@ class Registry:
         span = type_range(kind, types)
         if preferred is not None:
             check_port(preferred)
-        started = procfs.create_time(pid) if pid is not None else None
+        started = procfs.started(pid) if pid is not None else None
         if pid is not None and started is None:
             raise RegistryError(f"no process {pid} to hold the allocation")
         # Everything that only reads is done before the write lock, so that the lock is

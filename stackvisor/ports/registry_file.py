@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from stackvisor.system import procfs
 
 ENV = "STACKVISOR_REGISTRY"
 LOCK_WAIT = 10.0  # how long a change waits for another process's transaction
@@ -37,6 +40,7 @@ CREATE INDEX IF NOT EXISTS holders ON allocations (pid, pid_start) WHERE status 
 CREATE INDEX IF NOT EXISTS leases ON allocations (last_heartbeat + ttl)
     WHERE status = 'reserved' AND ttl IS NOT NULL;
 CREATE TABLE IF NOT EXISTS reserved (port INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535));
+CREATE TABLE IF NOT EXISTS boot (id TEXT NOT NULL);
 """
 
 
@@ -73,7 +77,38 @@ def connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=OFF")
         db.executescript(SCHEMA)
         db.execute("SELECT COUNT(*) FROM allocations").fetchone()
+        _after_reboot(db)
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _after_reboot(db: sqlite3.Connection) -> None:
+    """The first open in a new boot expires every allocation held by a process: they all
+    died with the old boot, and a holder's start (seconds since boot) means nothing in
+    this one, where its pid may be somebody else's. A file without a boot recorded was
+    written when starts were wall-clock times: the same applies. Checked again under the
+    write lock, so that two first opens do not expire what the winner allocated since."""
+    current = procfs.boot_id()
+    if _recorded_boot(db) == current:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if _recorded_boot(db) != current:
+            db.execute(
+                "UPDATE allocations SET status = 'expired', expired_at = ?"
+                " WHERE status = 'reserved' AND pid IS NOT NULL",
+                (time.time(),),
+            )
+            db.execute("DELETE FROM boot")
+            db.execute("INSERT INTO boot (id) VALUES (?)", (current,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _recorded_boot(db: sqlite3.Connection) -> str | None:
+    row = db.execute("SELECT id FROM boot").fetchone()
+    return None if row is None else str(row[0])

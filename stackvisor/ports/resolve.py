@@ -199,11 +199,7 @@ def _recheck(owner: Owner, policy: Policy) -> tuple[Owner | None, str | None]:
     fresh = describe_process(owner.pid, owner.port, owner.established)
     if fresh is None:
         return None, None
-    if (
-        owner.create_time is None
-        or fresh.create_time is None
-        or not procfs.same_start(fresh.create_time, owner.create_time)
-    ):
+    if owner.started is None or fresh.started is None or not procfs.same_start(fresh.started, owner.started):
         return None, f"pid {owner.pid} is now another process (started at a different time)"
     why = untouchable(fresh, policy)
     if why is not None:
@@ -222,7 +218,7 @@ def _safe_group(pgid: int, policy: Policy, port: int) -> list[tuple[int, float |
             continue
         if untouchable(facts, policy) is not None:
             return None
-        members.append((pid, facts.create_time))
+        members.append((pid, facts.started))
     return members
 
 
@@ -268,7 +264,7 @@ async def terminate_holder(owner: Owner, policy: Policy, grace: float, gate: Sig
         group = await asyncio.to_thread(_safe_group, fresh.pgid, policy, owner.port)
         if group and not all(gate.may_signal(member) for member, _ in group):
             group = None
-    targets = group if group else [(pid, fresh.create_time)]
+    targets = group if group else [(pid, fresh.started)]
     pgid = fresh.pgid if group else None
     _signal(gate, pgid, targets, signal.SIGTERM, ours=ours)
     alive = await _wait_gone(targets, grace)
@@ -277,7 +273,7 @@ async def terminate_holder(owner: Owner, policy: Policy, grace: float, gate: Sig
     # Escalate, reading everything again first: the grace period is long enough for
     # the holder to change identity (exec into something protected) and for the group
     # to change. Members that exited are skipped by their start time.
-    if procfs.same_process(pid, fresh.create_time):
+    if procfs.same_process(pid, fresh.started):
         _, refused = await asyncio.to_thread(_recheck, owner, policy)
         if refused is not None:
             return Termination(Ending.REFUSED, refused)

@@ -59,7 +59,7 @@ class PortAssignments:
         self.registry: Registry | None = None
         self._claimed: dict[str, tuple[int, str]] = {}  # service -> (port, type) in the registry
         self.internal: dict[str, int] = {}  # proxied service -> the port it listens on
-        self._me = (os.getpid(), procfs.create_time(os.getpid()))
+        self._me = (os.getpid(), procfs.started(os.getpid()))
 
     @property
     def owner(self) -> str:

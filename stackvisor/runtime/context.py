@@ -26,7 +26,7 @@ class ChildLedger(Protocol):
     """Where spawned children are recorded (state.db), so a later run can end orphans."""
 
     def child_started(
-        self, service: str, pid: int, pgid: int, create_time: float, port: int | None, marker: str
+        self, service: str, pid: int, pgid: int, started: float, port: int | None, marker: str
     ) -> int: ...
 
     def child_exited(self, row: int, exit_code: int | None) -> None: ...

@@ -57,8 +57,10 @@ def _is_recorded_leader(record: ChildRecord) -> bool:
     """
     if record.pid <= 0:
         return False  # a supervisor's own record: its marker alone finds what is left
-    found = procfs.create_time(record.pid)
-    return found is not None and procfs.same_start(found, record.create_time)
+    if record.started is None:
+        return False  # recorded under another boot (or before starts were counted from it)
+    found = procfs.started(record.pid)
+    return found is not None and procfs.same_start(found, record.started)
 
 
 def _family(record: ChildRecord) -> list[psutil.Process]:

@@ -128,8 +128,8 @@ class HealthProbe:
             for o in owners
             if o.pgid != child.pgid
             and o.pid not in family
-            and o.create_time is not None
-            and o.create_time < child.started
+            and o.started is not None
+            and o.started < child.started
         ]
         if not foreign or len(foreign) < len(owners):
             return True, ""

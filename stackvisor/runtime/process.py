@@ -153,7 +153,7 @@ class Spawner:
         child = Child(
             pid=popen.pid,
             pgid=popen.pid,
-            started=procfs.create_time(popen.pid) or time.time(),
+            started=procfs.started(popen.pid) or procfs.uptime(),
             marker=marker,
             output_fd=read_fd,
             popen=popen,
@@ -246,7 +246,7 @@ class Child:
 
     pid: int
     pgid: int
-    started: float
+    started: float  # seconds since boot (`procfs.started`): its identity beside the pid
     marker: str
     output_fd: int
     popen: subprocess.Popen[bytes]

@@ -2,7 +2,9 @@
 
 Two tables: `children`, one row per process ever spawned (service, pid, process
 group, start time, port, exit code), so a later run can find and end what a killed
-supervisor left behind — matching pid AND start time, never a recycled pid; and
+supervisor left behind — matching pid AND start time, never a recycled pid (the start
+counted from the boot, and the boot's id beside it: `procfs.started`; `create_time`
+is the wall-clock start, for people); and
 `events`, the history of every state change and port conflict.
 
 Writes are small and synchronous from the event loop: sqlite in WAL mode commits
@@ -25,6 +27,7 @@ from typing import Any
 
 from stackvisor.errors import UnsafePath
 from stackvisor.runtime.events import Event
+from stackvisor.system import procfs
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS children (
@@ -38,7 +41,9 @@ CREATE TABLE IF NOT EXISTS children (
     marker TEXT NOT NULL DEFAULT '',
     started_at REAL NOT NULL,
     exited_at REAL,
-    exit_code INTEGER
+    exit_code INTEGER,
+    started REAL,
+    boot TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS children_live ON children (exited_at);
 CREATE TABLE IF NOT EXISTS events (
@@ -76,7 +81,7 @@ class ChildRecord:
     service: str
     pid: int
     pgid: int
-    create_time: float
+    started: float | None  # seconds since boot; None when recorded under another boot
     port: int | None
     supervisor_pid: int
     marker: str
@@ -145,6 +150,10 @@ class StateDB:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(supervisors)")}
         if "cgroup" not in columns:  # ... and before cgroups
             self.db.execute("ALTER TABLE supervisors ADD COLUMN cgroup TEXT NOT NULL DEFAULT ''")
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(children)")}
+        if "boot" not in columns:  # ... and before starts were counted from the boot
+            self.db.execute("ALTER TABLE children ADD COLUMN started REAL")
+            self.db.execute("ALTER TABLE children ADD COLUMN boot TEXT NOT NULL DEFAULT ''")
         self.prune()
 
     def prune(self, keep_events: int = 100_000, keep_children: int = 10_000) -> None:
@@ -164,13 +173,15 @@ class StateDB:
         )
 
     def child_started(
-        self, service: str, pid: int, pgid: int, create_time: float, port: int | None, marker: str
+        self, service: str, pid: int, pgid: int, started: float, port: int | None, marker: str
     ) -> int:
+        """`started`: seconds since boot (`procfs.started`), recorded with this boot's id."""
+        now = time.time()
+        wall = now - (procfs.uptime() - started)
         cur = self.db.execute(
-            "INSERT INTO children"
-            " (service, pid, pgid, create_time, port, supervisor_pid, marker, started_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (service, pid, pgid, create_time, port, self.supervisor_pid, marker, time.time()),
+            "INSERT INTO children (service, pid, pgid, create_time, port, supervisor_pid, marker,"
+            " started_at, started, boot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (service, pid, pgid, wall, port, self.supervisor_pid, marker, now, started, procfs.boot_id()),
         )
         return int(cur.lastrowid or 0)
 
@@ -194,7 +205,7 @@ class StateDB:
             "SELECT id, marker, supervisor_pid, cgroup FROM supervisors WHERE ended_at IS NULL ORDER BY id"
         ).fetchall()
         return [
-            ChildRecord(row, INSTANCE, 0, 0, 0.0, None, pid, marker, cgroup)
+            ChildRecord(row, INSTANCE, 0, 0, None, None, pid, marker, cgroup)
             for row, marker, pid, cgroup in rows
         ]
 
@@ -207,14 +218,18 @@ class StateDB:
     def live_children(self) -> list[ChildRecord]:
         """Children with no recorded exit: alive, or left behind by a killed supervisor."""
         rows = self.db.execute(
-            "SELECT id, service, pid, pgid, create_time, port, supervisor_pid, marker"
-            " FROM children WHERE exited_at IS NULL ORDER BY id"
+            "SELECT id, service, pid, pgid, CASE WHEN boot = ? THEN started END, port, supervisor_pid,"
+            " marker FROM children WHERE exited_at IS NULL ORDER BY id",
+            (procfs.boot_id(),),
         ).fetchall()
         return [ChildRecord(*row) for row in rows]
 
     def known_children(self) -> set[tuple[int, float]]:
-        rows = self.db.execute("SELECT pid, create_time FROM children").fetchall()
-        return {(int(pid), float(ct)) for pid, ct in rows}
+        """(pid, start since boot) of every child recorded in this boot."""
+        rows = self.db.execute(
+            "SELECT pid, started FROM children WHERE boot = ? AND started IS NOT NULL", (procfs.boot_id(),)
+        ).fetchall()
+        return {(int(pid), float(began)) for pid, began in rows}
 
     def record_event(self, event: Event) -> None:
         self.record_events([event])
@@ -344,10 +359,10 @@ class Ledger:
         return True
 
     def child_started(
-        self, service: str, pid: int, pgid: int, create_time: float, port: int | None, marker: str
+        self, service: str, pid: int, pgid: int, started: float, port: int | None, marker: str
     ) -> int:
         assert self.db is not None
-        recorded = (service, pid, pgid, create_time, port, marker)
+        recorded = (service, pid, pgid, started, port, marker)
         handle = next(self._handles)
         self._live[handle] = (self.db.child_started(*recorded), recorded)
         return handle

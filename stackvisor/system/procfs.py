@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -26,14 +27,22 @@ PROC = "/proc"
 # it survives setsid, double forks and reparenting, so it finds what left the group.
 MARKER = "STACKVISOR_CHILD"
 
-# Two start times of one process are the same when they differ by at most this much.
-# psutil derives a start time from the clock-tick count in /proc/<pid>/stat (plus the
-# boot time, whole seconds): two reads of one process give the very same number, and
-# start times of two processes, where they differ at all, differ by at least one tick
-# (10 ms at Linux's USER_HZ of 100). Half a tick absorbs float rounding and nothing more. A wider value
-# could only make a recycled pid look like the process we recorded: state.db records
-# `create_time(pid) or time.time()`, and the wall-clock fallback is used only for a
-# child that was gone before its start time could be read, which must match nothing.
+# When a process started, for telling it from a later process given the same pid, is
+# counted from the boot: the clock ticks in /proc/<pid>/stat, which never change. A
+# start time in wall-clock seconds (the boot time from /proc/stat plus those ticks, as
+# psutil's create_time gives it) moves whenever the wall clock is stepped or slewed
+# across a second: the kernel derives the boot time from the wall clock each time it
+# is read. Two readings of one process, a minute apart, then disagree by a whole
+# second, and a check of identity that compared them would take a live process for a
+# gone one. So identity uses `started` (seconds since boot), with `boot_id` beside it
+# wherever a record outlives the boot; wall-clock start times (`create_time`) are only
+# shown to people.
+#
+# Two starts of one process are the same when they differ by at most this much: two
+# reads give the very same number, and the starts of two processes, where they differ
+# at all, differ by at least one tick (10 ms at Linux's USER_HZ of 100). Half a tick
+# absorbs float rounding and nothing more: a wider value could only make a recycled pid
+# look like the process we recorded.
 START_TIME_TOLERANCE = 0.005
 
 
@@ -42,30 +51,24 @@ def pids() -> list[int]:
     return [int(name) for name in os.listdir(PROC) if name.isdigit()]
 
 
-_boot: list[float] = []  # /proc/stat's btime, read once: it does not change while we run
-
-
 def _started(pid: int) -> tuple[str, float] | None:
-    """(state letter, start time) from /proc/<pid>/stat, as psutil computes the start
-    time (the boot time plus the start in clock ticks), without psutil's per-call cost:
-    the port registry checks the holder of every live allocation this way. None when gone;
-    PermissionError when we may not read it."""
+    """(state letter, seconds since boot at its start) from /proc/<pid>/stat, without
+    psutil's per-call cost: the port registry checks the holder of every live allocation
+    this way. None when gone; PermissionError when we may not read it."""
     try:
         with open(f"{PROC}/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    if not _boot:
-        with open(f"{PROC}/stat", "rb") as fh:
-            _boot.extend(float(line.split()[1]) for line in fh if line.startswith(b"btime "))
     # After the command name (which may hold spaces and parentheses): state is field 0,
     # starttime field 19.
     rest = stat[stat.rfind(b")") + 2 :].split()
-    return rest[0].decode("ascii", "replace"), int(rest[19]) / _TICKS + _boot[0]
+    return rest[0].decode("ascii", "replace"), int(rest[19]) / _TICKS
 
 
-def create_time(pid: int) -> float | None:
-    """When `pid` started (seconds since the epoch), None when it cannot be read or is gone."""
+def started(pid: int) -> float | None:
+    """When `pid` started, in seconds since boot (its identity beside the pid); None when
+    it cannot be read or is gone."""
     try:
         found = _started(pid)
     except (OSError, IndexError, ValueError):
@@ -73,18 +76,55 @@ def create_time(pid: int) -> float | None:
     return found[1] if found is not None else None
 
 
+def uptime() -> float:
+    """Seconds since boot now, on the clock `started` counts with (suspend included)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+_boot_id: list[str] = []
+
+
+def boot_id() -> str:
+    """This boot's random id (it cannot change while we run): a start recorded under
+    another boot belongs to a process that is gone, whatever its pid is now."""
+    if not _boot_id:
+        try:
+            with open(f"{PROC}/sys/kernel/random/boot_id") as fh:
+                _boot_id.append(fh.read().strip())
+        except OSError:
+            _boot_id.append("")
+    return _boot_id[0]
+
+
+def boot_time() -> float:
+    """The boot's wall-clock time as the kernel derives it now (it moves with the clock)."""
+    with open(f"{PROC}/stat", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    return time.time() - uptime()
+
+
+def create_time(pid: int) -> float | None:
+    """When `pid` started in wall-clock seconds, for showing to people (never for
+    identity: see `started`); None when it cannot be read or is gone."""
+    begun = started(pid)
+    return None if begun is None else begun + boot_time()
+
+
 def same_start(found: float, recorded: float) -> bool:
-    """Whether two start times are those of one process (see START_TIME_TOLERANCE)."""
+    """Whether two starts (seconds since boot) are those of one process (see
+    START_TIME_TOLERANCE)."""
     return abs(found - recorded) <= START_TIME_TOLERANCE
 
 
-def same_process(pid: int, started: float | None) -> bool:
+def same_process(pid: int, began: float | None) -> bool:
     """True while `pid` is alive, not a zombie, and is still the process that started
-    at `started` (with `started` None: only alive and not a zombie).
+    at `began` (seconds since boot, see `started`; None: only alive and not a zombie).
 
     A process we may not inspect counts as alive and the same: callers wait for a
     process to be gone, and "cannot tell" must not end the wait early. Where a
-    positive proof of identity is needed (ending an orphan), compare `create_time`
+    positive proof of identity is needed (ending an orphan), compare `started`
     with `same_start` instead: an unreadable start time proves nothing.
     """
     try:
@@ -96,7 +136,7 @@ def same_process(pid: int, started: float | None) -> bool:
     if found is None:
         return False
     state, start = found
-    return state != "Z" and (started is None or same_start(start, started))
+    return state != "Z" and (began is None or same_start(start, began))
 
 
 def running(proc: psutil.Process) -> bool:
