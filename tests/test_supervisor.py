@@ -24,10 +24,10 @@ PY = "python3"
 
 
 def started_at(root: Path) -> dict[str, float]:
-    """Each service's first process start time, from state.db."""
+    """Each service's first process start (seconds since boot, in clock ticks), from state.db."""
     out: dict[str, float] = {}
     for row in children_rows(root):
-        out.setdefault(row["service"], row["create_time"])
+        out.setdefault(row["service"], row["started"])
     return out
 
 

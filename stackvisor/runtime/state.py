@@ -177,7 +177,7 @@ class StateDB:
     ) -> int:
         """`started`: seconds since boot (`procfs.started`), recorded with this boot's id."""
         now = time.time()
-        wall = now - (procfs.uptime() - started)
+        wall = started + procfs.boot_time()  # what ps shows
         cur = self.db.execute(
             "INSERT INTO children (service, pid, pgid, create_time, port, supervisor_pid, marker,"
             " started_at, started, boot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
