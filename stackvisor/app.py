@@ -26,6 +26,7 @@ from stackvisor.control.sockets import StackLock, bind_unix
 from stackvisor.errors import AlreadyRunning, UnsafePath
 from stackvisor.paths import stack_paths
 from stackvisor.runtime.logs import stdout_console
+from stackvisor.runtime.reports import reporting
 from stackvisor.runtime.supervisor import Companion, Lease, Supervisor
 from stackvisor.runtime.watch import watch_stack
 from stackvisor.system.cgroups import CgroupUnavailable
@@ -79,6 +80,7 @@ async def serve(
     try:
         started: list[ControlServer] = []
         companions: list[Companion] = [watch_stack] if sup.config.settings.reload else []
+        companions.append(reporting)  # idle until settings.report is set
         if control:
             unix = bind_unix(sup.paths.socket)  # clients queue here until the server serves
             companions.append(functools.partial(_control, unix=unix, started=started, lock=lock))

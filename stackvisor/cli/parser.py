@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from stackvisor.cli import importing, registry, running, stack
+from stackvisor.cli import audit, importing, registry, reporting, running, stack, ui
 from stackvisor.config.kinds import Strategy, parse_duration
 
 
 def _pid(text: str) -> int:
     if not text.isdigit() or int(text) < 2:
         raise argparse.ArgumentTypeError(f"expected a process id (got {text!r})")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535 (got {text!r})")
     return int(text)
 
 
@@ -111,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--all", action="store_true", help="every recorded event, not only conflicts")
     history.add_argument("--limit", type=int, default=1000)
 
+    inspect = command(
+        "audit", "list what listens on this machine, flag what looks risky, score it 0-10", audit.cmd_audit
+    )
+    inspect.add_argument("--json", action="store_true", help="the /v1/audit document")
+    inspect.add_argument(
+        "--fail-over", type=audit.fail_over, metavar="SCORE", help="exit 1 when the score is SCORE or more"
+    )
+
     sup = command("_supervise", None, stack.cmd_supervise)
     supervisor_options(sup)
 
@@ -158,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=_duration, default=120.0, help="for the stack to be ready")
     run.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+
+    page = command("ui", "serve the status page on 127.0.0.1 (an address that works once)", ui.cmd_ui)
+    page.add_argument("--port", type=_port, default=0, help="(default: a free one)")
+    page.add_argument("--open", action="store_true", help="open it in the browser")
+
+    report = command("report", "send a report of the stack to settings.report's url", reporting.cmd_report)
+    report.add_argument("--once", action="store_true", help="send one report now and exit (for cron, CI)")
+    report.add_argument("--url", help="send it here instead of settings.report.url")
 
     run_in = command(
         "exec", "run a command as a service runs: its environment, ports, folder and user", running.cmd_exec

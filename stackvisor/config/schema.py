@@ -22,23 +22,28 @@ from pydantic import (
     AliasChoices,
     BeforeValidator,
     Field,
+    JsonValue,
     field_validator,
     model_validator,
 )
 
 from stackvisor.config.address import split_host_port
+from stackvisor.config.endpoint import auth_header, check_url
 from stackvisor.config.fields import (
     Backoff,
     Dependency,
     Duration,
     EnvFile,
     HealthCheck,
+    Interval,
     Model,
     Port,
     PortRange,
     SignalName,
     Watch,
+    port_number,
     port_range,
+    whole_number,
 )
 from stackvisor.config.kinds import DEFAULT_PORT_TYPES, Condition, RestartPolicy, Strategy, parse_duration
 
@@ -48,6 +53,7 @@ __all__ = [
     "Dependency",
     "EnvFile",
     "HealthCheck",
+    "ReportSettings",
     "RestartPolicy",
     "Service",
     "Settings",
@@ -242,6 +248,64 @@ class ControlSettings(Model):
         return self
 
 
+def _port_span(value: Any) -> Any:
+    """`4444` or `"6666-6669"` (or `[6666, 6669]`) as a (low, high) pair."""
+    if whole_number(value):
+        return (port_number(int(value)), int(value))
+    if isinstance(value, bool) or value == "any" or (isinstance(value, str) and "-" not in value):
+        raise ValueError(f"expected a port like 4444 or a range like 6666-6669 (got {value!r})")
+    return port_range(value)
+
+
+# Ports whose listeners `stackvisor audit` flags: the usual defaults of remote-access
+# tools and old trojans (Metasploit's 4444, Back Orifice's 31337, NetBus's 12345,
+# SubSeven's 27374, Sasser's 5554), 1337, and IRC's 6666-6669 (botnet control).
+DEFAULT_SUSPICIOUS_PORTS = [
+    (1337, 1337),
+    (4444, 4444),
+    (5554, 5554),
+    (6666, 6669),
+    (12345, 12345),
+    (27374, 27374),
+    (31337, 31337),
+]
+
+
+class AuditSettings(Model):
+    """What `stackvisor audit` flags beside its fixed rules (see `ports.audit`)."""
+
+    suspicious_ports: list[Annotated[tuple[int, int], BeforeValidator(_port_span)]] = DEFAULT_SUSPICIOUS_PORTS
+
+
+class ReportSettings(Model):
+    """Reports of the stack pushed to an endpoint (see `runtime.reports`)."""
+
+    # None: sent only by `stackvisor report --once --url URL`.
+    url: str | None = None
+    interval: Interval = 30.0
+    # Ports and processes are looked at for a report at most this often.
+    scan_interval: Interval = 2.0
+    # `Bearer TOKEN`, `Basic user:password` or `Header-Name: value`; write `${VAR}`.
+    auth: str | None = Field(default=None, repr=False)
+    fields: dict[str, JsonValue] = {}
+    include_audit: bool = False
+    retries: int = Field(default=3, ge=0, le=10)
+    timeout: Duration = Field(default=10.0, gt=0)
+    on_change: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value)
+
+    @field_validator("auth")
+    @classmethod
+    def _auth(cls, value: str | None) -> str | None:
+        if value is not None:
+            auth_header(value)
+        return value
+
+
 def _file_mode(value: Any) -> int:
     """`0640` (YAML reads it as octal), `"0640"` or `"640"` -> 0o640."""
     if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3}", value.strip()):
@@ -275,6 +339,8 @@ class Settings(Model):
     reload: bool = True
     reload_debounce: Duration = 0.1
     control: ControlSettings = ControlSettings()
+    report: ReportSettings | None = None
+    audit: AuditSettings = AuditSettings()
 
 
 class StackConfig(Model):

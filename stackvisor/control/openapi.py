@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any
 
-from stackvisor.control import registry_api
+from stackvisor.control import audit_api, registry_api
 from stackvisor.runtime.events import PAYLOADS, EventKind
 from stackvisor.runtime.states import State
 
@@ -316,6 +316,7 @@ OPENAPI: dict[str, Any] = {
             "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
         },
         **registry_api.PATHS,
+        **audit_api.PATHS,
     },
     "components": {
         "schemas": {
@@ -324,6 +325,7 @@ OPENAPI: dict[str, Any] = {
             "Status": _STATUS,
             "Event": _event_schema(),
             **registry_api.SCHEMAS,
+            **audit_api.SCHEMAS,
         }
     },
 }

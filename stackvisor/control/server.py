@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from stackvisor.control import metrics, registry_api, streams
+from stackvisor.control import audit_api, metrics, page, registry_api, streams
 from stackvisor.control.http import (
     CLOSING,
     SUPERVISOR,
@@ -155,7 +155,9 @@ def make_app(sup: Supervisor, token: str | None = None) -> web.Application:
     app.router.add_get("/v1/ws", streams.websocket)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics.metrics)
+    app.router.add_get("/v1/audit", audit_api.audit)
     registry_api.add_routes(app)
+    page.add_routes(app.router)
     return app
 
 

@@ -73,22 +73,39 @@ def _sse(item: dict[str, Any]) -> bytes:
     return f"id: {item.get('seq', '')}\nevent: {item['kind']}\ndata: {dumps(item)}\n\n".encode()
 
 
+def _resources(request: web.Request) -> bytes:
+    """What each service uses now, as one `resources` event (not an event of the stack:
+    no id, never in the history)."""
+    status = supervisor(request).status(resources=True)
+    used = {s["name"]: s.get("resources") for s in status["services"]}
+    return f"event: resources\ndata: {dumps({'ts': time.time(), 'services': used})}\n\n".encode()
+
+
 async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events; `?since=TS` first replays the history from TS."""
+    """Server-sent events; `?since=TS` first replays the history from TS; `?resources=N`
+    adds what each service uses every N seconds (the status page's CPU and memory)."""
     sup = supervisor(request)
     replay = _history_since(request)
+    every = int_query(request, "resources", 0, 0, 3600)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     closing = request.app[CLOSING]
+    loop = asyncio.get_running_loop()
+    sample_at = loop.time() + every if every else None
     with sup.bus.subscribe() as sub:
         try:
             for item in replay:
                 await resp.write(_sse(item))
             while True:
+                if sample_at is not None and loop.time() >= sample_at:  # also amid a flood of events
+                    sample_at = loop.time() + every
+                    await resp.write(_resources(request))
+                quiet_until = loop.time() + 15.0
+                wait = min(quiet_until, sample_at or quiet_until) - loop.time()
                 getter = asyncio.ensure_future(sub.get())
                 closer = asyncio.ensure_future(closing.wait())
                 done, _ = await asyncio.wait(
-                    {getter, closer}, timeout=15.0, return_when=asyncio.FIRST_COMPLETED
+                    {getter, closer}, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED
                 )
                 closer.cancel()
                 if getter in done:
@@ -101,7 +118,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                         await resp.write(_sse(sub.queue.get_nowait().as_dict()))
                     await resp.write_eof()
                     break
-                await resp.write(b": keep-alive\n\n")
+                if sample_at is None or loop.time() < sample_at:
+                    await resp.write(b": keep-alive\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
     return resp

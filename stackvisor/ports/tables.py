@@ -5,7 +5,8 @@ and the number of ESTABLISHED connections per local port, from the first source
 that answers (sock_diag netlink, else `/proc/net/tcp` and `/proc/net/tcp6`, else
 psutil); and the quick questions built on them (`is_free`, `free_ports`,
 `listening_ports`). Only LISTEN sockets count as holding a port: a client
-connection that happens to use a local port does not.
+connection that happens to use a local port does not. UDP has no LISTEN state: its
+listeners are the bound sockets with no peer (`udp_listeners`), asked for apart.
 
 What does not live here: finding the process behind a socket (`owners`), deciding
 anything (`conflicts`) or acting (`resolve`). Everything here only reads.
@@ -26,6 +27,9 @@ _TABLES = (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6))
 _HAVE_PROC_NET = all(os.path.exists(path) for path, _ in _TABLES)
 
 _STATE_ESTABLISHED = b"01"
+
+_UDP_TABLES = (("/proc/net/udp", 4), ("/proc/net/udp6", 6))
+_UDP_UNCONNECTED = b"07"  # TCP_CLOSE: bound, no peer (a connect()ed socket shows 01)
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,40 @@ def listeners(
         except OSError:
             return _proc_sockets(wanted, established)
     return _psutil_sockets(wanted, established)
+
+
+def udp_listeners() -> list[Listener]:
+    """Every bound UDP socket with no peer, on any port: what listens for datagrams.
+
+    A socket that called connect() (a client talking to one server) is left out, as an
+    ESTABLISHED TCP socket is. From `/proc/net/udp` and `/proc/net/udp6` (a table as
+    small as the number of UDP sockets), else psutil.
+    """
+    found: list[Listener] = []
+    tables = [(path, version) for path, version in _UDP_TABLES if os.path.exists(path)]
+    if not tables:
+        try:
+            conns = psutil.net_connections("udp")
+        except psutil.AccessDenied:
+            return []
+        for conn in conns:
+            if conn.laddr and conn.laddr.port and not conn.raddr:
+                version = 6 if conn.family == socket.AF_INET6 else 4
+                found.append(Listener(conn.laddr.port, conn.laddr.ip, version, None, None, conn.pid))
+        return found
+    line_re = re.compile(
+        rb"\d: ([0-9A-F]+):([0-9A-F]{4}) [0-9A-F]+:[0-9A-F]{4} " + _UDP_UNCONNECTED + rb" [^\n]*"
+    )
+    for path, version in tables:
+        for match in line_re.finditer(_read(path)):
+            port = int(match.group(2), 16)
+            if port == 0:
+                continue
+            # The same fields as the TCP tables: sl, local, remote, st, ..., uid(7), inode(9).
+            fields = match.group(0).split()
+            address = _decode_address(match.group(1))
+            found.append(Listener(port, address, version, int(fields[7]), int(fields[9]) or None))
+    return found
 
 
 def _listening(wanted: set[int] | None) -> set[int]:

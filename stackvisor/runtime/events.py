@@ -40,6 +40,7 @@ class EventKind(StrEnum):
     PORT_EXPIRED = "port_expired"
     ACTIVATED = "activated"
     IDLE_STOP = "idle_stop"
+    REPORT_FAILED = "report_failed"
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,17 @@ class IdleStopped(Payload):
     reason: str
 
 
+@dataclass(frozen=True)
+class ReportFailed(Payload):
+    kind = EventKind.REPORT_FAILED
+    description = "a report could not be sent to `settings.report.url`, its retries spent"
+    url: str  # without a user or password written into it
+    error: str
+    attempts: int
+    status: int | None  # the last HTTP status, None when no answer came
+    trigger: str  # interval | change
+
+
 PAYLOADS: dict[EventKind, type[Payload]] = {
     cls.kind: cls
     for cls in (
@@ -238,6 +250,7 @@ PAYLOADS: dict[EventKind, type[Payload]] = {
         PortExpired,
         Activated,
         IdleStopped,
+        ReportFailed,
     )
 }
 assert set(PAYLOADS) == set(EventKind), "every kind of event has a payload"

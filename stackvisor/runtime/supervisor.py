@@ -18,7 +18,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -46,6 +46,9 @@ from stackvisor.runtime.status import ReloadResult, StackStatus
 from stackvisor.runtime.stopping import kill_leftovers, stop_in_order
 from stackvisor.system.files import dir_mode, secure_dir
 from stackvisor.system.signals import SignalGate
+
+if TYPE_CHECKING:
+    from stackvisor.runtime.reports import Reporter
 
 Companion = Callable[["Supervisor"], Coroutine[Any, Any, None]]
 
@@ -114,6 +117,7 @@ class Supervisor(Reloading, Activating):
         self._interrupts = 0
         self.lease = Lease()
         self.last_reload: ReloadResult | None = None
+        self.reporter: Reporter | None = None  # with settings.report (see `reports.reporting`)
         self.requested: list[str] = []  # what `up` named; [] = everything
         # One action at a time (start, stop, restart, reload): each sees the others' result.
         self._actions = asyncio.Lock()
@@ -375,7 +379,11 @@ class Supervisor(Reloading, Activating):
             entry = self.runners[name].status()
             entry["selected"] = name in self.selection
             entry["resources"] = figures.get(name)
-            entry["labels"] = dict(self.runners[name].config.labels)
+            asked = self.runners[name].config.port
+            entry["labels"], entry["requested_port"] = (
+                dict(self.runners[name].config.labels),
+                asked if isinstance(asked, int) else None,
+            )
             if self.runners[name].config.socket == "proxy":  # the public port is the one to show
                 entry["internal_port"], entry["port"] = (
                     self.ports.internal.get(name),
