@@ -76,6 +76,24 @@ def test_a_test_that_is_no_command_is_refused(tmp_path: Path) -> None:
     assert said[0].startswith('services.a.healthcheck: test: expected ["CMD", "program", "arg", ...]')
 
 
+def test_restart_on_failure_with_composes_count(tmp_path: Path) -> None:
+    """Compose's `on-failure:N` is `on-failure` with `max_restarts: N`."""
+    config = load(
+        tmp_path,
+        """
+        services:
+          a: {command: x, restart: "on-failure:3"}
+          b: {command: x, restart: on-failure}
+        """,
+    )
+    assert (str(config.services["a"].restart), config.services["a"].max_restarts) == ("on-failure", 3)
+    assert config.services["b"].max_restarts == 5  # ours, unchanged
+    assert errors(tmp_path, 'services:\n  a: {command: x, restart: "on-failure:3", max_restarts: 4}\n') == [
+        "services.a: restart: on-failure:3 and max_restarts: 4 say two counts: write one of them"
+    ]
+    assert "expected one of" in errors(tmp_path, 'services:\n  a: {command: x, restart: "always:3"}\n')[0]
+
+
 def test_stop_grace_period_labels_and_extensions_anywhere(tmp_path: Path) -> None:
     config = load(
         tmp_path,

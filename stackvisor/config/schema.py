@@ -121,6 +121,12 @@ class Service(Model):
         check = value.get("healthcheck")
         if isinstance(check, dict) and (check.get("disable") is True or check.get("test") == ["NONE"]):
             value = {k: v for k, v in value.items() if k != "healthcheck"}  # Compose: no check
+        policy, _, count = str(value.get("restart", "")).partition(":")
+        if policy == "on-failure" and count.strip().isdigit():  # Compose's `on-failure:N`
+            if "max_restarts" in value and str(value["max_restarts"]) != count.strip():
+                said = f"restart: {value['restart']} and max_restarts: {value['max_restarts']}"
+                raise ValueError(f"{said} say two counts: write one of them")
+            value = {**value, "restart": "on-failure", "max_restarts": int(count)}
         return value
 
     @model_validator(mode="after")
