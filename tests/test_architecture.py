@@ -25,6 +25,7 @@ LAYERS = [
     {"stackvisor.system"},
     {"stackvisor.ports"},
     {"stackvisor.runtime"},
+    {"stackvisor.export"},
     {"stackvisor.control"},
     {"stackvisor.logsetup", "stackvisor.app"},
     {"stackvisor.cli", "stackvisor.__main__"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from stackvisor.cli import audit, importing, registry, reporting, running, stack, ui
+from stackvisor.cli import audit, export, importing, registry, reporting, running, stack, ui
 from stackvisor.config.kinds import Strategy, parse_duration
 
 
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=_duration, default=120.0, help="for the stack to be ready")
     run.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+
+    export.grammar(command)
 
     page = command("ui", "serve the status page on 127.0.0.1 (an address that works once)", ui.cmd_ui)
     page.add_argument("--port", type=_port, default=0, help="(default: a free one)")
