@@ -105,11 +105,11 @@ def test_a_process_compose_file_in_its_documented_shapes(tmp_path: Path) -> None
     assert (check.interval, check.timeout, check.start_period, check.retries) == (5.0, 1.0, 2.0, 3)
     assert (api.restart, api.backoff.initial, api.max_restarts) == ("on-failure", 2.0, 5)
     assert api.env == {"LOG_LEVEL": "debug", "API_PORT": "8080"}
-    assert legacy.profiles == ["disabled"] and legacy.restart == "no"
+    assert legacy.disabled and legacy.restart == "no" and not api.disabled
+    assert (api.namespace, db.namespace) == ("backend", None)
     # Nothing is dropped silently: each field without an equivalent is a comment.
     for kept in (
         "# log_location",
-        "# namespace",
         "# is_daemon",
         "# shutdown.command",
         "# liveness_probe",

@@ -43,10 +43,12 @@ def stack_text(db: int, api: int) -> str:
           db:
             command: python3 server.py
             port: {db}
+            namespace: backend
             healthcheck: {{http: "http://127.0.0.1:${{PORT}}/", interval: 200ms}}
           api:
             command: python3 server.py
             port: {api}
+            namespace: backend
             depends_on: {{db: {{condition: service_healthy}}}}
             healthcheck: {{tcp: "127.0.0.1:${{PORT}}", interval: 200ms}}
           worker:
@@ -182,6 +184,8 @@ def test_the_page_lists_every_service_live_and_a_killed_one_recovers_without_a_r
         ".textContent === 'healthy')"
     )
     assert badge(page, "worker") == "running"
+    groups = page.locator("#services tr.group th").all_inner_texts()
+    assert [g.lower() for g in groups] == ["no namespace", "backend"]  # grouped by namespace
     assert page.locator("#graph g.node").count() == 3 and page.locator("#graph path.edge").count() == 2
     assert page.url == ui.base + "/"  # the token is gone from the address
     # Every badge text the page ever shows from now on, and a mark a reload would wipe.

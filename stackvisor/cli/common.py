@@ -55,6 +55,35 @@ def check_names(config: Any, names: Sequence[str]) -> None:
         raise UsageError(f"unknown service {', '.join(unknown)} (the stack has: {known})")
 
 
+def named(config: StackConfig, args: argparse.Namespace) -> list[str]:
+    """The services named on the command line, and the enabled ones of each `--namespace`
+    (a disabled service starts only when named itself)."""
+    names = list(args.services)
+    check_names(config, names)
+    spaces = getattr(args, "namespace", None) or []
+    known = sorted({svc.namespace for svc in config.services.values() if svc.namespace})
+    check_namespaces(spaces, known)
+    in_spaces = [n for n, svc in config.services.items() if svc.namespace in spaces and not svc.disabled]
+    return names + [n for n in in_spaces if n not in names]
+
+
+def check_namespaces(asked: Sequence[str], known: Sequence[str]) -> None:
+    unknown = [n for n in asked if n not in known]
+    if unknown:
+        raise UsageError(
+            f"unknown namespace {', '.join(unknown)} (the stack has: {', '.join(known) or 'none'})"
+        )
+
+
+def in_namespaces(status: dict[str, Any], asked: Sequence[str]) -> list[dict[str, Any]]:
+    """The running stack's services (its status) of the namespaces asked for, or all."""
+    services: list[dict[str, Any]] = status["services"]
+    if not asked:
+        return services
+    check_namespaces(asked, sorted({s["namespace"] for s in services if s.get("namespace")}))
+    return [s for s in services if s.get("namespace") in asked]
+
+
 def client(config: Stack) -> Client:
     """A client of the running stack's supervisor; NotRunning when there is none."""
     from stackvisor.control import ops

@@ -54,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="also start the services of this profile (repeatable; and STACKVISOR_PROFILES=a,b)",
         )
 
+    def namespace_option(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--namespace", action="append", default=[], metavar="NS", help=what)
+
     def supervisor_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("services", nargs="*", metavar="SERVICE")
+        namespace_option(p, "also the services of this namespace (repeatable)")
         p.add_argument("--strategy", choices=[s.value for s in Strategy], help="port conflict strategy")
         profile_option(p)
         p.add_argument(
@@ -134,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("status", "ps"):
         st = command(name, "show the services of the running stack", running.cmd_status)
         st.add_argument("--json", action="store_true", help="the /v1/status document")
+        namespace_option(st, "only the services of this namespace (repeatable)")
 
     # As in compose, `logs -f` follows; the file is then --file.
     logs = command("logs", "show (or follow) the services' output", running.cmd_logs, short_file=False)
@@ -143,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     restart = command("restart", "restart services (all when none is named)", running.cmd_restart)
     restart.add_argument("services", nargs="*", metavar="SERVICE")
+    namespace_option(restart, "also the services of this namespace (repeatable)")
     restart.add_argument(
         "--wait", action="store_true", help="return once the stack is ready again; exit 1 if a service fails"
     )

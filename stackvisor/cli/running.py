@@ -10,7 +10,16 @@ import sys
 import time
 from collections.abc import Callable
 
-from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, check_names, client, follow_logs, locate
+from stackvisor.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    check_names,
+    client,
+    follow_logs,
+    in_namespaces,
+    locate,
+)
 from stackvisor.cli.render import format_status
 from stackvisor.errors import ApiError, NotRunning
 
@@ -23,6 +32,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"name": config.name, "running": False}))
         raise
+    status["services"] = in_namespaces(status, args.namespace)
     if args.json:
         print(json.dumps(status, indent=2))
         return EXIT_OK
@@ -60,8 +70,12 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
     config = locate(args)
     check_names(config, args.services)
+    api = client(config)
+    if args.namespace:  # and the services of each namespace
+        chosen = [s["name"] for s in in_namespaces(api.get("/v1/status"), args.namespace)]
+        args.services += [n for n in chosen if n not in args.services]
     began = time.time()
-    status = client(config).post("/v1/restart", {"services": args.services})
+    status = api.post("/v1/restart", {"services": args.services})
     names = args.services or [s["name"] for s in status["services"] if s.get("selected")]
     print(f"restarted {', '.join(names)}", file=sys.stderr)
     if args.wait:  # the restarted services and their dependents, with the rest of the stack

@@ -21,6 +21,7 @@ from stackvisor.cli.common import (
     check_names,
     load,
     locate,
+    named,
     profiles,
 )
 from stackvisor.cli.render import format_history
@@ -229,7 +230,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from stackvisor.control import ops
 
     config = load(args)
-    check_names(config, args.services)
+    args.services = named(config, args)  # and those of each --namespace
     stop = _preflight(config, args)
     if stop is not None:
         return stop
@@ -372,7 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.cmd:
         raise UsageError("run needs a command after --, e.g. stackvisor run -- pytest")
     config = load(args)
-    check_names(config, args.services)
+    args.services = named(config, args)  # and those of each --namespace
     stop = _preflight(config, args)
     if stop is not None:
         return stop

@@ -106,7 +106,7 @@ _CONDITIONS = {
 _RESTART = {"always": "always", "on_failure": "on-failure", "no": "no", "exit_on_failure": "no"}
 _KNOWN = {
     "command", "depends_on", "readiness_probe", "liveness_probe", "availability", "environment",
-    "working_dir", "shutdown", "is_daemon", "ready_log_line", "disabled",
+    "working_dir", "shutdown", "is_daemon", "ready_log_line", "disabled", "namespace",
 }  # fmt: skip
 
 
@@ -138,8 +138,9 @@ def _process(spec: dict[str, Any], common: dict[str, str], log_ready: bool) -> D
     if spec.get("is_daemon"):
         notes.append("is_daemon: true; run the program in the foreground here (stackvisor follows its pid)")
     if spec.get("disabled"):
-        draft.fields["profiles"] = ["disabled"]
-        notes.append("disabled: true; it starts with `--profile disabled` or when named")
+        draft.fields["disabled"] = True
+    if isinstance(spec.get("namespace"), str) and spec["namespace"] != "default":
+        draft.fields["namespace"] = spec["namespace"]
     notes.extend(
         f"{key}: {json.dumps(spec[key], default=str)} (no equivalent)" for key in sorted(set(spec) - _KNOWN)
     )

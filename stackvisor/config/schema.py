@@ -109,6 +109,10 @@ class Service(Model):
     # Compose's profiles: a service with profiles starts only when one of them is
     # active (`--profile`, STACKVISOR_PROFILES) or when it is named; others always start.
     profiles: list[str] = []
+    # A group of services for `up/status/restart --namespace` and the views (a name).
+    namespace: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # Kept in the file, not started by `up` unless named (or needed by what starts).
+    disabled: bool = False
 
     @model_validator(mode="before")
     @classmethod

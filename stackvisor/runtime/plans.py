@@ -21,14 +21,16 @@ RESTART_SETTINGS = frozenset({"control", "logs_dir", "logs_mode", "log_max_bytes
 
 def selection(config: StackConfig, requested: Sequence[str], profiles: Collection[str] = ()) -> set[str]:
     """What `up SERVICE...` runs under `config`: the named services still there and what
-    they need. When nothing was named: every service without `profiles` and those with
-    an active one, and what they need (a needed service starts whatever its profiles,
-    as a named one does)."""
+    they need. When nothing was named: every service that is not `disabled`, without
+    `profiles` or with an active one, and what they need (a needed service starts
+    whatever its profiles or `disabled`, as a named one does)."""
     if requested:
         names = [n for n in requested if n in config.services]
     else:
         names = [
-            n for n, svc in config.services.items() if not svc.profiles or set(svc.profiles) & set(profiles)
+            n
+            for n, svc in config.services.items()
+            if not svc.disabled and (not svc.profiles or set(svc.profiles) & set(profiles))
         ]
     return graph.closure(config.graph(), names) if names else set()
 

@@ -30,6 +30,7 @@ class ServiceStatus(TypedDict):
     resources: NotRequired[Resources | None]  # in the stack's status; None when not running
     labels: NotRequired[dict[str, str]]  # in the stack's status: the service's `labels`
     requested_port: NotRequired[int | None]  # in the stack's status: the port the file asks for
+    namespace: NotRequired[str | None]  # in the stack's status: the service's `namespace`
     idle_stop_in: NotRequired[float | None]  # with `idle_stop`: seconds until it is stopped
     lease_left: NotRequired[float | None]  # with `lease`: seconds until it is stopped
     internal_port: NotRequired[int | None]  # with `socket: proxy`: where the service listens

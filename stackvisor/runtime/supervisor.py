@@ -380,9 +380,10 @@ class Supervisor(Reloading, Activating):
             entry["selected"] = name in self.selection
             entry["resources"] = figures.get(name)
             asked = self.runners[name].config.port
-            entry["labels"], entry["requested_port"] = (
+            entry["labels"], entry["requested_port"], entry["namespace"] = (
                 dict(self.runners[name].config.labels),
                 asked if isinstance(asked, int) else None,
+                self.runners[name].config.namespace,
             )
             if self.runners[name].config.socket == "proxy":  # the public port is the one to show
                 entry["internal_port"], entry["port"] = (

@@ -128,11 +128,29 @@ function renderRow(svc) {
   return row;
 }
 
+function groupRow(namespace) {
+  const row = document.createElement("tr");
+  row.className = "group";
+  const th = document.createElement("th");
+  th.colSpan = 10;
+  th.scope = "rowgroup";
+  th.textContent = namespace || "no namespace";
+  row.appendChild(th);
+  return row;
+}
+
 function renderTable() {
+  // Grouped by namespace when the stack has any: each group in start order.
   const body = $("services").tBodies[0];
-  const rows = page.order.filter((n) => page.services.has(n)).map((n) => renderRow(page.services.get(n)));
+  const names = page.order.filter((n) => page.services.has(n));
+  const spaces = [...new Set(names.map((n) => page.services.get(n).namespace || ""))];
+  const rows = [];
+  for (const space of spaces.length > 1 || spaces[0] ? spaces.sort() : [""]) {
+    if (spaces.length > 1 || space) rows.push(groupRow(space));
+    for (const n of names) if ((page.services.get(n).namespace || "") === space) rows.push(renderRow(page.services.get(n)));
+  }
   body.replaceChildren(...rows);
-  body.dataset.rendered = String(rows.length);
+  body.dataset.rendered = String(names.length);
   renderGraph();
   renderLogChoices();
 }
