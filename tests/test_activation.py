@@ -302,3 +302,24 @@ def test_a_reload_that_makes_a_service_on_demand_leaves_it_idle_and_back(
     )
     again = service(tmp_path)["pid"]
     assert ask(port) == again and not alive(woken)
+
+
+def test_down_ends_a_stack_whose_on_demand_service_came_by_a_reload(tmp_path: Path, detached: Any) -> None:
+    (port,) = free_ports(1)
+    (tmp_path / "inherit.py").write_text(INHERITING)
+    stack = write_stack(
+        tmp_path, "services:\n  other: {command: \"python3 -c 'import time; time.sleep(300)'\"}\n"
+    )
+    assert detached(tmp_path).returncode == 0
+    stack.write_text(
+        stack.read_text()
+        + f"  api:\n    command: python3 inherit.py\n    port: {port}\n"
+        + "    socket: inherit\n    start: on_demand\n"
+    )
+    wait_for(lambda: "api" in {s["name"] for s in client(tmp_path).get("/v1/status")["services"]}, timeout=15)
+    woken = ask(port)
+    began = time.monotonic()
+    done = cli("down", "--timeout", "20s", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - began < 10  # its watcher ends with the stack, as the others do
+    assert not alive(woken)

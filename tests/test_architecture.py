@@ -28,7 +28,7 @@ LAYERS = [
     {"stackvisor.export"},
     {"stackvisor.control"},
     {"stackvisor.logsetup", "stackvisor.app"},
-    {"stackvisor.cli", "stackvisor.__main__"},
+    {"stackvisor.cli", "stackvisor.tui", "stackvisor.__main__"},
 ]
 
 

@@ -106,12 +106,12 @@ def test_a_process_compose_file_in_its_documented_shapes(tmp_path: Path) -> None
     assert (api.restart, api.backoff.initial, api.max_restarts) == ("on-failure", 2.0, 5)
     assert api.env == {"LOG_LEVEL": "debug", "API_PORT": "8080"}
     assert legacy.disabled and legacy.restart == "no" and not api.disabled
+    assert legacy.daemon is not None and legacy.daemon.pidfile is None  # is_daemon: true
+    assert db.shutdown is not None and (db.shutdown.command, db.shutdown.timeout) == ("pg_ctl stop", 10.0)
     assert (api.namespace, db.namespace) == ("backend", None)
     # Nothing is dropped silently: each field without an equivalent is a comment.
     for kept in (
         "# log_location",
-        "# is_daemon",
-        "# shutdown.command",
         "# liveness_probe",
         "# availability.restart: exit_on_failure",
     ):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from stackvisor.cli import audit, export, importing, registry, reporting, running, stack, ui
+from stackvisor.cli import audit, export, importing, registry, reporting, running, stack, top, ui
 from stackvisor.config.kinds import Strategy, parse_duration
 
 
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     page = command("ui", "serve the status page on 127.0.0.1 (an address that works once)", ui.cmd_ui)
     page.add_argument("--port", type=_port, default=0, help="(default: a free one)")
     page.add_argument("--open", action="store_true", help="open it in the browser")
+
+    command("top", "the running stack in the terminal, live (the tui extra)", top.cmd_top)
 
     report = command("report", "send a report of the stack to settings.report's url", reporting.cmd_report)
     report.add_argument("--once", action="store_true", help="send one report now and exit (for cron, CI)")

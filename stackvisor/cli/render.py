@@ -19,7 +19,13 @@ def format_status(status: StackStatus) -> str:
         detail = s.get("reason") or ""
         if s["state"] == State.EXITED and s.get("exit_code") is not None:
             detail = detail or f"exit code {s['exit_code']}"
-        for left, what in ((s.get("idle_stop_in"), "idle stop"), (s.get("lease_left"), "lease ends")):
+        next_run = s.get("next_run")
+        to_run = None if next_run is None else max(0.0, next_run - now)
+        for left, what in (
+            (s.get("idle_stop_in"), "idle stop"),
+            (s.get("lease_left"), "lease ends"),
+            (to_run, "next run"),
+        ):
             if left is not None:
                 detail = ", ".join(x for x in (detail, f"{what} in {format_age(left, parts=2)}") if x)
         used = s.get("resources")

@@ -192,3 +192,25 @@ class Backoff(Model):
     max: Duration = 30.0
     factor: float = Field(default=2.0, ge=1.0)
     reset_after: Duration = 10.0
+
+
+class Daemon(Model):
+    """`daemon:` for a program that forks into the background: the process to follow is
+    the one in `pidfile` (relative to the service's folder), else (`daemon: true`) the
+    oldest one the service left running; it must show up within `wait`."""
+
+    pidfile: str | None = None
+    wait: Duration = 10.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        return {} if value is True else value
+
+
+class Shutdown(Model):
+    """`shutdown:` a command that stops the service (`pg_ctl stop`) before any signal,
+    given `timeout` to run and for the service to end."""
+
+    command: str | list[str]
+    timeout: Duration = 10.0

@@ -106,7 +106,7 @@ _CONDITIONS = {
 _RESTART = {"always": "always", "on_failure": "on-failure", "no": "no", "exit_on_failure": "no"}
 _KNOWN = {
     "command", "depends_on", "readiness_probe", "liveness_probe", "availability", "environment",
-    "working_dir", "shutdown", "is_daemon", "ready_log_line", "disabled", "namespace",
+    "working_dir", "shutdown", "is_daemon", "ready_log_line", "disabled", "namespace", "schedule",
 }  # fmt: skip
 
 
@@ -135,8 +135,9 @@ def _process(spec: dict[str, Any], common: dict[str, str], log_ready: bool) -> D
         notes.append("liveness_probe: one health check here; the readiness_probe was kept")
     _availability(spec.get("availability"), draft)
     _shutdown(spec.get("shutdown"), draft)
+    _schedule(spec.get("schedule"), draft)
     if spec.get("is_daemon"):
-        notes.append("is_daemon: true; run the program in the foreground here (stackvisor follows its pid)")
+        draft.fields["daemon"] = True
     if spec.get("disabled"):
         draft.fields["disabled"] = True
     if isinstance(spec.get("namespace"), str) and spec["namespace"] != "default":
@@ -194,9 +195,37 @@ def _shutdown(value: Any, draft: Draft) -> None:
     if value.get("timeout_seconds") is not None:
         draft.fields["stop_timeout"] = f"{value['timeout_seconds']}s"
     if value.get("command"):
+        draft.fields["shutdown"] = {"command": _shell(str(value["command"]))}
+        if value.get("timeout_seconds") is not None:
+            draft.fields["shutdown"]["timeout"] = f"{value['timeout_seconds']}s"
+
+
+def _schedule(value: Any, draft: Draft) -> None:
+    """process-compose's `schedule` has our field names; its `Local` zone is our default."""
+    if not isinstance(value, dict):
+        return
+    out: dict[str, Any] = {}
+    if value.get("cron"):
+        out["cron"] = str(value["cron"])
+        if value.get("interval"):
+            draft.notes.append(f"schedule.interval: {json.dumps(value['interval'])} (cron takes precedence)")
+        if value.get("timezone") and str(value["timezone"]) != "Local":
+            out["timezone"] = str(value["timezone"])
+    elif value.get("interval"):
+        out["interval"] = str(value["interval"])
+    else:
+        return
+    if value.get("run_on_start"):
+        out["run_on_start"] = True
+    if value.get("max_concurrent") not in (None, 1):
         draft.notes.append(
-            f"shutdown.command: {json.dumps(value['command'])} (a stop command has no equivalent)"
+            f"schedule.max_concurrent: {json.dumps(value['max_concurrent'])} (one run at a time here:"
+            " a tick that finds the last run going is skipped)"
         )
+    if draft.fields.get("restart") == "always":  # a run must end for the next one
+        draft.notes.append("availability.restart: always (a scheduled run restarts on failure at most)")
+        draft.fields["restart"] = "on-failure"
+    draft.fields["schedule"] = out
 
 
 def _environment(value: Any) -> dict[str, str]:

@@ -31,6 +31,7 @@ from stackvisor.config.address import split_host_port
 from stackvisor.config.endpoint import auth_header, check_url
 from stackvisor.config.fields import (
     Backoff,
+    Daemon,
     Dependency,
     Duration,
     EnvFile,
@@ -39,6 +40,7 @@ from stackvisor.config.fields import (
     Model,
     Port,
     PortRange,
+    Shutdown,
     SignalName,
     Watch,
     port_number,
@@ -46,6 +48,7 @@ from stackvisor.config.fields import (
     whole_number,
 )
 from stackvisor.config.kinds import DEFAULT_PORT_TYPES, Condition, RestartPolicy, Strategy, parse_duration
+from stackvisor.config.timetable import Schedule, nothing_waits_for_a_schedule, scheduled_service
 
 __all__ = [
     "Backoff",
@@ -104,6 +107,8 @@ class Service(Model):
     idle_stop: Duration | None = None
     # Stopped unless `stackvisor heartbeat SERVICE` comes within every `lease`.
     lease: Duration | None = None
+    # Run as a one-shot on a timetable (cron or an interval), not at `up` (see `timetable`).
+    schedule: Schedule | None = None
     # Kept as written, shown in `status --json` (Compose's labels: notes for tools).
     labels: dict[str, str] = {}
     # Compose's profiles: a service with profiles starts only when one of them is
@@ -113,6 +118,10 @@ class Service(Model):
     namespace: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # Kept in the file, not started by `up` unless named (or needed by what starts).
     disabled: bool = False
+    # A program that forks into the background: follow the process it leaves (`daemon`);
+    # stop it with a command rather than a signal first (`shutdown`).
+    daemon: Daemon | None = None
+    shutdown: Shutdown | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -144,6 +153,11 @@ class Service(Model):
         if self.idle_stop is not None and self.port is None:
             raise ValueError("idle_stop needs a port: idleness is counted in connections to it")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scheduled(cls, value: Any) -> Any:
+        return scheduled_service(value)  # each run a one-shot: `restart: no` unless said
 
     @field_validator("command")
     @classmethod
@@ -372,6 +386,12 @@ class StackConfig(Model):
             if svc.port == "auto" and svc.port_range is None and span is not None:
                 self.services[name] = svc.model_copy(update={"port_range": span})
         return self
+
+    @field_validator("services")
+    @classmethod
+    def _scheduled_alone(cls, services: dict[str, Service]) -> dict[str, Service]:
+        nothing_waits_for_a_schedule(services)
+        return services
 
     def port_types(self) -> dict[str, tuple[int, int] | None]:
         return {**DEFAULT_PORT_TYPES, **self.settings.port_types}

@@ -29,7 +29,7 @@ from stackvisor.system.files import dir_mode, open_append, secure_dir
 if TYPE_CHECKING:
     from stackvisor.config.schema import StackConfig
 
-READY = frozenset({State.HEALTHY, State.RUNNING, State.COMPLETED, State.IDLE})
+READY = frozenset({State.HEALTHY, State.RUNNING, State.COMPLETED, State.IDLE, State.SCHEDULED})
 BROKEN = frozenset({State.FAILED, State.EXITED})
 
 
@@ -159,7 +159,8 @@ def wait_ready(
         ]
         if progress is not None:
             progress(status)
-        broken = [s for s in services if s["state"] in BROKEN]
+        # A scheduled service's failed run is its own (in the history), not the stack's.
+        broken = [s for s in services if s["state"] in BROKEN and "next_run" not in s]
         if broken:
             return WaitResult(False, status, broken)
         if all(s["state"] in READY for s in services):

@@ -41,6 +41,8 @@ class EventKind(StrEnum):
     ACTIVATED = "activated"
     IDLE_STOP = "idle_stop"
     REPORT_FAILED = "report_failed"
+    SCHEDULED_RUN = "scheduled_run"
+    SCHEDULE_SKIPPED = "schedule_skipped"
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,25 @@ class ReportFailed(Payload):
     trigger: str  # interval | change
 
 
+@dataclass(frozen=True)
+class ScheduledRun(Payload):
+    kind = EventKind.SCHEDULED_RUN
+    description = "a scheduled service's run ended (`exit_code`, `duration`, `result`: the state it ended in)"
+    exit_code: int | None
+    duration: float
+    result: str  # completed | exited | failed | stopped
+    trigger: str  # schedule: a tick started it; request: a start or restart by hand
+
+
+@dataclass(frozen=True)
+class ScheduleSkipped(Payload):
+    kind = EventKind.SCHEDULE_SKIPPED
+    description = "a tick of a service's schedule found its last run still going, and was skipped"
+    reason: str
+    running_for: float | None  # seconds the run that goes on has run
+    next_run: float | None  # unix time of the next tick
+
+
 PAYLOADS: dict[EventKind, type[Payload]] = {
     cls.kind: cls
     for cls in (
@@ -251,6 +272,8 @@ PAYLOADS: dict[EventKind, type[Payload]] = {
         Activated,
         IdleStopped,
         ReportFailed,
+        ScheduledRun,
+        ScheduleSkipped,
     )
 }
 assert set(PAYLOADS) == set(EventKind), "every kind of event has a payload"

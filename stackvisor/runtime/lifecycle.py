@@ -41,6 +41,7 @@ class Rules:
     backoff: Backoff = field(default_factory=Backoff)
     healthcheck: bool = False
     has_dependencies: bool = False
+    scheduled: bool = False
 
     @classmethod
     def of(cls, service: Service) -> Rules:
@@ -51,7 +52,13 @@ class Rules:
             backoff=service.backoff,
             healthcheck=service.healthcheck is not None,
             has_dependencies=bool(service.depends_on),
+            scheduled=service.schedule is not None,
         )
+
+    @property
+    def waits_in(self) -> State:
+        """Where it waits to be started by something other than `up`."""
+        return State.SCHEDULED if self.scheduled else State.IDLE
 
 
 class Ending(StrEnum):
@@ -138,7 +145,8 @@ class BackoffOver:
 
 @dataclass(frozen=True)
 class Idle:
-    """`start: on_demand`: the service waits for a connection on its port."""
+    """The service waits for a connection on its port (`start: on_demand`: `idle`), or
+    for the next tick of its schedule (`scheduled`)."""
 
     reason: str
 
@@ -254,8 +262,9 @@ def step(life: Life, event: LifeEvent, now: float, rules: Rules) -> Step:
             return _exited(life, code, port_taken, now, rules, waiting_for)
         case BackoffOver() if state is State.BACKOFF:
             return Step(life, (), (Spawn(),))
-        case Idle(reason) if state in SETTLED and state is not State.IDLE:
-            return _step(life, replace(life, state=State.IDLE), [Transition(State.IDLE, reason)])
+        case Idle(reason) if state in SETTLED and state is not rules.waits_in:
+            waiting = rules.waits_in
+            return _step(life, replace(life, state=waiting), [Transition(waiting, reason)])
         case Crashed(reason) if State.FAILED in ALLOWED[state]:
             return _step(
                 life, replace(life, state=State.FAILED, ending=None), [Transition(State.FAILED, reason)]
@@ -290,7 +299,7 @@ def _stop(life: Life, reason: str) -> Step:
         return _step(
             life, replace(life, state=State.STOPPED), [Transition(State.STOPPED, "stopped during backoff")]
         )
-    if state in (State.PENDING, State.IDLE):
+    if state in (State.PENDING, State.IDLE, State.SCHEDULED):
         return _step(life, replace(life, state=State.STOPPED), [Transition(State.STOPPED, reason)])
     if state in ALIVE:
         new = replace(life, state=State.STOPPING, ending=Ending.STOP)

@@ -160,7 +160,7 @@ class Spawner:
             _spawner=self,
             cgroup=cgroup,
         )
-        _watch_exit(child)
+        watch_exit(child)
         return child
 
     def reap_soon(self) -> None:
@@ -394,7 +394,7 @@ def pdeathsig_launcher() -> tuple[str, ...]:
     return (setpriv, "--pdeathsig", "KILL", "--") if knows else ()
 
 
-def _watch_exit(child: Child) -> None:
+def watch_exit(child: Child) -> None:
     loop = asyncio.get_running_loop()
     try:
         pidfd = os.pidfd_open(child.pid)

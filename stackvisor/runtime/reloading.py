@@ -51,6 +51,10 @@ class Reloading:
 
         def unwatch(self, name: str) -> None: ...
 
+        def schedule_added(self, name: str, tg: asyncio.TaskGroup, *, paused: bool = False) -> bool: ...
+
+        def unschedule(self, name: str) -> None: ...
+
         async def stop_services(self, names: Iterable[str], *, keep_sockets: bool = False) -> None: ...
 
     async def converge(self, names: Sequence[str], profiles: Sequence[str] = ()) -> ConvergeResult:
@@ -76,6 +80,8 @@ class Reloading:
             started = []
             for name in graph.start_order(self.config.graph()):
                 runner = self.runners[name]
+                if name in wanted and self.schedule_added(name, tg):
+                    continue  # it runs on its schedule (again, if it was stopped by hand)
                 if name in wanted and not runner.running and runner.state is not State.COMPLETED:
                     runner.start(tg)
                     started.append(name)
@@ -126,12 +132,14 @@ class Reloading:
         await self.stop_services(plan.stop)
         for name in plan.diff.removed:
             self.unwatch(name)
+            self.unschedule(name)
             self.runners.pop(name).close()
             self.ports.forget(name)
         self.config = self.ports.config = new
         self.record()
         for name in plan.diff.changed:
             self.unwatch(name)  # made again below from what the service says now
+            self.unschedule(name)
             runner = self.runners[name]
             runner.reconfigure(new.services[name])
             if not isinstance(new.services[name].port, str):  # `auto` keeps the port it has
@@ -143,7 +151,13 @@ class Reloading:
             self.ports.set(name, fixed(svc))
         self.selection = set(plan.selection)
         watched = [*plan.diff.changed, *plan.diff.added]
-        on_demand = {n for n in watched if n in self.selection and self.watch_added(n, tg)}
+        waiting = {n for n in watched if n in self.selection and self.watch_added(n, tg)}  # on demand
+        # A scheduled one waits for its tick, also after an edit; one stopped by hand stays so.
+        waiting |= {
+            n
+            for n in watched
+            if n in self.selection and self.schedule_added(n, tg, paused=n not in plan.start)
+        }
         for name in plan.start:
-            if not self.runners[name].running and name not in on_demand:
+            if not self.runners[name].running and name not in waiting:
                 self.runners[name].start(tg)

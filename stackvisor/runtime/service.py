@@ -20,11 +20,12 @@ import time
 from stackvisor.config.schema import Service
 from stackvisor.config.users import UserSpec
 from stackvisor.errors import StartError
+from stackvisor.runtime import daemon
 from stackvisor.runtime.command import HeldSocket
 from stackvisor.runtime.context import RunnerContext
-from stackvisor.runtime.dependencies import DependencyFacts, DependencyVerdict, dependencies_verdict, outage
+from stackvisor.runtime.dependencies import DependencyVerdict, dependencies_verdict, outage
 from stackvisor.runtime.events import HealthChanged, Restarting, StateChanged
-from stackvisor.runtime.freshness import Basis, outdated
+from stackvisor.runtime.freshness import Basis
 from stackvisor.runtime.launch import launch
 from stackvisor.runtime.lifecycle import (
     Action,
@@ -55,14 +56,14 @@ from stackvisor.runtime.logs import ServiceLog, pump
 from stackvisor.runtime.policy import Health
 from stackvisor.runtime.probing import HealthProbe, port_taken_by_other
 from stackvisor.runtime.process import Child
+from stackvisor.runtime.servicefacts import ServiceFacts
 from stackvisor.runtime.states import ALIVE, SETTLED, State
-from stackvisor.runtime.status import ServiceStatus
 from stackvisor.runtime.stopping import until_stopped
 
 _DRAIN_GRACE = 1.0
 
 
-class ServiceRunner:
+class ServiceRunner(ServiceFacts):
     def __init__(self, ctx: RunnerContext, config: Service, log: ServiceLog) -> None:
         self.ctx = ctx
         self.name = config.name
@@ -86,66 +87,6 @@ class ServiceRunner:
         self._keep_socket = False  # set while a restart stops the service
         self._user: UserSpec | None = None  # who the current process runs as
         self._basis: Basis | None = None  # what the current run was started against
-
-    # ----- what the stack may read -----------------------------------------------------
-
-    @property
-    def config(self) -> Service:
-        return self._config
-
-    @property
-    def state(self) -> State:
-        return self._life.state
-
-    @property
-    def reason(self) -> str:
-        return self._reason
-
-    @property
-    def port(self) -> int | None:
-        return self._port
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    @property
-    def settled(self) -> bool:
-        return self.state in SETTLED
-
-    def facts(self) -> DependencyFacts:
-        return DependencyFacts(
-            self.state, self._spawned, self._config.restart, self._reason, self._spawn_count
-        )
-
-    def outdated(self) -> str:
-        """Why this run (or completed one-shot) is outdated ("": it is not; see `freshness`)."""
-        live = self.state in ALIVE or (self.state is State.COMPLETED and not self.running)
-        if self._basis is None or not live or not (self._basis.runs or self._basis.ports):
-            return ""  # asked on every event: most services follow nothing, answer at once
-        return outdated(self._basis, self._config, self.ctx.dependency, self.ctx.port_env(self.name))
-
-    @property
-    def process(self) -> Child | None:
-        """The service's process while it runs (or stops)."""
-        child = self._child
-        alive = child is not None and child.alive and self.state in ALIVE | {State.STOPPING}
-        return child if alive else None
-
-    def status(self) -> ServiceStatus:
-        child = self.process
-        return {
-            "name": self.name,
-            "state": str(self.state),
-            "reason": self._reason,
-            "pid": child.pid if child else None,
-            "port": self._port,
-            "health": None if self._health is None else str(self._health),
-            "restarts": self._life.restarts_total,
-            "exit_code": self._exit_code,
-            "started_at": self._started_at if child else None,
-            "depends_on": list(self._config.depends_on),
-        }
 
     # ----- what the stack may ask ------------------------------------------------------
 
@@ -175,7 +116,7 @@ class ServiceRunner:
         finally:
             self._keep_socket = False
         # A start that came while we waited owns the service now: leave its state alone.
-        if self._task is task and self.state in (State.PENDING, State.BACKOFF):
+        if self._task is task and self.state in (State.PENDING, State.BACKOFF, State.SCHEDULED):
             self._feed(StopRequested(reason))
 
     def send_signal(self, sig: int) -> int | None:
@@ -203,8 +144,8 @@ class ServiceRunner:
         self._listener.close()
 
     def go_idle(self, reason: str, *, hold: bool = True) -> int | None:
-        """`start: on_demand`: wait in `idle`; with `hold`, holding the port's listening
-        socket (its fd, for the supervisor to watch for a connection)."""
+        """`start: on_demand`: wait in `idle` (`schedule`: in `scheduled`); with `hold`, holding
+        the port's listening socket (its fd, for the supervisor to watch for a connection)."""
         fd = self._listener.fileno(self._port or 0) if hold else None
         self._feed(Idle(reason))
         return fd
@@ -347,6 +288,10 @@ class ServiceRunner:
         self._terminate = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             drained = tg.create_task(pump(child.output_fd, self.log.feed))
+            if self._config.daemon is not None:  # it forks into the background: follow that
+                child = self._child = await daemon.settle(
+                    child, self._config, self.ctx.root, self._stop, self.log
+                )
             prober = None
             if check is not None:
                 self._health = Health.STARTING
@@ -405,7 +350,12 @@ class ServiceRunner:
         return code, lost and await port_taken_by_other(self.ctx, self._port, child)
 
     async def _end(self, child: Child, why: str) -> None:
-        """Stop signal to the group, SIGKILL after the grace period; waits for the exit."""
+        """`shutdown.command` first if any, then the stop signal to the group, SIGKILL after
+        the grace period; waits for the exit."""
+        if self._config.shutdown is not None and child.alive:
+            self.log.note(
+                await daemon.shut_down(child, self._config, self.ctx.root, self.ctx.port_env(self.name))
+            )
         if child.alive:
             self.log.note(f"stopping ({why}): {self._config.stop_signal} to the process group")
         await child.stop(self._config.signal_number, self.ctx.stop_timeout(self._config))

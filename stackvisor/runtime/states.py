@@ -22,12 +22,13 @@ class State(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     IDLE = "idle"  # `start: on_demand`: its port listens, the next connection starts it
+    SCHEDULED = "scheduled"  # `schedule:`: nothing runs; its next tick starts it
 
 
 _ALIVE = {State.STARTING, State.RUNNING, State.HEALTHY, State.UNHEALTHY}
 # PENDING after a run: a dependency is down, so the service waits for it, not a restart.
 _ENDED_AFTER_RUN = {State.EXITED, State.COMPLETED, State.BACKOFF, State.FAILED, State.STOPPING, State.PENDING}
-_RESTARTABLE = {State.PENDING, State.STARTING, State.STOPPED, State.IDLE}
+_RESTARTABLE = {State.PENDING, State.STARTING, State.STOPPED, State.IDLE, State.SCHEDULED}
 
 ALLOWED: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.STARTING, State.FAILED, State.STOPPED}),
@@ -42,13 +43,15 @@ ALLOWED: dict[State, frozenset[State]] = {
     State.EXITED: frozenset(_RESTARTABLE),
     State.COMPLETED: frozenset(_RESTARTABLE),
     State.FAILED: frozenset(_RESTARTABLE),
-    State.IDLE: frozenset({State.PENDING, State.STOPPED}),
+    # A reload may turn an on-demand service into a scheduled one, or back.
+    State.IDLE: frozenset({State.PENDING, State.STOPPED, State.SCHEDULED}),
+    State.SCHEDULED: frozenset({State.PENDING, State.STOPPED, State.IDLE}),
 }
 
 # A process of the service exists in these states.
 ALIVE = frozenset(_ALIVE)
 # Nothing more happens to a service in these states unless somebody asks.
-SETTLED = frozenset({State.STOPPED, State.EXITED, State.COMPLETED, State.FAILED, State.IDLE})
+SETTLED = frozenset({State.STOPPED, State.EXITED, State.COMPLETED, State.FAILED, State.IDLE, State.SCHEDULED})
 
 
 class TransitionError(RuntimeError):

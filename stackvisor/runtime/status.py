@@ -34,6 +34,7 @@ class ServiceStatus(TypedDict):
     idle_stop_in: NotRequired[float | None]  # with `idle_stop`: seconds until it is stopped
     lease_left: NotRequired[float | None]  # with `lease`: seconds until it is stopped
     internal_port: NotRequired[int | None]  # with `socket: proxy`: where the service listens
+    next_run: NotRequired[float | None]  # with `schedule`: unix time of its next tick (None: stopped)
 
 
 class ReloadResult(TypedDict):

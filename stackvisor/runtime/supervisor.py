@@ -39,6 +39,7 @@ from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
 from stackvisor.runtime.process import Spawner, become_subreaper
 from stackvisor.runtime.reloading import Reloading
 from stackvisor.runtime.resources import Meter
+from stackvisor.runtime.scheduling import Scheduler, Scheduling
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.state import Ledger, StateDB
 from stackvisor.runtime.states import State
@@ -56,7 +57,7 @@ Companion = Callable[["Supervisor"], Coroutine[Any, Any, None]]
 __all__ = ["Companion", "Lease", "Supervisor"]
 
 
-class Supervisor(Reloading, Activating):
+class Supervisor(Reloading, Activating, Scheduling):
     def __init__(
         self,
         config: StackConfig,
@@ -112,6 +113,7 @@ class Supervisor(Reloading, Activating):
         self.tg: asyncio.TaskGroup | None = None
         self.activations: dict[str, Activation] = {}  # on demand, idle_stop, lease (see activation)
         self._activation_tasks: dict[str, asyncio.Task[None]] = {}  # those a reload added
+        self.schedules: dict[str, Scheduler] = {}  # services with `schedule` (see scheduling)
         self._stop_requested = asyncio.Event()
         self._stop_reason = ""
         self._interrupts = 0
@@ -186,10 +188,11 @@ class Supervisor(Reloading, Activating):
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
                 for name in graph.start_order(self.config.graph()):
-                    if name in self.selection and self.runners[name].config.start != "on_demand":
+                    if name in self.selection and self.started_by_up(name):
                         self.runners[name].start(tg)
                 watchers: list[asyncio.Task[None]] = [tg.create_task(c(self)) for c in companions]
                 watchers += [tg.create_task(a.run()) for a in self._activations()]
+                self.start_schedules(tg)  # they end when the stack stops
                 if until_done:
                     watchers.append(tg.create_task(self._stop_when_done()))
                 watchers += [tg.create_task(w) for w in watches(self.lease, self.clock, self.request_stop)]
@@ -198,7 +201,7 @@ class Supervisor(Reloading, Activating):
                     tg.create_task(follow(selected, self.bus, self.restart_services, self.logger))
                 )
                 await self._stop_requested.wait()
-                for watcher in watchers:
+                for watcher in [*watchers, *self._activation_tasks.values()]:  # and those reloads added
                     watcher.cancel()
                 await self.shutdown()
         finally:
@@ -336,7 +339,7 @@ class Supervisor(Reloading, Activating):
         async with self._actions:
             self._check_not_stopping()
             runner = self.runners.get(name)
-            if runner is None or not runner.running:
+            if runner is None or not (runner.running or runner.state is State.SCHEDULED):
                 state = runner.state if runner else "gone"
                 raise ActionConflict(f"{name} is not running (it is {state})")
             await runner.stop("stopped on request")
@@ -378,6 +381,7 @@ class Supervisor(Reloading, Activating):
         for name in graph.start_order(self.config.graph()):
             entry = self.runners[name].status()
             entry["selected"] = name in self.selection
+            self.schedule_status(name, entry)
             entry["resources"] = figures.get(name)
             asked = self.runners[name].config.port
             entry["labels"], entry["requested_port"], entry["namespace"] = (

@@ -7,7 +7,7 @@ const TONES = {
   healthy: "ok", running: "ok", completed: "off",
   pending: "busy", starting: "busy", stopping: "busy",
   backoff: "warn", restarting: "warn", unhealthy: "warn",
-  failed: "bad", stopped: "off", exited: "off", idle: "idle",
+  failed: "bad", stopped: "off", exited: "off", idle: "idle", scheduled: "idle",
 };
 const SVG = "http://www.w3.org/2000/svg";
 const page = {
