@@ -251,19 +251,25 @@ def test_a_burst_through_the_proxy_is_all_served_and_idle_stop_counts_its_connec
     assert ask_pid(port) != pids[0]
 
 
-def test_an_on_demand_service_added_by_a_reload_waits_idle(tmp_path: Path, detached: Any) -> None:
+def reload_in_an_on_demand_api(root: Path, detached: Any) -> tuple[Path, int]:
+    """A stack of one service, then `api` (on demand) added by an edit of the file."""
     (port,) = free_ports(1)
-    (tmp_path / "inherit.py").write_text(INHERITING)
+    (root / "inherit.py").write_text(INHERITING)
     stack = write_stack(
-        tmp_path, "services:\n  other: {command: \"python3 -c 'import time; time.sleep(300)'\"}\n"
+        root, "services:\n  other: {command: \"python3 -c 'import time; time.sleep(300)'\"}\n"
     )
-    assert detached(tmp_path).returncode == 0
+    assert detached(root).returncode == 0
     stack.write_text(
         stack.read_text()
         + f"  api:\n    command: python3 inherit.py\n    port: {port}\n"
         + "    socket: inherit\n    start: on_demand\n"
     )
-    wait_for(lambda: "api" in {s["name"] for s in client(tmp_path).get("/v1/status")["services"]}, timeout=15)
+    wait_for(lambda: "api" in {s["name"] for s in client(root).get("/v1/status")["services"]}, timeout=15)
+    return stack, port
+
+
+def test_an_on_demand_service_added_by_a_reload_waits_idle(tmp_path: Path, detached: Any) -> None:
+    stack, port = reload_in_an_on_demand_api(tmp_path, detached)
     wait_for(lambda: service(tmp_path)["state"] == "idle", timeout=10)
     assert service(tmp_path)["pid"] is None
     pid = ask(port)
@@ -305,18 +311,7 @@ def test_a_reload_that_makes_a_service_on_demand_leaves_it_idle_and_back(
 
 
 def test_down_ends_a_stack_whose_on_demand_service_came_by_a_reload(tmp_path: Path, detached: Any) -> None:
-    (port,) = free_ports(1)
-    (tmp_path / "inherit.py").write_text(INHERITING)
-    stack = write_stack(
-        tmp_path, "services:\n  other: {command: \"python3 -c 'import time; time.sleep(300)'\"}\n"
-    )
-    assert detached(tmp_path).returncode == 0
-    stack.write_text(
-        stack.read_text()
-        + f"  api:\n    command: python3 inherit.py\n    port: {port}\n"
-        + "    socket: inherit\n    start: on_demand\n"
-    )
-    wait_for(lambda: "api" in {s["name"] for s in client(tmp_path).get("/v1/status")["services"]}, timeout=15)
+    _, port = reload_in_an_on_demand_api(tmp_path, detached)
     woken = ask(port)
     began = time.monotonic()
     done = cli("down", "--timeout", "20s", cwd=tmp_path)

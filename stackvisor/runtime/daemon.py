@@ -43,21 +43,26 @@ class Adopted(Child):
     adopted_from: int = field(default=0)  # the pid of the process that started it
 
     @classmethod
-    def gone(cls, launcher: Child) -> Adopted:
-        """No daemon to follow: an ended process (exit -1) in the launcher's place, so the
-        service counts as failed and what it left in its cgroup is cleaned up."""
-        stand_in = cls(
-            pid=launcher.pid,
-            pgid=launcher.pgid,
-            started=launcher.started,
+    def of(cls, launcher: Child, pid: int, pgid: int, started: float) -> Adopted:
+        """Process `pid`, of the service that `launcher` started (its marker, cgroup, output)."""
+        return cls(
+            pid=pid,
+            pgid=pgid,
+            started=started,
             marker=launcher.marker,
             output_fd=launcher.output_fd,
             popen=launcher.popen,
             _spawner=launcher._spawner,
-            exit_code=-1,
             cgroup=launcher.cgroup,
             adopted_from=launcher.pid,
         )
+
+    @classmethod
+    def gone(cls, launcher: Child) -> Adopted:
+        """No daemon to follow: an ended process (exit -1) in the launcher's place, so the
+        service counts as failed and what it left in its cgroup is cleaned up."""
+        stand_in = cls.of(launcher, launcher.pid, launcher.pgid, launcher.started)
+        stand_in.exit_code = -1
         stand_in._exited.set()
         return stand_in
 
@@ -119,17 +124,7 @@ async def adopt(launcher: Child, config: Service, root: Path) -> tuple[Adopted |
         group = os.getpgid(pid)
     except ProcessLookupError:
         return None, f"daemon: pid {pid} ended as it was found"
-    daemon = Adopted(
-        pid=pid,
-        pgid=group,
-        started=began,
-        marker=launcher.marker,
-        output_fd=launcher.output_fd,
-        popen=launcher.popen,
-        _spawner=launcher._spawner,
-        cgroup=launcher.cgroup,
-        adopted_from=launcher.pid,
-    )
+    daemon = Adopted.of(launcher, pid, group, began)
     watch_exit(daemon)
     return daemon, f"daemon: following pid {pid} (from {where})"
 
