@@ -84,6 +84,9 @@ processes:
       backoff_seconds: 2
       max_restarts: 5
     namespace: backend
+  worker:
+    command: "./work.sh --id $PC_REPLICA_NUM"
+    replicas: 2
   legacy:
     command: "./daemon.sh"
     is_daemon: true
@@ -109,11 +112,13 @@ def test_a_process_compose_file_in_its_documented_shapes(tmp_path: Path) -> None
     assert legacy.daemon is not None and legacy.daemon.pidfile is None  # is_daemon: true
     assert db.shutdown is not None and (db.shutdown.command, db.shutdown.timeout) == ("pg_ctl stop", 10.0)
     assert (api.namespace, db.namespace) == ("backend", None)
+    assert config.groups["worker"].replicas == 2 and "worker.1" in config.services  # replicas
     # Nothing is dropped silently: each field without an equivalent is a comment.
     for kept in (
         "# log_location",
         "# liveness_probe",
         "# availability.restart: exit_on_failure",
+        "# PC_REPLICA_NUM",
     ):
         assert kept in text
 

@@ -49,10 +49,16 @@ def check_names(config: Any, names: Sequence[str]) -> None:
     services = config.services
     if not services:
         return  # the file does not parse now: the supervisor will say what it knows
-    unknown = [n for n in names if n not in services]
+    unknown = [n for n in names if n not in services and not any(copy_of(s, n) for s in services)]
     if unknown:
         known = ", ".join(sorted(services))
         raise UsageError(f"unknown service {', '.join(unknown)} (the stack has: {known})")
+
+
+def copy_of(service: str, group: str) -> bool:
+    """`api.1` is a copy of `api` (`replicas`)."""
+    base, dot, index = service.rpartition(".")
+    return bool(dot) and base == group and index.isdigit()
 
 
 def named(config: StackConfig, args: argparse.Namespace) -> list[str]:

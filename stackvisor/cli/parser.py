@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from stackvisor.cli import audit, export, importing, registry, reporting, running, stack, top, ui
+from stackvisor.cli import audit, export, importing, registry, reporting, running, scaling, stack, top, ui
 from stackvisor.config.kinds import Strategy, parse_duration
 
 
@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     for action in ("start", "stop"):
         p = command(action, f"{action} one service of the running stack", running.service_action(action))
         p.add_argument("service", metavar="SERVICE")
+
+    scale = command("scale", "run N copies of a service (`replicas`) in the running stack", scaling.cmd_scale)
+    scale.add_argument("service", metavar="SERVICE")
+    scale.add_argument("replicas", type=scaling.replicas, metavar="N")
 
     beat = command(
         "heartbeat",

@@ -21,6 +21,7 @@ from stackvisor.cli.common import (
     locate,
 )
 from stackvisor.cli.render import format_status
+from stackvisor.cli.scaling import with_copies
 from stackvisor.errors import ApiError, NotRunning
 
 
@@ -45,7 +46,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     config = locate(args)
     check_names(config, args.services)
-    names = args.services or list(config.services)
+    names = with_copies(args.services, config.services) or list(config.services)
     try:
         api = client(config)
     except NotRunning:
@@ -54,7 +55,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
         for line in ops.read_log_files(config, names, args.lines):
             print(line)
         return EXIT_OK
-    names = names or [s["name"] for s in api.get("/v1/status")["services"]]
+    running = [s["name"] for s in api.get("/v1/status")["services"]]
+    names = with_copies(names or running, running)  # a group (`replicas`) is its copies
     width = max(len(n) for n in names)
     if args.follow:
         return follow_logs(api, names, args.lines)

@@ -9,6 +9,9 @@ the contents of the `env_file`s, so editing an env file changes the service even
 though `services.yaml` did not change. The rule is deliberately simple: any field that
 differs makes the service changed, including `watch` and a `depends_on` entry's
 `restart` or `required` flag.
+A group's copies (`replicas`) are compared one by one, a dependency on a group as
+written (not the copies it names now): a change of `replicas` adds or removes copies,
+and changes neither the other copies nor the dependents.
 A service whose own configuration is equal stays unchanged even when one of its
 dependencies changed; `restart_set` adds the dependents that asked to follow
 (`depends_on: {db: {restart: true}}`).
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from stackvisor.config.replicas import fold
 from stackvisor.config.schema import Settings, StackConfig
 
 
@@ -53,8 +57,9 @@ class ReloadDiff:
 
 def diff_configs(old: StackConfig, new: StackConfig) -> ReloadDiff:
     """Compare two stacks service by service, and their settings field by field."""
-    before = {name: service.model_dump() for name, service in old.services.items()}
-    after = {name: service.model_dump() for name, service in new.services.items()}
+    # A dependency on a group names its copies: a scale changes no dependent.
+    before = {name: fold(old, service).model_dump() for name, service in old.services.items()}
+    after = {name: fold(new, service).model_dump() for name, service in new.services.items()}
     common = sorted(before.keys() & after.keys())
     old_settings = old.settings.model_dump()
     new_settings = new.settings.model_dump()

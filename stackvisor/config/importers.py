@@ -107,6 +107,7 @@ _RESTART = {"always": "always", "on_failure": "on-failure", "no": "no", "exit_on
 _KNOWN = {
     "command", "depends_on", "readiness_probe", "liveness_probe", "availability", "environment",
     "working_dir", "shutdown", "is_daemon", "ready_log_line", "disabled", "namespace", "schedule",
+    "replicas",
 }  # fmt: skip
 
 
@@ -142,10 +143,25 @@ def _process(spec: dict[str, Any], common: dict[str, str], log_ready: bool) -> D
         draft.fields["disabled"] = True
     if isinstance(spec.get("namespace"), str) and spec["namespace"] != "default":
         draft.fields["namespace"] = spec["namespace"]
+    _replicas(spec, draft)
     notes.extend(
         f"{key}: {json.dumps(spec[key], default=str)} (no equivalent)" for key in sorted(set(spec) - _KNOWN)
     )
     return draft
+
+
+def _replicas(spec: dict[str, Any], draft: Draft) -> None:
+    """process-compose's `replicas` is ours; its copies' index, PC_REPLICA_NUM, is REPLICA."""
+    count = spec.get("replicas")
+    if count is None:
+        return
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        draft.notes.append(f"replicas: {json.dumps(count, default=str)} (expected a number, 0 or more)")
+        return
+    if count != 1:
+        draft.fields["replicas"] = count
+    if "PC_REPLICA_NUM" in json.dumps([spec.get("command"), spec.get("environment")], default=str):
+        draft.notes.append("PC_REPLICA_NUM: each copy's index is REPLICA here")
 
 
 def _healthcheck(probe: dict[str, Any]) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Longest operators first, so `:-` is not read as `:` followed by `-default`.
@@ -53,9 +53,30 @@ def port_variables(service_names: Iterable[str]) -> set[str]:
     return {"PORT"} | {port_variable(name) for name in service_names}
 
 
-def port_env(ports: Mapping[str, int | None], own: str | None = None) -> dict[str, str]:
-    """The port variables' values: `<NAME>_PORT` per service with a port, `PORT` for `own`."""
+def ports_variable(group: str) -> str:
+    """The variable with the ports of every copy of a group: `api` -> `API_PORTS`."""
+    return port_variable(group) + "S"
+
+
+def port_env(
+    ports: Mapping[str, int | None],
+    own: str | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, str]:
+    """The port variables' values: `<NAME>_PORT` per service with a port, `PORT` for `own`.
+
+    For each group of copies (`replicas`), `<GROUP>_PORTS`, the ports of its copies
+    in order, comma-separated, and `<GROUP>_PORT`, the first of them; `REPLICA` when
+    `own` is a copy (its index).
+    """
     env = {port_variable(name): str(port) for name, port in ports.items() if port is not None}
+    for group, copies in (groups or {}).items():
+        found = [str(port) for copy in copies if (port := ports.get(copy)) is not None]
+        env[ports_variable(group)] = ",".join(found)
+        if found:
+            env[port_variable(group)] = found[0]
+        if own in copies:
+            env["REPLICA"] = str(copies.index(own))
     if own is not None and ports.get(own) is not None:
         env["PORT"] = str(ports[own])
     return env

@@ -36,6 +36,7 @@ from stackvisor.config.explain import validate
 from stackvisor.config.finding import CONFIG_NAMES, find_config
 from stackvisor.config.include import extend, include, included_paths
 from stackvisor.config.interpolate import InterpolationError, interpolate, port_variables
+from stackvisor.config.replicas import expand, replica_variables
 from stackvisor.config.report import Report, display
 from stackvisor.config.schema import StackConfig
 from stackvisor.config.yamlpos import Document, Loc, parse_yaml
@@ -69,7 +70,7 @@ def load_config(
     variables: Mapping[str, str] = ChainMap(dict(environ), _read_dotenv(root / ".env", environ, report))
     services_data = document.data.get("services")
     names = list(services_data) if isinstance(services_data, dict) else []
-    kept = port_variables(names)
+    kept = port_variables(names) | replica_variables(names, services_data)
 
     written = extend(document.data, root, _read_document, report)
     data = _interpolate_tree(carry_over(written, variables, report), (), variables, kept, report)
@@ -93,6 +94,9 @@ def load_config(
         config = include(config, included_paths(includes, root, report), load_included, report)
     check_stack(config, report)
     report.raise_if_any()
+    if not _including:  # once, over the whole stack: a group's copies (see `replicas`)
+        config = expand(config, report)
+        report.raise_if_any()
     return config
 
 
@@ -212,9 +216,10 @@ def _prepare(data: dict[str, Any], path: Path, report: Report, *, included: bool
     """Fill in what the loader owns (names, path) and reject it when written in the file.
     A file that includes others may have no services of its own."""
     data = dict(data)
-    if "path" in data:
-        report.add(("path",), "unknown field (the file's own location is used)", key=True)
-        del data["path"]
+    for owned, why in (("path", "the file's own location is used"), ("groups", "see `replicas`")):
+        if owned in data:
+            report.add((owned,), f"unknown field ({why})", key=True)
+            del data[owned]
     if not data.get("name"):
         data["name"] = path.parent.name
     data["path"] = path

@@ -122,6 +122,8 @@ class Service(Model):
     # stop it with a command rather than a signal first (`shutdown`).
     daemon: Daemon | None = None
     shutdown: Shutdown | None = None
+    # Copies of the service, each its own process and port (see `replicas`).
+    replicas: int = Field(default=1, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -374,6 +376,9 @@ class StackConfig(Model):
     settings: Settings = Settings()
     services: dict[str, Service]
     path: Path = Path("services.yaml")
+    # Filled in by the loader: each service with `replicas` other than 1, as written;
+    # `services` holds its copies (see `replicas`).
+    groups: dict[str, Service] = {}
 
     @model_validator(mode="after")
     def _ports_from_types(self) -> StackConfig:

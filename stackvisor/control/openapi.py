@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any
 
-from stackvisor.control import audit_api, registry_api
+from stackvisor.control import audit_api, registry_api, scaling_api
 from stackvisor.runtime.events import PAYLOADS, EventKind
 from stackvisor.runtime.states import State
 
@@ -317,6 +317,7 @@ OPENAPI: dict[str, Any] = {
         },
         **registry_api.PATHS,
         **audit_api.PATHS,
+        **scaling_api.paths(_NAME, _json, _errors),
     },
     "components": {
         "schemas": {

@@ -31,6 +31,7 @@ from stackvisor.control.http import (
     supervisor,
 )
 from stackvisor.control.openapi import OPENAPI
+from stackvisor.control.scaling_api import group_action, scale
 from stackvisor.errors import ActionConflict, ApiError
 from stackvisor.runtime.supervisor import Supervisor
 
@@ -44,10 +45,12 @@ async def service(request: web.Request) -> web.Response:
 
 
 async def service_action(request: web.Request) -> web.Response:
+    sup = supervisor(request)
+    if sup.is_group(request.match_info["name"]):  # every copy of it (`replicas`)
+        return await group_action(request)
     name = service_name(request)
     action = request.match_info["action"]
     await json_body(request)
-    sup = supervisor(request)
     try:
         if action == "start":
             await sup.start_service(name)
@@ -70,7 +73,7 @@ def _names(body: dict[str, Any], field: str = "services") -> list[str]:
 async def restart_many(request: web.Request) -> web.Response:
     body = await json_body(request)
     sup = supervisor(request)
-    names = _names(body)
+    names = [one for name in _names(body) for one in sup.members(name)]
     unknown = [n for n in names if n not in sup.runners]
     if unknown:
         raise ApiError(404, "unknown service", ", ".join(unknown))
@@ -151,6 +154,7 @@ def make_app(sup: Supervisor, token: str | None = None) -> web.Application:
     app.router.add_post("/v1/reload", reload)
     app.router.add_post("/v1/heartbeat", heartbeat)
     app.router.add_post("/v1/services/{name}/heartbeat", service_heartbeat)
+    app.router.add_post("/v1/services/{name}/scale", scale)
     app.router.add_get("/v1/events", streams.events)
     app.router.add_get("/v1/ws", streams.websocket)
     app.router.add_get("/openapi.json", openapi)

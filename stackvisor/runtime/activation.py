@@ -27,6 +27,7 @@ from stackvisor.errors import ActionConflict
 from stackvisor.ports import tables
 from stackvisor.runtime.clock import Clock
 from stackvisor.runtime.command import listening_socket
+from stackvisor.runtime.deadman import Lease
 from stackvisor.runtime.events import Activated, EventBus, IdleStopped
 from stackvisor.runtime.proxy import Proxy
 from stackvisor.runtime.service import ServiceRunner
@@ -193,10 +194,23 @@ class Activating:
     selection: set[str]
     bus: EventBus
     clock: Clock
+    lease: Lease
 
     if TYPE_CHECKING:  # the supervisor's
 
         async def start_service(self, name: str) -> None: ...
+
+    def heartbeat(self, service: str | None = None) -> float | None:
+        """Renew the stack's lease, or a service's own (`lease:`); seconds left."""
+        if service is None:
+            return self.lease.renew(self.clock)
+        activation = self.activations.get(service)
+        if activation is None or activation.runner.config.lease is None:
+            raise ActionConflict(f"{service} has no lease (give it `lease: 30s`)")
+        if not activation.runner.running:
+            raise ActionConflict(f"{service} is {activation.runner.state}: start it, then renew it")
+        activation.heartbeat()
+        return activation.deadlines()["lease_left"]
 
     def _activations(self) -> list[Activation]:
         """One per selected service started on demand, proxied, stopped when idle or held by a lease."""

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from stackvisor.config.interpolate import port_env
+from stackvisor.config.replicas import groups
 from stackvisor.config.schema import Service, StackConfig, Strategy
 from stackvisor.errors import StartError, UnsafePath
 from stackvisor.ports.conflicts import ConflictRecord, PortConflictError
@@ -152,9 +153,10 @@ class PortAssignments:
             )
 
     def env(self, name: str) -> dict[str, str]:
-        """`PORT` for `name` and `<NAME>_PORT` for every service of the stack (a proxied
+        """`PORT` for `name` and `<NAME>_PORT` for every service of the stack, `<NAME>_PORTS`
+        for every group of copies and `REPLICA` for a copy (a proxied
         service's `PORT` is its internal port; the others reach it on the public one)."""
-        env = port_env(self.ports, own=name)
+        env = port_env(self.ports, own=name, groups=groups(self.config))
         if name in self.internal:
             env["PORT"] = str(self.internal[name])
         return env

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from stackvisor import graph
 from stackvisor.config import ReloadDiff, restart_set
 from stackvisor.config.diff import followers
+from stackvisor.config.replicas import expand_names
 from stackvisor.config.schema import StackConfig
 from stackvisor.runtime.status import ReloadResult
 
@@ -25,7 +26,7 @@ def selection(config: StackConfig, requested: Sequence[str], profiles: Collectio
     `profiles` or with an active one, and what they need (a needed service starts
     whatever its profiles or `disabled`, as a named one does)."""
     if requested:
-        names = [n for n in requested if n in config.services]
+        names = [n for n in expand_names(config, requested) if n in config.services]
     else:
         names = [
             n

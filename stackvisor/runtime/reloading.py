@@ -47,6 +47,8 @@ class Reloading:
 
         def record(self) -> None: ...
 
+        def keep_scale(self, new: StackConfig) -> StackConfig: ...
+
         def watch_added(self, name: str, tg: asyncio.TaskGroup) -> bool: ...
 
         def unwatch(self, name: str) -> None: ...
@@ -98,6 +100,7 @@ class Reloading:
                 return self._reload_failed(str(exc), dry_run, source)
             except OSError as exc:
                 return self._reload_failed(f"{self.config.path}: {exc.strerror or exc}", dry_run, source)
+            new = self.keep_scale(new)  # a count `scale` set holds until the file's changes
             diff = diff_configs(self.config, new)
             plan = plans.plan_reload(
                 self.config,
@@ -149,6 +152,9 @@ class Reloading:
             self.runners[name] = self._runner(svc)
             self.runners[name].open()
             self.ports.set(name, fixed(svc))
+        for name, runner in self.runners.items():  # a dependency on a group names its copies now
+            if name not in plan.diff.changed and runner.config != new.services[name]:
+                runner.retarget(new.services[name])
         self.selection = set(plan.selection)
         watched = [*plan.diff.changed, *plan.diff.added]
         waiting = {n for n in watched if n in self.selection and self.watch_added(n, tg)}  # on demand

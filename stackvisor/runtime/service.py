@@ -140,6 +140,11 @@ class ServiceRunner(ServiceFacts):
         if isinstance(config.port, int) or config.port is None:
             self._port = config.port
 
+    def retarget(self, config: Service) -> None:
+        """The same configuration but for the copies a dependency on a group names
+        (a scale): nothing to restart, the dependencies checked from now on."""
+        self._config = config
+
     def close_socket(self) -> None:
         self._listener.close()
 

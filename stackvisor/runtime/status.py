@@ -27,6 +27,7 @@ class ServiceStatus(TypedDict):
     started_at: float | None  # unix time the current process started
     depends_on: list[str]
     selected: NotRequired[bool]  # in the stack's status: part of what `up` runs
+    group: NotRequired[str | None]  # in the stack's status: the service it is a copy of (`replicas`)
     resources: NotRequired[Resources | None]  # in the stack's status; None when not running
     labels: NotRequired[dict[str, str]]  # in the stack's status: the service's `labels`
     requested_port: NotRequired[int | None]  # in the stack's status: the port the file asks for

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from stackvisor import graph, stackref
+from stackvisor.config.replicas import group_of
 from stackvisor.config.schema import Service, StackConfig, Strategy
 from stackvisor.errors import ActionConflict
 from stackvisor.paths import stack_paths
@@ -39,6 +40,7 @@ from stackvisor.runtime.logs import Console, RotatingFile, ServiceLog
 from stackvisor.runtime.process import Spawner, become_subreaper
 from stackvisor.runtime.reloading import Reloading
 from stackvisor.runtime.resources import Meter
+from stackvisor.runtime.scaling import Scaling
 from stackvisor.runtime.scheduling import Scheduler, Scheduling
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.state import Ledger, StateDB
@@ -57,7 +59,7 @@ Companion = Callable[["Supervisor"], Coroutine[Any, Any, None]]
 __all__ = ["Companion", "Lease", "Supervisor"]
 
 
-class Supervisor(Reloading, Activating, Scheduling):
+class Supervisor(Reloading, Activating, Scheduling, Scaling):
     def __init__(
         self,
         config: StackConfig,
@@ -121,6 +123,7 @@ class Supervisor(Reloading, Activating, Scheduling):
         self.last_reload: ReloadResult | None = None
         self.reporter: Reporter | None = None  # with settings.report (see `reports.reporting`)
         self.requested: list[str] = []  # what `up` named; [] = everything
+        self.scaled: dict[str, tuple[int, int]] = {}  # counts set by `scale` (see scaling)
         # One action at a time (start, stop, restart, reload): each sees the others' result.
         self._actions = asyncio.Lock()
 
@@ -253,18 +256,6 @@ class Supervisor(Reloading, Activating, Scheduling):
         self.ports.close_registry()
         self.ledger.close()
 
-    def heartbeat(self, service: str | None = None) -> float | None:
-        """Renew the stack's lease, or a service's own (`lease:`); seconds left."""
-        if service is None:
-            return self.lease.renew(self.clock)
-        activation = self.activations.get(service)
-        if activation is None or activation.runner.config.lease is None:
-            raise ActionConflict(f"{service} has no lease (give it `lease: 30s`)")
-        if not activation.runner.running:
-            raise ActionConflict(f"{service} is {activation.runner.state}: start it, then renew it")
-        activation.heartbeat()
-        return activation.deadlines()["lease_left"]
-
     def is_running(self, name: str) -> bool:
         runner = self.runners.get(name)
         return runner is not None and runner.running
@@ -380,7 +371,7 @@ class Supervisor(Reloading, Activating, Scheduling):
         figures = self.meter.read(running) if resources else {}
         for name in graph.start_order(self.config.graph()):
             entry = self.runners[name].status()
-            entry["selected"] = name in self.selection
+            entry["selected"], entry["group"] = name in self.selection, group_of(self.config, name)
             self.schedule_status(name, entry)
             entry["resources"] = figures.get(name)
             asked = self.runners[name].config.port
