@@ -199,8 +199,13 @@ def test_copies_listen_each_on_its_port_and_a_dependent_waits_for_all(tmp_path: 
     assert all(f"api.{i} | replica {i} on {port + i}" in group for i in range(3))
     assert f"web sees {every}" in cli("logs", "web", cwd=tmp_path).stdout
     # web waited for the slowest copy (api.2 binds after 2 s) to be healthy
-    healthy = min(e["ts"] for e in state_events(tmp_path, "api.2") if e.get("new") == "healthy")
-    starting = min(e["ts"] for e in state_events(tmp_path, "web") if e.get("new") == "starting")
+    # (state.db takes events in batches: wait for them to be written)
+    healthy = min(
+        wait_for(lambda: [e["ts"] for e in state_events(tmp_path, "api.2") if e.get("new") == "healthy"])
+    )
+    starting = min(
+        wait_for(lambda: [e["ts"] for e in state_events(tmp_path, "web") if e.get("new") == "starting"])
+    )
     assert starting >= healthy
 
     # scale up and down: only the copies added or removed are touched, and web, whose

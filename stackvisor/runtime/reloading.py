@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from stackvisor import graph
-from stackvisor.config import ConfigError, diff_configs, load_config
+from stackvisor.config import ConfigError, ReloadDiff, diff_configs, load_config
 from stackvisor.config.schema import Service, StackConfig
 from stackvisor.errors import ActionConflict
 from stackvisor.runtime import plans
@@ -101,16 +101,7 @@ class Reloading:
             except OSError as exc:
                 return self._reload_failed(f"{self.config.path}: {exc.strerror or exc}", dry_run, source)
             new = self.keep_scale(new)  # a count `scale` set holds until the file's changes
-            diff = diff_configs(self.config, new)
-            plan = plans.plan_reload(
-                self.config,
-                new,
-                diff,
-                requested=self.requested,
-                running={n for n, r in self.runners.items() if r.running},
-                stopped_by_hand={n for n, r in self.runners.items() if r.state is State.STOPPED},
-                profiles=self.profiles,
-            )
+            diff, plan = self._plan_to(new)
             result = plans.reload_result(plan, dry_run=dry_run, source=source, now=time.time())
             if dry_run:
                 return result
@@ -128,6 +119,19 @@ class Reloading:
             self.bus.publish(ReloadFailed(error, source))
             self.logger.error(f"reload failed, nothing changed:\n{error}", source=source)
         return result
+
+    def _plan_to(self, new: StackConfig) -> tuple[ReloadDiff, plans.ReloadPlan]:
+        """What going from the running configuration to `new` changes, and the plan that does it."""
+        diff = diff_configs(self.config, new)
+        return diff, plans.plan_reload(
+            self.config,
+            new,
+            diff,
+            requested=self.requested,
+            running={n for n, r in self.runners.items() if r.running},
+            stopped_by_hand={n for n, r in self.runners.items() if r.state is State.STOPPED},
+            profiles=self.profiles,
+        )
 
     async def _apply(self, new: StackConfig, plan: plans.ReloadPlan) -> None:
         tg = self._check_not_stopping()

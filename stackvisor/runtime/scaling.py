@@ -14,12 +14,11 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from stackvisor.config import diff_configs
+from stackvisor.config import ReloadDiff
 from stackvisor.config.replicas import copy_names, expand_names, problems, with_replicas, written
 from stackvisor.config.schema import StackConfig
 from stackvisor.runtime import plans
 from stackvisor.runtime.service import ServiceRunner
-from stackvisor.runtime.states import State
 
 
 class ScaleResult(TypedDict):
@@ -45,6 +44,8 @@ class Scaling:
         def _check_not_stopping(self) -> asyncio.TaskGroup: ...
 
         async def _apply(self, new: StackConfig, plan: plans.ReloadPlan) -> None: ...
+
+        def _plan_to(self, new: StackConfig) -> tuple[ReloadDiff, plans.ReloadPlan]: ...
 
     def members(self, name: str) -> list[str]:
         """The services `name` stands for: a group's copies, else itself."""
@@ -73,16 +74,7 @@ class Scaling:
                 self.scaled.pop(name, None)
             else:
                 self.scaled[name] = (file_count, count)
-            diff = diff_configs(self.config, new)
-            plan = plans.plan_reload(
-                self.config,
-                new,
-                diff,
-                requested=self.requested,
-                running={n for n, r in self.runners.items() if r.running},
-                stopped_by_hand={n for n, r in self.runners.items() if r.state is State.STOPPED},
-                profiles=self.profiles,
-            )
+            diff, plan = self._plan_to(new)
             if not diff.is_empty():
                 await self._apply(new, plan)
             self.logger.info(f"{name}: scaled from {before} to {count}", service=name, at=time.time())
