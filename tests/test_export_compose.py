@@ -184,3 +184,11 @@ def test_an_image_is_needed_and_named_services_bring_their_dependencies(tmp_path
     refused = cli("export", "compose", cwd=tmp_path)
     assert refused.returncode == 2 and "no image for api, other" in refused.stderr
     assert cli("export", "nomad", cwd=tmp_path).returncode == 2
+
+
+def test_a_schedule_is_said_not_silently_dropped(tmp_path: Path) -> None:
+    stack = write_stack(
+        tmp_path, "services:\n  backup: {command: /bin/true, schedule: {interval: 1h}}\n", programs=False
+    )
+    result = compose.export(base.plan(load_config(stack, environ={}), image="app:1"))
+    assert any(w.startswith("backup: schedule:") for w in result.warnings)

@@ -667,3 +667,10 @@ def test_every_field_at_once_is_valid_kubernetes(tmp_path: Path) -> None:
     result = export(config, images={"db": "postgres:17"})
     assert validate(result) == 6  # a Job, three Deployments, two Services
     assert container(result, "worker")["readinessProbe"]["tcpSocket"] == {"port": 5432, "host": "db"}
+
+
+def test_a_schedule_is_said_not_silently_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "services.yaml"
+    path.write_text("services:\n  backup: {command: /bin/true, schedule: {interval: 1h}}\n")
+    result = kubernetes.export(base.plan(load_config(path, environ={}), image="app:1"))
+    assert any(w.startswith("backup: schedule:") for w in result.warnings)

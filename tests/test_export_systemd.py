@@ -794,3 +794,50 @@ def test_the_demo_stack_runs_under_systemd(tmp_path: Path) -> None:
             (units / name).unlink(missing_ok=True)
         systemctl("daemon-reload", user=user)
     assert all(systemctl("is-active", name, user=user).stdout.strip() != "active" for name in exported.files)
+
+
+# ----- schedules as timers ---------------------------------------------------------------
+
+CALENDARS = [
+    ("0 2 * * *", None, "*-*-* 2:0:00"),
+    ("*/15 9-17 * * mon-fri", "Europe/Berlin", "Mon..Fri *-*-* 9..17:0/15:00 Europe/Berlin"),
+    ("30 4 1,15 jan,jul *", None, "*-1,7-1,15 4:30:00"),
+    ("0 0 * * 0", None, "Sun *-*-* 0:0:00"),
+    ("@daily", "UTC", "daily UTC"),
+    ("0 0 1 * 1", None, None),  # cron: the 1st or a Monday; a calendar: both
+    ("1-30/5 * * * *", None, None),  # a step over a range
+]
+
+
+@pytest.mark.parametrize(("cron", "zone", "expected"), CALENDARS)
+def test_cron_in_systemds_calendar(cron: str, zone: str | None, expected: str | None) -> None:
+    from stackvisor.export.systemd_timer import calendar
+
+    assert calendar(cron, zone) == expected
+    if expected is not None and shutil.which("systemd-analyze"):  # and systemd reads it
+        done = subprocess.run(["systemd-analyze", "calendar", expected], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+
+def test_a_scheduled_service_is_a_oneshot_started_by_its_timer(tmp_path: Path) -> None:
+    config = stack(
+        tmp_path,
+        """
+        services:
+          backup: {command: /bin/true, schedule: {cron: "0 2 * * *", timezone: UTC}}
+          sweep: {command: /bin/true, schedule: {interval: 30m, run_on_start: true}}
+          odd: {command: /bin/true, schedule: {cron: "0 0 1 * 1"}}
+        """,
+    )
+    exported = export(config)
+    stack_name = base.plan(config).name
+    target = exported.files[f"{stack_name}.target"]
+    assert f"Wants={stack_name}-backup.timer" in target and f"Wants={stack_name}-backup.service" not in target
+    backup = exported.files[f"{stack_name}-backup.service"]
+    assert "Type=oneshot" in backup and "RemainAfterExit" not in backup and "[Install]" not in backup
+    timer = exported.files[f"{stack_name}-backup.timer"]
+    assert "OnCalendar=*-*-* 2:0:00 UTC" in timer and f"Unit={stack_name}-backup.service" in timer
+    sweep = exported.files[f"{stack_name}-sweep.timer"]
+    assert "OnActiveSec=0" in sweep and "OnUnitActiveSec=1800s" in sweep
+    assert any("odd: schedule: cron '0 0 1 * 1' has no systemd calendar form" in w for w in exported.warnings)
+    verify(exported)

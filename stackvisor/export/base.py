@@ -149,10 +149,6 @@ def not_carried(target: Target, name: str) -> list[str]:
         lost.append("idle_stop: it is not stopped when idle")
     if svc.lease is not None:
         lost.append("lease: it does not stop without heartbeats")
-    if svc.schedule is not None:
-        lost.append(
-            "schedule: it is exported as a service that runs at once (a timer or a CronJob would carry it)"
-        )
     if svc.daemon is not None:
         lost.append("daemon: the program must stay in the foreground (systemd's Type=forking would carry it)")
     if svc.socket == "proxy":

@@ -152,6 +152,8 @@ def service(target: Target, name: str) -> tuple[dict[str, Any], list[str]]:
             f"{name}: its command names 127.0.0.1 or localhost:"
             " in a container, other services reach it only when it listens on 0.0.0.0"
         )
+    if svc.schedule is not None:
+        lost.append(f"{name}: schedule: Compose has no timetable: the container runs once at `up`")
     if svc.socket == "inherit" or svc.start == "on_demand":
         lost.append(
             f"{name}: socket: inherit and start: on_demand: the container starts at once and binds itself"

@@ -128,6 +128,8 @@ def _lost(target: Target, name: str, job: bool) -> list[str]:
         lost.append("socket: inherit: no listening socket is handed over; the service must bind its port")
     if svc.start == "on_demand":
         lost.append("start: on_demand: it starts at once, not at the first connection")
+    if svc.schedule is not None:
+        lost.append("schedule: it runs at once, not on its timetable (a CronJob would carry it)")
     if "backoff" in written:
         lost.append("backoff: Kubernetes waits 10s before a restart, doubling up to 5 minutes")
     if not job and "max_restarts" in written:

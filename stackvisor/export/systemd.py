@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stackvisor.config.address import split_host_port
@@ -58,31 +58,13 @@ from stackvisor.export.base import (
     not_carried,
     port_text,
 )
+from stackvisor.export.systemd_timer import has_timer, timer
 
 DEFAULT_VERSION = 252
 RESTART_STEPS_SINCE = 254
 MIN_HEALTH_WAIT = 60.0
 # Exit statuses of a shell that cannot find or run the program: no restart helps.
 NOT_RUNNABLE = "126 127"
-
-
-@dataclass
-class _Unit:
-    """A unit file being written: its comment lines and its sections' `Key=value` lines."""
-
-    header: list[str]
-    sections: dict[str, list[str]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, section: str, *lines: str) -> None:
-        self.sections.setdefault(section, []).extend(lines)
-
-    def text(self) -> str:
-        out = [f"# {syntax.comment(line)}" for line in self.header]
-        out += [f"# not carried over: {syntax.comment(note)}" for note in self.notes]
-        for section, lines in self.sections.items():
-            out += ["", f"[{section}]", *lines]
-        return "\n".join(out) + "\n"
 
 
 @dataclass
@@ -100,6 +82,9 @@ class _Stack:
 
     def socket_unit(self, name: str) -> str:
         return syntax.unit_name(self.target.name, name, suffix=".socket")
+
+    def timer_unit(self, name: str) -> str:
+        return syntax.unit_name(self.target.name, name, suffix=".timer")
 
     def on_demand(self, name: str) -> bool:
         svc = self.target.service(name)
@@ -166,9 +151,9 @@ def export(
     return Exported({stack.unit: head.text(), **files}, warnings)
 
 
-def _target(stack: _Stack) -> _Unit:
+def _target(stack: _Stack) -> syntax.Unit:
     target = stack.target
-    unit = _Unit(
+    unit = syntax.Unit(
         [
             f"{stack.unit}: the stack {target.name}, written by `stackvisor export systemd` from"
             f" {target.config.path.name}.",
@@ -186,7 +171,10 @@ def _target(stack: _Stack) -> _Unit:
             " (backoff.initial) each time: a delay growing to backoff.max (RestartSteps=,"
             f" RestartMaxDelaySec=) needs systemd {RESTART_STEPS_SINCE}"
         )
-    wanted = [stack.socket_unit(n) if stack.on_demand(n) else stack.service_unit(n) for n in target.services]
+    wanted = [stack.reached_by(n) for n in target.services if not target.service(n).schedule]
+    wanted += [
+        stack.timer_unit(n) for n in target.services if (s := target.service(n).schedule) and has_timer(s)
+    ]
     unit.add("Unit", f"Description={syntax.plain(f'stack {target.name}')}")
     unit.add("Unit", *(f"Wants={w}" for w in wanted), *(f"After={w}" for w in wanted))
     unit.add("Install", "WantedBy=" + ("default.target" if target.user_units else "multi-user.target"))
@@ -199,10 +187,10 @@ _INHERITED_ENV = (
 )
 
 
-def _service(stack: _Stack, name: str) -> dict[str, _Unit]:
+def _service(stack: _Stack, name: str) -> dict[str, syntax.Unit]:
     target, svc = stack.target, stack.target.service(name)
     own = stack.service_unit(name)
-    unit = _Unit([f"{own}: the service {name} of the stack {target.name} ({target.config.path.name})."])
+    unit = syntax.Unit([f"{own}: the service {name} of the stack {target.name} ({target.config.path.name})."])
     unit.notes += [note.removeprefix(f"{name}: ") for note in not_carried(target, name)]
     unit.add("Unit", f"Description={syntax.plain(f'{target.name}: {name}')}", f"PartOf={stack.unit}")
     for dep, edge in svc.depends_on.items():
@@ -216,7 +204,9 @@ def _service(stack: _Stack, name: str) -> dict[str, _Unit]:
                 f" (Requires=), not when it crashes and comes back by itself"
             )
     oneshot = bool(stack.waiting(name, Condition.COMPLETED)) and not stack.on_demand(name)
-    unit.add("Service", *(["Type=oneshot", "RemainAfterExit=yes"] if oneshot else ["Type=exec"]))
+    oneshot = oneshot or svc.schedule is not None  # each run ends; the timer starts the next
+    stays = ["RemainAfterExit=yes"] if svc.schedule is None else []
+    unit.add("Service", *(["Type=oneshot", *stays] if oneshot else ["Type=exec"]))
     unit.add("Service", f"ExecStart={syntax.exec_line(_argv(stack, name, unit))}")
     _health(stack, name, unit, oneshot)
     unit.add("Service", f"WorkingDirectory={syntax.path(stack.workdir(name))}")
@@ -244,12 +234,17 @@ def _service(stack: _Stack, name: str) -> dict[str, _Unit]:
         units[socket] = _socket(stack, name)
     elif svc.start == "on_demand":
         unit.notes.append("start: on_demand: with socket: proxy it starts with the stack")
-    if not stack.on_demand(name):
+    if svc.schedule is not None:  # its timer, not the stack, starts it
+        clock, notes = timer(svc.schedule, own, f"{target.name}: {name}", stack.unit)
+        unit.notes += notes
+        if clock is not None:
+            units[stack.timer_unit(name)] = clock
+    elif not stack.on_demand(name):
         unit.add("Install", f"WantedBy={stack.unit}")
     return units
 
 
-def _argv(stack: _Stack, name: str, unit: _Unit) -> list[str]:
+def _argv(stack: _Stack, name: str, unit: syntax.Unit) -> list[str]:
     ran = command(stack.target, name)
     if isinstance(ran, str):
         return shell_argv(ran)
@@ -264,9 +259,9 @@ def _argv(stack: _Stack, name: str, unit: _Unit) -> list[str]:
     return argv
 
 
-def _socket(stack: _Stack, name: str) -> _Unit:
+def _socket(stack: _Stack, name: str) -> syntax.Unit:
     port = stack.target.ports.get(name)
-    unit = _Unit([f"{stack.socket_unit(name)}: the listening socket of {name}, handed over as fd 3."])
+    unit = syntax.Unit([f"{stack.socket_unit(name)}: the listening socket of {name}, handed over as fd 3."])
     unit.add(
         "Unit", f"Description={syntax.plain(f'{stack.target.name}: {name} (socket)')}", f"PartOf={stack.unit}"
     )
@@ -280,7 +275,7 @@ def _socket(stack: _Stack, name: str) -> _Unit:
     return unit
 
 
-def _health(stack: _Stack, name: str, unit: _Unit, oneshot: bool) -> None:
+def _health(stack: _Stack, name: str, unit: syntax.Unit, oneshot: bool) -> None:
     check = stack.target.service(name).healthcheck
     if check is None:
         return
@@ -341,7 +336,7 @@ def _wait_argv(stack: _Stack, name: str, check: HealthCheck, limit: float) -> li
     return ["/bin/sh", "-c", syntax.EXEC_PROBE_LOOP, "health-check", *timing, str(math.ceil(limit)), *probe]
 
 
-def _environment(stack: _Stack, name: str, unit: _Unit) -> None:
+def _environment(stack: _Stack, name: str, unit: syntax.Unit) -> None:
     wanted = environment(stack.target, name)
     files = env_file_paths(stack.target, name)
     read: dict[str, str] = {}
@@ -373,7 +368,7 @@ def _environment(stack: _Stack, name: str, unit: _Unit) -> None:
             )
 
 
-def _restart(stack: _Stack, name: str, unit: _Unit, oneshot: bool) -> None:
+def _restart(stack: _Stack, name: str, unit: syntax.Unit, oneshot: bool) -> None:
     svc = stack.target.service(name)
     policy = {RestartPolicy.NO: "no", RestartPolicy.ON_FAILURE: "on-failure"}.get(svc.restart, "always")
     if oneshot and policy == "always":

@@ -12,6 +12,7 @@ check. Not here: what goes into which unit (`systemd`). Pure.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 from stackvisor.export.base import ExportError
 
@@ -265,3 +266,22 @@ class _EnvFileReader:
 
     def _comment_escape(self, char: str) -> None:
         self.state = "comment"
+
+
+@dataclass
+class Unit:
+    """A unit file being written: its comment lines and its sections' `Key=value` lines."""
+
+    header: list[str]
+    sections: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, section: str, *lines: str) -> None:
+        self.sections.setdefault(section, []).extend(lines)
+
+    def text(self) -> str:
+        out = [f"# {comment(line)}" for line in self.header]
+        out += [f"# not carried over: {comment(note)}" for note in self.notes]
+        for section, lines in self.sections.items():
+            out += ["", f"[{section}]", *lines]
+        return "\n".join(out) + "\n"
