@@ -11,13 +11,12 @@ are in `audit`.
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 from typing import TYPE_CHECKING, Any
 
 from stackvisor.ports.audit import Endpoint, Report, Scope, audit, declared_ports
 from stackvisor.ports.fdwalk import SocketSightings, socket_holders
-from stackvisor.ports.owners import Owner, describe_process
+from stackvisor.ports.owners import Owner, describe_process, user_name
 from stackvisor.ports.tables import Listener, listeners, udp_listeners
 from stackvisor.system import procfs
 
@@ -61,15 +60,6 @@ def executable(pid: int) -> tuple[str | None, bool, bool]:
     return path, deleted, in_writable_folder(path)
 
 
-def _user_name(uid: int | None) -> str | None:
-    if uid is None:
-        return None
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 def endpoints() -> list[Endpoint]:
     """Every TCP listener and every unconnected bound UDP socket, each with its process
     (one read of the socket tables, one walk of /proc for the holders)."""
@@ -96,7 +86,7 @@ def endpoints() -> list[Endpoint]:
                 address=sock.address,
                 port=sock.port,
                 uid=uid,
-                user=owner.user if owner is not None and owner.user else _user_name(uid),
+                user=owner.user if owner is not None and owner.user else user_name(uid),
                 pid=pid,
                 name=owner.name if owner is not None else None,
                 cmdline=owner.cmdline if owner is not None else (),

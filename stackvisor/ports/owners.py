@@ -58,7 +58,8 @@ class Owner:
         return data
 
 
-def _user_name(uid: int | None) -> str | None:
+def user_name(uid: int | None) -> str | None:
+    """The name of user `uid` (its number when it has none)."""
     if uid is None:
         return None
     try:
@@ -105,7 +106,7 @@ def describe_process(pid: int, port: int = 0, established: int = 0) -> Owner | N
         pid=pid,
         name=name,
         cmdline=cmdline,
-        user=_user_name(uids.real),
+        user=user_name(uids.real),
         uid=uids.real,
         euid=uids.effective,
         create_time=create_time,
@@ -179,7 +180,7 @@ class OwnerSearch:
                         pid=owner.pid if owner else None,
                         name=owner.name if owner else None,
                         uid=uid,
-                        user=_user_name(uid),
+                        user=user_name(uid),
                         established=count,
                     )
                 owners.append(replace(owner, addresses=addresses, inodes=inodes))
