@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import signal
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import psutil
 import pytest
 
 from stackvisor.config import ConfigError, load_config
@@ -251,7 +254,7 @@ def errors(tmp_path: Path, service: str, extra: str = "") -> str:
         ("{run_on_start: true}", "expected cron or interval"),
         ("{interval: 30m, timezone: UTC}", "timezone is for cron"),
         ("{interval: 500ms}", "expected at least 1s between runs"),
-        ("{interval: 30m, max_concurrent: 2}", "max_concurrent: only 1 is supported for now"),
+        ("{interval: 30m, max_concurrent: 0}", "max_concurrent: expected at least 1 (got 0)"),
     ],
 )
 def test_a_bad_schedule_is_an_error_at_its_place(tmp_path: Path, schedule: str, expected: str) -> None:
@@ -306,8 +309,7 @@ def test_process_compose_schedules_are_imported() -> None:
     )
     assert 'schedule: {"cron": "0 2 * * *"}' in text  # Local is our default
     assert '# schedule.interval: "1h" (cron takes precedence)' in text
-    assert 'schedule: {"interval": "30m", "run_on_start": true}' in text
-    assert "# schedule.max_concurrent: 3" in text
+    assert 'schedule: {"interval": "30m", "run_on_start": true, "max_concurrent": 3}' in text
     assert 'restart: "on-failure"' in text
 
 
@@ -515,3 +517,55 @@ def runs_of(sup: Any) -> list[dict[str, Any]]:
 
 def job_status(sup: Any) -> dict[str, Any]:
     return next(s for s in sup.status()["services"] if s["name"] == "job")
+
+
+def runs_going(root: Path) -> list[int]:
+    """The pids of the UNTIL_GO runs of the stack in `root` (by their folder)."""
+    found = []
+    for proc in psutil.process_iter(["cwd", "cmdline", "status"]):
+        info = proc.info
+        if (
+            info["cwd"] == str(root)
+            and "exists" in " ".join(info["cmdline"] or [])
+            and info["status"] != "zombie"
+        ):
+            found.append(proc.pid)
+    return found
+
+
+def test_max_concurrent_runs_beside_the_one_going_and_the_stop_ends_them(
+    tmp_path: Path, detached: Any
+) -> None:
+    """Runs that last until `go` exists, a tick every second, two at once: the second tick
+    starts a run beside the first, the third is skipped; `go` ends both, each a recorded
+    run; `down` leaves nothing of them."""
+    schedule = "{interval: 1s, run_on_start: true, max_concurrent: 2}"
+    write_stack(tmp_path, f"services:\n  slow: {{command: {json.dumps(UNTIL_GO)}, schedule: {schedule}}}\n")
+    assert detached(tmp_path).returncode == 0
+    wait_for(lambda: len(runs_going(tmp_path)) == 2, timeout=10)
+    skipped = wait_for(lambda: history(tmp_path, "schedule_skipped", "slow"), timeout=10)
+    assert "max_concurrent: 2" in skipped[0]["data"]["reason"]
+    assert len(runs_going(tmp_path)) == 2  # never a third
+    (tmp_path / "go").write_text("")
+    runs = wait_for(
+        lambda: (
+            len(history(tmp_path, "scheduled_run", "slow")) >= 2
+            and history(tmp_path, "scheduled_run", "slow")
+        )
+    )
+    assert [r["data"]["exit_code"] for r in runs[:2]] == [0, 0]
+    (tmp_path / "go").unlink()  # the next ticks start runs that last again
+    wait_for(lambda: len(runs_going(tmp_path)) == 2, timeout=10)
+    assert cli("down", cwd=tmp_path).returncode == 0
+    assert runs_going(tmp_path) == []
+
+
+def test_runs_beside_the_one_going_do_not_outlive_a_killed_supervisor(tmp_path: Path, detached: Any) -> None:
+    schedule = "{interval: 1s, run_on_start: true, max_concurrent: 2}"
+    write_stack(tmp_path, f"services:\n  slow: {{command: {json.dumps(UNTIL_GO)}, schedule: {schedule}}}\n")
+    assert detached(tmp_path).returncode == 0
+    wait_for(lambda: len(runs_going(tmp_path)) == 2, timeout=10)
+    supervisor = client(tmp_path).get("/v1/status")["pid"]
+    os.kill(supervisor, signal.SIGKILL)
+    assert cli("down", cwd=tmp_path).returncode in (0, 3)  # ends what the killed one left
+    wait_for(lambda: runs_going(tmp_path) == [], timeout=10)

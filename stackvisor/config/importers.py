@@ -233,11 +233,8 @@ def _schedule(value: Any, draft: Draft) -> None:
         return
     if value.get("run_on_start"):
         out["run_on_start"] = True
-    if value.get("max_concurrent") not in (None, 1):
-        draft.notes.append(
-            f"schedule.max_concurrent: {json.dumps(value['max_concurrent'])} (one run at a time here:"
-            " a tick that finds the last run going is skipped)"
-        )
+    if isinstance(value.get("max_concurrent"), int) and value["max_concurrent"] > 1:
+        out["max_concurrent"] = value["max_concurrent"]
     if draft.fields.get("restart") == "always":  # a run must end for the next one
         draft.notes.append("availability.restart: always (a scheduled run restarts on failure at most)")
         draft.fields["restart"] = "on-failure"

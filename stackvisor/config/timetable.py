@@ -48,7 +48,7 @@ class Schedule(Model):
     run_on_start: bool = False
     # Runs of the service at once. A service runs one process at a time: a tick that
     # finds the last run still going is skipped (and recorded), so 1 is all there is.
-    max_concurrent: int = Field(default=1, ge=1)
+    max_concurrent: int = Field(default=1, ge=1, le=100)  # runs going at once (see `overlap`)
 
     @field_validator("cron")
     @classmethod
@@ -67,16 +67,6 @@ class Schedule(Model):
     def _interval(cls, value: float | None) -> float | None:
         if value is not None and value < 1:
             raise ValueError(f"expected at least 1s between runs (got {value:g}s)")
-        return value
-
-    @field_validator("max_concurrent")
-    @classmethod
-    def _one_at_a_time(cls, value: int) -> int:
-        if value > 1:
-            raise ValueError(
-                f"only 1 is supported for now (got {value}): a service runs one process at a "
-                "time, and a tick that finds its last run still going is skipped"
-            )
         return value
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from stackvisor.config.timetable import Schedule, zone
 from stackvisor.runtime import schedule
 from stackvisor.runtime.clock import Clock
 from stackvisor.runtime.events import EventBus, ScheduledRun, ScheduleSkipped
+from stackvisor.runtime.overlap import Overlaps
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.states import State
 from stackvisor.runtime.status import ServiceStatus
@@ -59,6 +60,7 @@ class Scheduler:
         self._run_began: float | None = None  # on the clock, while a run goes on
         self._ticked = False  # the run that begins next was started by a tick
         self.task: asyncio.Task[None] | None = None  # `run`, in the stack's task group
+        self.overlaps = Overlaps(runner)  # runs beside the service's own (max_concurrent)
 
     def now(self) -> schedule.Moment:
         return schedule.Moment(self.clock.now(), self.wall())
@@ -85,11 +87,14 @@ class Scheduler:
         self.table = schedule.Timetable.of(spec, zone(spec.timezone) if spec.cron else None, self.now())
         if not self._paused_at_first and not self.runner.running:
             self.runner.go_idle(spec.describe(), hold=False)
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._follow_runs()), tg.create_task(self._ticks())]
-            await self._stopping.wait()  # the stack stops: no tick may start a run now
-            for task in tasks:
-                task.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._follow_runs()), tg.create_task(self._ticks())]
+                await self._stopping.wait()  # the stack stops: no tick may start a run now
+                for task in tasks:
+                    task.cancel()
+        finally:  # the stack stops, or a reload ends this schedule: so do the runs beside
+            await self.overlaps.stop()
 
     async def _ticks(self) -> None:
         assert self.table is not None
@@ -106,8 +111,10 @@ class Scheduler:
             self.table = self.table.ticked(now)
             began = self._run_began
             running_for = None if began is None else round(now.clock - began, 3)
-            tick = schedule.at_tick(int(self.runner.running), self.spec.max_concurrent)
-            if tick.run:
+            tick = schedule.at_tick(int(self.runner.running) + len(self.overlaps), self.spec.max_concurrent)
+            if tick.run and self.runner.running:  # max_concurrent allows one beside it
+                await self.overlaps.start()
+            elif tick.run:
                 self._ticked = True
                 await self._start(self.runner.name)
                 self._ticked = self._ticked and self.runner.running
