@@ -167,10 +167,6 @@ def opened(browser: Any, ui: Ui, after: Any = None) -> Any:
     return page
 
 
-def badge(page: Any, name: str) -> str:
-    return str(page.inner_text(f"#services tr[data-service='{name}'] .badge"))
-
-
 def pid_cell(page: Any, name: str) -> str:
     return str(page.inner_text(f"#services tr[data-service='{name}'] td.pid"))
 
@@ -183,7 +179,9 @@ def test_the_page_lists_every_service_live_and_a_killed_one_recovers_without_a_r
         "() => ['db', 'api'].every(n => document.querySelector(`tr[data-service=${n}] .badge`)"
         ".textContent === 'healthy')"
     )
-    assert badge(page, "worker") == "running"
+    page.wait_for_function(  # worker starts once api is healthy
+        "() => document.querySelector('tr[data-service=worker] .badge').textContent === 'running'"
+    )
     groups = page.locator("#services tr.group th").all_inner_texts()
     assert [g.lower() for g in groups] == ["no namespace", "backend"]  # grouped by namespace
     assert page.locator("#graph g.node").count() == 3 and page.locator("#graph path.edge").count() == 2
@@ -192,11 +190,19 @@ def test_the_page_lists_every_service_live_and_a_killed_one_recovers_without_a_r
     page.evaluate(
         """() => {
         window.stillHere = true; window.seen = [];
-        new MutationObserver(() => {
-          const b = document.querySelector("tr[data-service=api] .badge");
-          if (b) window.seen.push(b.textContent);
-        }).observe(document.querySelector("#services tbody"),
-                   {subtree: true, childList: true, characterData: true});
+        // Every badge of api ever drawn: each render adds new cells, which keep their
+        // text, so states drawn between two callbacks of the observer are seen too.
+        const api = "tr[data-service=api]";
+        new MutationObserver((records) => {
+          for (const record of records) {
+            const inside = record.target.closest && record.target.closest(api);
+            for (const node of record.addedNodes) {
+              if (!node.querySelector || !(inside || node.matches(api))) continue;
+              const b = node.matches(".badge") ? node : node.querySelector(".badge");
+              if (b) window.seen.push(b.textContent);
+            }
+          }
+        }).observe(document.querySelector("#services tbody"), {subtree: true, childList: true});
     }"""
     )
     old = int(pid_cell(page, "api"))
@@ -230,7 +236,11 @@ def test_the_restart_button_restarts_the_service_and_keys_reach_it(ui: Ui, brows
         timeout=15_000,
     )
     assert restart.is_enabled()
-    assert badge(page, "worker") == "running"
+    # The new pid shows from `starting` on; `running` follows.
+    page.wait_for_function(
+        "() => document.querySelector('tr[data-service=worker] .badge').textContent === 'running'",
+        timeout=15_000,
+    )
 
 
 def test_a_failed_reload_shows_where_and_the_page_fits_a_phone_and_the_dark(ui: Ui, browser: Any) -> None:
