@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -423,3 +424,30 @@ async def test_events_over_websocket(tmp_path: Path) -> None:
                 seen.append(message["event"]["data"]["new"])
             assert seen[:2] == ["stopping", "stopped"]
             assert (await restart).returncode == 0
+
+
+def test_the_status_document_is_what_the_openapi_document_says(tmp_path: Path, detached: Any) -> None:
+    """Every kind of service in one stack: its status validates against the published schema."""
+    import jsonschema
+
+    from stackvisor.control.openapi import OPENAPI
+
+    port, public = free_ports(2)
+    write_stack(
+        tmp_path,
+        f"""
+        services:
+          plain: {{command: "python3 -c 'import time; time.sleep(300)'", namespace: core, labels: {{a: b}}}}
+          web: {{command: python3 server.py, port: {port}, replicas: 2}}
+          lazy: {{command: python3 server.py, port: {public}, socket: proxy, start: on_demand, idle_stop: 1m}}
+          nightly: {{command: "true", schedule: {{cron: "0 2 * * *", timezone: UTC}}}}
+        """,
+    )
+    assert detached(tmp_path).returncode == 0
+    schema = {"$ref": "#/components/schemas/Status", "components": OPENAPI["components"]}
+    for resources in ("false", "true"):
+        status = client(tmp_path).get(f"/v1/status?resources={resources}")
+        jsonschema.validate(status, schema)
+    by_name = {s["name"]: s for s in status["services"]}
+    assert by_name["web.1"]["group"] == "web" and by_name["plain"]["namespace"] == "core"
+    assert by_name["lazy"]["state"] == "idle" and by_name["nightly"]["next_run"] is not None
