@@ -14,6 +14,7 @@ import pytest
 
 from stackvisor.errors import ApiError
 from stackvisor.runtime.activation import Watch, due
+from stackvisor.runtime.proxy import retry_after
 from tests.conftest import alive, cli, client, free_ports, wait_for, write_stack
 
 # Answers each connection with its pid, on the socket it inherits (fd 3).
@@ -318,3 +319,15 @@ def test_down_ends_a_stack_whose_on_demand_service_came_by_a_reload(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - began < 10  # its watcher ends with the stack, as the others do
     assert not alive(woken)
+
+
+def test_the_proxy_polls_a_starting_service_at_a_tenth_of_the_wait() -> None:
+    assert retry_after(0) == 0.001  # a fast start is not waited for in 5 ms steps
+    assert retry_after(0.05) == pytest.approx(0.005)
+    assert retry_after(0.2) == pytest.approx(0.02)
+    assert retry_after(30) == 0.02  # a slow one is not hammered either
+    waited, attempts = 0.0, 0
+    while waited < 30:
+        waited += retry_after(waited)
+        attempts += 1
+    assert attempts < 1600

@@ -364,3 +364,20 @@ def test_a_cgroup_a_service_makes_below_its_own_is_counted_and_killed(base: Path
     assert cgroups.pids(inner) == [inner_proc.pid]
     assert cgroups.kill(svc, GATE)
     assert cgroups.remove(svc) and not svc.exists()
+
+
+def test_priming_moves_nothing(base: Path, tmp_path: Path) -> None:
+    """`prime` writes our pid where we already are: we stay, and a child joins as before."""
+    before = Path("/proc/self/cgroup").read_text()
+    cgroups.prime(base)
+    assert Path("/proc/self/cgroup").read_text() == before
+    svc = cgroups.service_dir(base, "web")
+    done = subprocess.run(
+        [*cgroups.launcher(svc), "/bin/cat", "/proc/self/cgroup"], capture_output=True, text=True, timeout=10
+    )
+    assert done.returncode == 0 and done.stdout.rstrip().endswith(f"/{base.name}/web")
+    # Where no cgroup is, it writes nothing, creates nothing and raises nothing.
+    fake = tmp_path / "own" / cgroups.TOP / "stack"
+    fake.mkdir(parents=True)
+    cgroups.prime(fake)
+    assert sorted(p.name for p in (tmp_path / "own").iterdir()) == [cgroups.TOP]

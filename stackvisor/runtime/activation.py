@@ -32,6 +32,7 @@ from stackvisor.runtime.events import Activated, EventBus, IdleStopped
 from stackvisor.runtime.proxy import Proxy
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.states import ALIVE, State
+from stackvisor.system import cgroups
 
 _MAX_TICK = 1.0  # the longest time between two looks at a running service
 # Idleness is counted from here: a service still starting has no clients yet.
@@ -80,6 +81,7 @@ class Activation:
         self.watch = Watch(None, clock.now())
         self.proxy: Proxy | None = None  # with `socket: proxy`
         self._wanted = asyncio.Event()  # a proxied connection waits for the service
+        self._priming: asyncio.Task[None] | None = None
 
     @property
     def on_demand(self) -> bool:
@@ -132,6 +134,9 @@ class Activation:
         port = self.runner.config.port if isinstance(self.runner.config.port, int) else None
         reason = f"waiting for a connection on port {port}"
         woke = await (self._proxied_wake(reason) if self.proxy is not None else self._socket_wake(reason))
+        base = self.runner.ctx.spawner.tracking.base
+        if base is not None:  # the child joins its cgroup in a few ms: see `cgroups.prime`
+            self._priming = asyncio.create_task(asyncio.to_thread(cgroups.prime, base))
         try:
             await self._start(self.runner.name)
         except ActionConflict:

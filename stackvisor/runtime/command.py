@@ -1,17 +1,16 @@
 """What a service runs: its argv, working folder and environment, from its configuration.
 
-Pure but for two checks (the working folder exists; `resolve_program` looks at the
-disk when the socket is handed over): the runner spawns what this builds. A string command runs through
-`/bin/sh -c`; a single simple command is `exec`'d so the service is the direct child.
-With `socket: inherit`, a few lines of Python receive the listening socket as fd 3
-and exec the service (the systemd protocol).
+Pure but for one check (the working folder exists): the runner spawns what this
+builds. A string command runs through `/bin/sh -c`; a single simple command is
+`exec`'d so the service is the direct child.
+With `socket: inherit`, the spawner hands the listening socket over as fd 3 (the
+systemd protocol: see `system.prelude`).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,19 +19,6 @@ from stackvisor.config.interpolate import interpolate
 from stackvisor.config.schema import Service
 from stackvisor.config.users import UserSpec, resolve_user
 from stackvisor.errors import StartError
-from stackvisor.runtime.process import resolve_program
-
-# Moves the socket to fd 3 and sets LISTEN_PID to its own pid, which `exec` passes on
-# to the service: done after fork without a preexec_fn (the shell cannot: dash knows
-# fds 0-9 only).
-_HAND_OVER = (
-    "import os, sys\n"
-    "fd = int(sys.argv[1])\n"
-    "if fd != 3:\n    os.dup2(fd, 3)\n    os.close(fd)\n"
-    "os.set_inheritable(3, True)\n"
-    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES=sys.argv[2])\n"
-    "os.execvp(sys.argv[3], sys.argv[3:])\n"
-)
 
 
 def interpolate_value(value: str | list[str], variables: dict[str, str]) -> str | list[str]:
@@ -50,7 +36,7 @@ class Command:
     argv: list[str]
     cwd: str
     env: dict[str, str]
-    pass_fds: tuple[int, ...] = ()
+    listener: tuple[int, str] | None = None  # a socket to hand over as fd 3, and its name
     user: UserSpec | None = None
 
 
@@ -66,15 +52,8 @@ def build_command(
     cwd = where.cwd
     if not os.path.isdir(cwd):  # deleted since the file was read: no retry helps
         raise StartError(f"working_dir not found: {cwd}")
-    pass_fds: tuple[int, ...] = ()
-    if listener_fd is not None:
-        try:
-            argv[0] = resolve_program(argv[0], cwd, os.environ.get("PATH", os.defpath))
-        except OSError as exc:
-            raise StartError(f"cannot start {argv[0]!r}: {exc.strerror}") from None
-        argv = [sys.executable, "-S", "-c", _HAND_OVER, str(listener_fd), service.name, *argv]
-        pass_fds = (listener_fd,)
-    return Command(argv, cwd, where.env, pass_fds, where.user)
+    listener = (listener_fd, service.name) if listener_fd is not None else None
+    return Command(argv, cwd, where.env, listener, where.user)
 
 
 def service_context(service: Service, root: Path, variables: dict[str, str]) -> Command:
@@ -91,7 +70,7 @@ def service_context(service: Service, root: Path, variables: dict[str, str]) -> 
         raise StartError(f"cannot start as {service.user!r}: {exc}") from None
     if user is not None:
         env.update({k: v for k, v in user_environment(user).items() if k not in service.env})
-    return Command([], cwd, env, (), user)
+    return Command([], cwd, env, None, user)
 
 
 def user_environment(user: UserSpec) -> dict[str, str]:

@@ -40,7 +40,7 @@ async def launch(
             env=command.env,
             cwd=command.cwd,
             marker=marker,
-            pass_fds=command.pass_fds,
+            listener=command.listener,
             user=command.user,
             service=service.name,
         )

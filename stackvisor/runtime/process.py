@@ -32,6 +32,7 @@ import psutil
 
 from stackvisor.config.users import UserSpec
 from stackvisor.system import cgroups, procfs
+from stackvisor.system.prelude import prelude
 from stackvisor.system.signals import SignalGate
 
 PR_SET_PDEATHSIG = 1
@@ -108,7 +109,7 @@ class Spawner:
         env: Mapping[str, str],
         cwd: str | None,
         marker: str,
-        pass_fds: tuple[int, ...] = (),
+        listener: tuple[int, str] | None = None,
         user: UserSpec | None = None,
         service: str | None = None,
     ) -> Child:
@@ -124,7 +125,8 @@ class Spawner:
         runs the preexec_fn after its own `user`/`group` change.
 
         `service`: with cgroup tracking, the child joins that service's cgroup before it
-        execs (a shell does it first: see `cgroups.launcher`).
+        execs. `listener`: a listening socket and its name, handed over as fd 3 (the
+        systemd protocol). A shell does both first: see `prelude`.
         """
         full_env = dict(env)
         full_env[procfs.MARKER] = marker
@@ -135,20 +137,22 @@ class Spawner:
         # (root's): such a child is tracked by its marker.
         if base is not None and service is not None and (launcher or user is None):
             cgroup = cgroups.service_dir(base, service)
-        if launcher or cgroup:
+        shell = prelude(cgroup, listener[1] if listener else None)
+        if launcher or shell:
             # Popen would have said "not found" or "permission denied" itself; through a
             # launcher the child would just exit 127. Find the program as exec would.
             argv = [resolve_program(argv[0], cwd, full_env.get("PATH", os.defpath)), *argv[1:]]
         as_user = (*launcher[:1], *_setpriv_user(user), *launcher[1:]) if launcher and user else ()
-        if cgroup is not None and launcher:
+        if shell and launcher:
             # PDEATHSIG first (a supervisor killed now still takes the child along), the
             # cgroup joined as root, then the change of user (which sets it again).
-            launcher = (*launcher, *cgroups.launcher(cgroup), *as_user)
-        elif cgroup is not None:
-            argv = [*cgroups.launcher(cgroup), *argv]
+            launcher = (*launcher, *shell, *as_user)
+        elif shell:
+            argv = [*shell, *argv]
         elif as_user:
             launcher = as_user
-        popen, read_fd = _start(argv, launcher, full_env, cwd, pass_fds, None if launcher else user)
+        stdin = listener[0] if listener else None
+        popen, read_fd = _start(argv, launcher, full_env, cwd, stdin, None if launcher else user)
         self._unreaped.add(popen.pid)
         child = Child(
             pid=popen.pid,
@@ -207,17 +211,18 @@ def _start(
     launcher: tuple[str, ...],
     env: dict[str, str],
     cwd: str | None,
-    pass_fds: tuple[int, ...],
+    stdin: int | None,
     user: UserSpec | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """The fork itself: (the Popen, the read end of the output pipe). With the launcher
-    Python uses vfork, so this returns in well under a millisecond."""
+    Python uses vfork, so this returns in well under a millisecond. `stdin`: the socket
+    to hand over, else /dev/null."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     try:
         popen = subprocess.Popen(
             [*launcher, *argv] if launcher else argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
             stdout=write_fd,
             stderr=write_fd,
             cwd=cwd,
@@ -226,7 +231,6 @@ def _start(
             # Unsafe with threads in general; used only without setpriv, where nothing
             # else can set PDEATHSIG in the child.
             preexec_fn=None if launcher else functools.partial(die_with_parent, os.getpid()),  # noqa: PLW1509
-            pass_fds=pass_fds,
             close_fds=True,
             user=user.uid if user else None,
             group=user.gid if user else None,

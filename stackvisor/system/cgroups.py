@@ -6,7 +6,7 @@ cgroup, where a delegated subtree (a user's systemd slice) lets us create childr
 
 Here: pure parsers (mountinfo, /proc/self/cgroup, cpu.stat, cgroup.events), the choice of
 cgroup or marker tracking (`probe`), the argv prefix that makes a child join its cgroup
-before it execs, and listing, signalling, killing, removing and measuring a cgroup.
+before it execs (written in `prelude`), and listing, signalling, killing, removing and measuring a cgroup.
 Waits block up to their timeout: async callers run them in a thread. Not here: spawning
 (`runtime.process`), the marker search and process trees (`procfs`), who may get a
 signal (`signals`).
@@ -29,22 +29,13 @@ from typing import Literal
 
 import psutil
 
+from stackvisor.system.prelude import prelude
 from stackvisor.system.signals import SignalGate
 
 ENV = "STACKVISOR_TRACKING"
 Mode = Literal["auto", "cgroup", "marker"]
 MODES: tuple[Mode, ...] = ("auto", "cgroup", "marker")
 TOP = "stackvisor"  # the folder below our own cgroup that holds every stack's cgroups
-
-# Prepended to a service's argv: the shell moves itself into the cgroup, then execs the
-# command, so the command and its first fork start inside. `$$` and not "0": the kernel
-# reads "0" as "the writing process", which is the shell only while `echo` is a builtin.
-# A failed join ends the child with 125 (a launcher's own failure, as for `env`) and a
-# message rather than letting it run untracked. It costs one `sh` start: about 1 ms.
-JOIN = (
-    'echo $$ >"$1" || { echo "stackvisor: cannot join the cgroup ${1%/cgroup.procs},'
-    ' not starting $2" >&2; exit 125; }; shift; exec "$@"'
-)
 
 # A cgroup named like an interface file (`cpu.max`) collides with it, now or once enabled.
 _INTERFACE_PREFIXES = {"cgroup", "cpu", "cpuset", "io", "memory", "pids", "rdma", "hugetlb", "misc"}
@@ -194,7 +185,7 @@ def probe(stack: str, *, mode: str | None = None, environ: Mapping[str, str] | N
 
     `mode` None reads STACKVISOR_TRACKING from `environ` (os.environ). "marker" forces the
     fallback; "cgroup" raises CgroupUnavailable instead. Creating the folder is the test:
-    a read-write mount still refuses a cgroup not delegated to us. We never move ourselves.
+    a read-write mount still refuses a cgroup not delegated to us. We never leave our cgroup.
     """
     asked = {ENV: mode} if mode is not None else os.environ if environ is None else environ
     try:
@@ -231,9 +222,29 @@ def service_dir(base: Path, service: str) -> Path:
     return path
 
 
+def prime(base: Path) -> None:
+    """Take the kernel's lock for moves between cgroups now, moving nothing, so that a
+    child about to join its cgroup (an on-demand service's first connection) does not
+    wait for it.
+
+    The first write to any `cgroup.procs` after a quiet while waits for an RCU grace
+    period (5 to 15 ms measured here); writes within the next grace period do not. We
+    write our own pid into our own cgroup (`base`, the stack's folder, is two below it):
+    a move to where we already are, which changes nothing. It blocks for that grace
+    period: run it in a thread, while the spawn is prepared. Only a shortcut: a failure
+    is ignored, and the child's join waits as it would have."""
+    with contextlib.suppress(OSError):
+        fd = os.open(base.parent.parent / "cgroup.procs", os.O_WRONLY)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+
+
 def launcher(path: Path) -> tuple[str, ...]:
-    """The argv prefix that makes a child join the cgroup at `path` before it execs the rest."""
-    return ("/bin/sh", "-c", JOIN, "stackvisor", str(path / "cgroup.procs"))
+    """The argv prefix that makes a child join the cgroup at `path` before it execs the
+    rest (`prelude`: a shell, so the command and its first fork start inside)."""
+    return prelude(path)
 
 
 def leftovers(stack: str) -> list[Path]:

@@ -1,0 +1,54 @@
+"""The few shell lines a child runs before it execs its service: join the service's
+cgroup, take over a listening socket. Pure: this builds argv, the spawner runs it.
+
+One `/bin/sh` does both, about 1.3 ms; the socket hand-over used to be a Python
+interpreter (10 ms, paid by every first connection of an on-demand service).
+
+- Joining a cgroup: the shell writes its own pid (`$$`, not "0": the kernel reads "0" as
+  "the writing process", which is the shell only while `echo` is a builtin) into
+  `cgroup.procs`, so the command and its first fork start inside. A failed join ends
+  the child with 125 (a launcher's own failure, as for `env`) and a message rather than
+  letting it run untracked.
+- Taking over a socket (the systemd protocol, `socket: inherit`): the spawner gives the
+  listening socket as standard input; the shell moves it to fd 3 (dash knows fds 0-9
+  only, so it could not have taken it from wherever the supervisor keeps it), puts
+  /dev/null back on standard input and sets `LISTEN_PID` to its own pid, which `exec`
+  hands on to the service with the socket.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SHELL = "/bin/sh"
+NAME = "stackvisor"  # the shell's $0: what `ps` shows for the moment it runs
+
+
+def _join(program_arg: int) -> str:
+    return (
+        'echo $$ >"$1" || { echo "stackvisor: cannot join the cgroup ${1%/cgroup.procs},'
+        f' not starting ${program_arg}" >&2; exit 125; }}; shift; '
+    )
+
+
+_HAND_OVER = (
+    "exec 3<&0 </dev/null; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=$1; "
+    "export LISTEN_PID LISTEN_FDS LISTEN_FDNAMES; shift; "
+)
+
+
+def prelude(cgroup: Path | None = None, socket_name: str | None = None) -> tuple[str, ...]:
+    """The argv prefix that joins `cgroup` (its folder) and takes over the socket on
+    standard input, named `socket_name` (`LISTEN_FDNAMES`), then execs what follows.
+    Empty when there is nothing to do."""
+    if cgroup is None and socket_name is None:
+        return ()
+    script, args = "", []
+    if cgroup is not None:
+        # The program follows the procs file, and the socket's name when there is one.
+        script += _join(3 if socket_name is not None else 2)
+        args.append(str(cgroup / "cgroup.procs"))
+    if socket_name is not None:
+        script += _HAND_OVER
+        args.append(socket_name)
+    return (SHELL, "-c", script + 'exec "$@"', NAME, *args)
