@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stackvisor.system.prelude import prelude
+from stackvisor.system.prelude import lead, prelude
 
 # What the service sees: its fd 3, standard input, and the protocol's variables.
 REPORT = textwrap.dedent("""
@@ -128,3 +128,43 @@ def test_join_and_hand_over_in_one_shell(tmp_path: Path) -> None:
     assert seen["listen_pid"] == str(seen["pid"]) and seen["names"] == "web"
     assert seen["stdin_is_null"] is True
     assert f"{folder.name}\n" in seen["cgroup"] and "/stackvisor/" in seen["cgroup"]
+
+
+# What a string command's shell sees: its arguments, $0, the socket, its pid.
+SCRIPT = (
+    'echo "args=$# zero=$0 pid=$$ listen=$LISTEN_PID"; '
+    "exec python3 -c 'import socket; print(socket.socket(fileno=3).getsockname()[1])'"
+)
+
+
+def test_a_shell_command_runs_in_the_prelude_s_shell() -> None:
+    argv = lead(prelude(socket_name="api"), ["/bin/sh", "-c", SCRIPT])
+    assert argv[0] == "/bin/sh" and argv.count("/bin/sh") == 3  # one shell, no second exec
+    sock = listener()
+    try:
+        done = run(argv, stdin=sock.fileno())
+    finally:
+        port = sock.getsockname()[1]
+        sock.close()
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    fields = dict(word.split("=") for word in first.split())
+    assert fields["args"] == "0" and fields["zero"] == "/bin/sh"  # as `sh -c` alone
+    assert fields["listen"] == fields["pid"]  # the pid the service keeps through exec
+    assert second == str(port)
+
+
+def test_a_shell_command_does_not_run_when_the_join_fails(tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    argv = lead(prelude(tmp_path / "missing"), ["/bin/sh", "-c", f"touch {ran}"])
+    done = run(argv)
+    assert done.returncode == 125
+    assert f"cannot join the cgroup {tmp_path / 'missing'}, not starting /bin/sh" in done.stderr
+    assert not ran.exists()
+
+
+def test_other_commands_follow_the_prelude() -> None:
+    shell = prelude(socket_name="api")
+    assert lead(shell, ["python3", "-c", "pass"]) == [*shell, "python3", "-c", "pass"]
+    assert lead(shell, ["/bin/sh", "-c", "true", "extra"]) == [*shell, "/bin/sh", "-c", "true", "extra"]
+    assert lead((), ["/bin/sh", "-c", "true"]) == ["/bin/sh", "-c", "true"]

@@ -32,7 +32,7 @@ import psutil
 
 from stackvisor.config.users import UserSpec
 from stackvisor.system import cgroups, procfs
-from stackvisor.system.prelude import prelude
+from stackvisor.system.prelude import lead, prelude
 from stackvisor.system.signals import SignalGate
 
 PR_SET_PDEATHSIG = 1
@@ -143,12 +143,12 @@ class Spawner:
             # launcher the child would just exit 127. Find the program as exec would.
             argv = [resolve_program(argv[0], cwd, full_env.get("PATH", os.defpath)), *argv[1:]]
         as_user = (*launcher[:1], *_setpriv_user(user), *launcher[1:]) if launcher and user else ()
-        if shell and launcher:
+        if shell and as_user:
             # PDEATHSIG first (a supervisor killed now still takes the child along), the
             # cgroup joined as root, then the change of user (which sets it again).
             launcher = (*launcher, *shell, *as_user)
         elif shell:
-            argv = [*shell, *argv]
+            argv = lead(shell, argv)
         elif as_user:
             launcher = as_user
         stdin = listener[0] if listener else None
