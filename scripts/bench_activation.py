@@ -8,7 +8,9 @@
    idle (`stop`) between runs.
 2. The proxy against a direct connection to the same server on loopback: a 1 GB
    transfer (goal: >= 80% of direct throughput) and 2,000 one-byte round trips (goal:
-   <= 0.2 ms added at p50).
+   <= 0.2 ms added at p50). The transfer is measured twice: as the scheduler places
+   everything, and with both ends on CPU 0 and the supervisor on CPU 1 (the ends get the
+   same core either way; the proxy a core of its own, as on a machine with one to spare).
 
 Usage: python scripts/bench_activation.py [--runs 15] [--gigabytes 1]
 """
