@@ -302,6 +302,37 @@ def test_plan_reload(tmp_path: Path) -> None:
     assert only_api.start == ("db", "api") and only_api.selection == frozenset({"db", "api"})
 
 
+def test_a_reload_keeps_a_held_socket_only_for_the_same_port_and_a_new_start(tmp_path: Path) -> None:
+    base = (
+        "services:\n"
+        "  web: {command: x, port: 8001, socket: inherit, env: {V: '1'}}\n"
+        "  api: {command: x, port: 8002, socket: inherit, env: {V: '1'}, profiles: [full]}\n"
+        "  moved: {command: x, port: 8003, socket: inherit, env: {V: '1'}}\n"
+        "  proxied: {command: x, port: 8004, socket: proxy, env: {V: '1'}}\n"
+    )
+    old = load(tmp_path, base)
+    edited = base.replace("'1'", "'2'").replace("8003", "8013")
+    new = load(tmp_path, edited.replace("profiles: [full]", "profiles: [full], depends_on: [web]"))
+    everything = {"web", "api", "moved", "proxied"}
+    plan = plans.plan_reload(
+        old,
+        new,
+        diff_configs(old, new),
+        requested=[],
+        running=everything,
+        stopped_by_hand=set(),
+        profiles=["full"],
+    )
+    assert set(plan.start) == everything
+    assert plan.keep_sockets == {"web", "api", "proxied"}  # moved: another port
+    # Out of the selection now (its profile is not active): it does not start again, the socket goes.
+    dropped = plans.plan_reload(
+        old, new, diff_configs(old, new), requested=[], running=everything, stopped_by_hand=set()
+    )
+    assert "api" in dropped.stop and "api" not in dropped.start
+    assert dropped.keep_sockets == {"web", "proxied"}
+
+
 @pytest.mark.parametrize(("code", "what"), [(127, "command not found"), (126, "command cannot be executed")])
 def test_a_program_the_shell_cannot_run_fails_at_once(code: int, what: str) -> None:
     life = Life(State.RUNNING, started_at=0.0)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -304,3 +306,91 @@ async def test_socket_inherit_hands_over_the_port_and_keeps_it_across_restarts(t
         assert await asyncio.to_thread(answer) == second
         assert not [e for e in sup.bus.backlog if e.kind == "port_conflict"]
     assert is_free(port)  # the stack is down: nobody listens there any more
+
+
+# Answers with its VERSION and pid, on the socket it inherits or on $PORT. Told to stop,
+# it stops accepting and leaves only when the test says so (a file `go`), so that a
+# connection can arrive in between.
+LETS_GO_LATE = """
+import os, pathlib, signal, socket, time
+if os.environ.get("LISTEN_FDS") == "1":
+    s = socket.socket(fileno=3)
+else:  # behind the proxy
+    s = socket.create_server(("127.0.0.1", int(os.environ["PORT"])))
+def leave(*_):
+    pathlib.Path("stopping").touch()
+    while not pathlib.Path("go").exists():
+        time.sleep(0.01)
+    os._exit(0)
+signal.signal(signal.SIGTERM, leave)
+while True:
+    c, _ = s.accept()
+    c.sendall(f"{os.environ['VERSION']} {os.getpid()}".encode())
+    c.close()
+"""
+
+
+def late_leaver(root: Path, port: int, mode: str, start: str, version: int) -> str:
+    """A stack of one `LETS_GO_LATE` service (reloaded by the test, not the watcher)."""
+    (root / "inherit.py").write_text(LETS_GO_LATE)
+    return (
+        "settings: {reload: false}\n"
+        f"services:\n  api:\n    command: python3 inherit.py\n    port: {port}\n    socket: {mode}\n"
+        f"    start: {start}\n    stop_grace_period: 30s\n    environment: {{VERSION: '{version}'}}\n"
+    )
+
+
+async def served_across(root: Path, port: int, action: Awaitable[Any]) -> tuple[str, str]:
+    """(version, pid) that answer a connection made while `action` stops the service:
+    connected once the process was told to stop, before it lets go."""
+    task = asyncio.ensure_future(action)
+    try:
+        await async_wait_for((root / "stopping").exists, timeout=15)
+        conn = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 15)
+    finally:
+        (root / "go").touch()
+    with conn:
+        await task
+        version, pid = (await asyncio.to_thread(conn.recv, 64)).decode().split()
+    return version, pid
+
+
+def ask_version(port: int) -> tuple[str, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+        version, pid = conn.recv(64).decode().split()
+    return version, pid
+
+
+@pytest.mark.parametrize("mode", ["inherit", "proxy"])
+async def test_a_connection_while_an_on_demand_service_stops_is_served_by_the_next_start(
+    tmp_path: Path, mode: str
+) -> None:
+    (port,) = free_ports(1)
+    path = write_stack(tmp_path, late_leaver(tmp_path, port, mode, "on_demand", 1))
+    async with running_stack(path) as sup:
+        await until_state(sup, "api", "idle")
+        _, first = await asyncio.to_thread(ask_version, port)
+        _, second = await served_across(tmp_path, port, sup.stop_service("api"))
+        assert second != first and str(sup.runners["api"].status()["pid"]) == second
+    assert is_free(port)
+
+
+@pytest.mark.parametrize("mode", ["inherit", "proxy"])
+@pytest.mark.parametrize("start", ["always", "on_demand"])
+async def test_a_reload_that_keeps_the_port_keeps_the_socket(tmp_path: Path, start: str, mode: str) -> None:
+    """An edit of a service whose port the supervisor holds (`socket: inherit` or
+    `proxy`) and which keeps that port restarts it as a restart does: a connection that
+    arrives while the old process stops waits (in the socket's backlog, or held by the
+    proxy) and is served by the new process, not reset."""
+    (port,) = free_ports(1)
+    path = write_stack(tmp_path, late_leaver(tmp_path, port, mode, start, 1))
+    async with running_stack(path) as sup:
+        await until_state(sup, "api", "running", "idle")
+        version, first = await asyncio.to_thread(ask_version, port)
+        assert version == "1"
+        path.write_text(late_leaver(tmp_path, port, mode, start, 2))
+        reloading = asyncio.ensure_future(sup.reload())
+        version, second = await served_across(tmp_path, port, reloading)
+        assert reloading.result()["restarted"] == ["api"]
+        assert (version, second != first) == ("2", True)
+    assert is_free(port)

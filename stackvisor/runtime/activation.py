@@ -72,6 +72,7 @@ class Activation:
         clock: Clock,
         start: Callable[[str], Awaitable[None]],
         stop: Callable[[str, str, bool], Awaitable[None]],
+        proxy: Proxy | None = None,
     ) -> None:
         self.runner = runner
         self.bus = bus
@@ -79,7 +80,8 @@ class Activation:
         self._start = start
         self._stop = stop
         self.watch = Watch(None, clock.now())
-        self.proxy: Proxy | None = None  # with `socket: proxy`
+        self.proxy = proxy  # with `socket: proxy`; given: the one a reload kept
+        self.handed_over = False  # the proxy goes on with the next Activation (a reload)
         self._wanted = asyncio.Event()  # a proxied connection waits for the service
         self._priming: asyncio.Task[None] | None = None
 
@@ -102,12 +104,14 @@ class Activation:
 
     async def run(self) -> None:
         """Until the stack stops (cancelled)."""
-        serving = None
         if self.runner.config.socket == "proxy":
             public = self.runner.config.port
             assert isinstance(public, int)
-            self.proxy = Proxy(listening_socket(public), up=self._up, alive=lambda: self.runner.running)
-            serving = asyncio.create_task(self.proxy.serve(), name=f"proxy:{self.runner.name}")
+            if self.proxy is None:
+                self.proxy = Proxy(listening_socket(public), up=self._up, alive=lambda: self.runner.running)
+            else:
+                self.proxy.rebind(up=self._up, alive=lambda: self.runner.running)
+            self.proxy.start()
         try:
             while True:
                 if self.on_demand and self.runner.state is not State.PENDING and not self.runner.running:
@@ -116,8 +120,7 @@ class Activation:
                     await self.bus.wait_until(lambda: self.runner.running)
                 await self._watch_running()
         finally:
-            if serving is not None and self.proxy is not None:
-                serving.cancel()
+            if self.proxy is not None and not self.handed_over:
                 self.proxy.close()
 
     async def _up(self) -> int | None:
@@ -163,7 +166,9 @@ class Activation:
     async def _proxied_wake(self, reason: str) -> float:
         self._wanted.clear()
         self.runner.go_idle(reason, hold=False)
-        await self._wanted.wait()
+        assert self.proxy is not None
+        if not self.proxy.waiting:  # else one came while the service stopped, or a reload ran
+            await self._wanted.wait()
         return self.clock.now()
 
     async def _watch_running(self) -> None:
@@ -196,6 +201,7 @@ class Activating:
     runners: dict[str, ServiceRunner]
     activations: dict[str, Activation]
     _activation_tasks: dict[str, asyncio.Task[None]]
+    _kept_proxies: dict[str, Proxy]  # by `unwatch`, for the service's next Activation
     selection: set[str]
     bus: EventBus
     clock: Clock
@@ -232,6 +238,7 @@ class Activating:
                 clock=self.clock,
                 start=self.start_service,
                 stop=self._idle_out,
+                proxy=self._kept_proxies.pop(name, None),
             )
             return self.activations[name]
         return None
@@ -245,12 +252,22 @@ class Activating:
         self._activation_tasks[name] = tg.create_task(activation.run(), name=f"activation:{name}")
         return activation.on_demand
 
-    def unwatch(self, name: str) -> None:
-        """A service a reload removed or changed: its activation ends."""
-        self.activations.pop(name, None)
+    def unwatch(self, name: str, *, keep_proxy: bool = False) -> None:
+        """A service a reload removed or changed: its activation ends. With `keep_proxy`
+        (the port stays, see `plans.keeps_socket`) its proxy goes on, for the next."""
+        activation = self.activations.pop(name, None)
+        if keep_proxy and activation is not None and activation.proxy is not None:
+            activation.handed_over = True
+            self._kept_proxies[name] = activation.proxy
         task = self._activation_tasks.pop(name, None)
         if task is not None:
             task.cancel()
+
+    def close_kept_proxies(self) -> None:
+        """A reload is done: a proxy kept for a service that is not watched again closes."""
+        for proxy in self._kept_proxies.values():
+            proxy.close()
+        self._kept_proxies.clear()
 
     async def _idle_out(self, name: str, reason: str, keep_socket: bool) -> None:
         await self.runners[name].stop(reason, keep_socket=keep_socket)

@@ -13,7 +13,7 @@ from stackvisor import graph
 from stackvisor.config import ReloadDiff, restart_set
 from stackvisor.config.diff import followers
 from stackvisor.config.replicas import expand_names
-from stackvisor.config.schema import StackConfig
+from stackvisor.config.schema import Service, StackConfig
 from stackvisor.runtime.status import ReloadResult
 
 # Settings that take effect only when the supervisor starts again.
@@ -48,7 +48,8 @@ class ReloadPlan:
 
     First `stop` (running services that are removed or restart), then drop `removed`,
     give `changed` their new configuration, create `added`, and `start` (in start
-    order) within the new `selection`.
+    order) within the new `selection`. The services in `keep_sockets` hold their
+    listening socket throughout, as a restart does (see `keeps_socket`).
     """
 
     diff: ReloadDiff
@@ -56,6 +57,7 @@ class ReloadPlan:
     stop: tuple[str, ...]
     start: tuple[str, ...]
     selection: frozenset[str]
+    keep_sockets: frozenset[str] = frozenset()
 
     @property
     def restarted(self) -> list[str]:
@@ -84,7 +86,16 @@ def plan_reload(
     by_hand = {n for n in restarts if n not in stop and n in stopped_by_hand}
     starting = set(diff.added) | (set(restarts) - by_hand)
     start = tuple(n for n in graph.start_order(new.graph()) if n in starting and n in chosen)
-    return ReloadPlan(diff, tuple(restarts), stop, start, frozenset(chosen))
+    keep = frozenset(n for n in start if n in restarts and keeps_socket(old.services[n], new.services[n]))
+    return ReloadPlan(diff, tuple(restarts), stop, start, frozenset(chosen), keep)
+
+
+def keeps_socket(old: Service, new: Service) -> bool:
+    """Whether an edit leaves the listening socket the supervisor holds for a service as
+    it is: the same mode (`socket: inherit` or `proxy`) and the same fixed port. Then a
+    reload restarts it as `restart` does: connections that arrive meanwhile wait (in the
+    socket's backlog, or held by the proxy) for the new process instead of being reset."""
+    return old.socket == new.socket is not None and isinstance(new.port, int) and old.port == new.port
 
 
 def reload_result(plan: ReloadPlan, *, dry_run: bool, source: str, now: float) -> ReloadResult:

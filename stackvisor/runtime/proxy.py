@@ -115,9 +115,21 @@ class Proxy:
         self.sock = sock
         self.active = 0
         self.connections = 0
+        self.waiting = 0  # connections waiting for the service to come up
         self._up = up  # waits until the service serves; its internal port (None: it did not come up)
         self._alive = alive
         self._tasks: set[asyncio.Task[None]] = set()
+        self._serving: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Accept from now on, until `close`."""
+        if self._serving is None:
+            self._serving = asyncio.create_task(self.serve(), name=f"proxy:{self.sock.getsockname()[1]}")
+
+    def rebind(self, *, up: Callable[[], Awaitable[int | None]], alive: Callable[[], bool]) -> None:
+        """Serve another watcher of the same service from now on (a reload that kept the
+        port): connections accepted and waiting stay, and so do the ones being forwarded."""
+        self._up, self._alive = up, alive
 
     async def serve(self) -> None:
         """Accept until cancelled."""
@@ -133,7 +145,11 @@ class Proxy:
         self.active += 1
         self.connections += 1
         try:
-            port = await self._up()
+            self.waiting += 1
+            try:
+                port = await self._up()
+            finally:
+                self.waiting -= 1
             if port is None:
                 client.close()
                 return
@@ -154,6 +170,8 @@ class Proxy:
             self.active -= 1
 
     def close(self) -> None:
+        if self._serving is not None:
+            self._serving.cancel()
         for task in list(self._tasks):
             task.cancel()
         self.sock.close()

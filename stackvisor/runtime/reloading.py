@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from stackvisor import graph
@@ -51,13 +51,17 @@ class Reloading:
 
         def watch_added(self, name: str, tg: asyncio.TaskGroup) -> bool: ...
 
-        def unwatch(self, name: str) -> None: ...
+        def unwatch(self, name: str, *, keep_proxy: bool = False) -> None: ...
+
+        def close_kept_proxies(self) -> None: ...
 
         def schedule_added(self, name: str, tg: asyncio.TaskGroup, *, paused: bool = False) -> bool: ...
 
         def unschedule(self, name: str) -> None: ...
 
-        async def stop_services(self, names: Iterable[str], *, keep_sockets: bool = False) -> None: ...
+        async def stop_services(
+            self, names: Iterable[str], *, keep_sockets: Collection[str] = ()
+        ) -> None: ...
 
     async def converge(self, names: Sequence[str], profiles: Sequence[str] = ()) -> ConvergeResult:
         """`up [SERVICE...]` against this running stack, as `docker compose up -d`: apply the
@@ -136,7 +140,7 @@ class Reloading:
     async def _apply(self, new: StackConfig, plan: plans.ReloadPlan) -> None:
         tg = self._check_not_stopping()
         # Stopping needs the old graph (removed services are only there).
-        await self.stop_services(plan.stop)
+        await self.stop_services(plan.stop, keep_sockets=plan.keep_sockets)
         for name in plan.diff.removed:
             self.unwatch(name)
             self.unschedule(name)
@@ -145,10 +149,11 @@ class Reloading:
         self.config = self.ports.config = new
         self.record()
         for name in plan.diff.changed:
-            self.unwatch(name)  # made again below from what the service says now
+            # Made again below from what the service says now (with its proxy, if it stays).
+            self.unwatch(name, keep_proxy=name in plan.keep_sockets)
             self.unschedule(name)
             runner = self.runners[name]
-            runner.reconfigure(new.services[name])
+            runner.reconfigure(new.services[name], keep_socket=name in plan.keep_sockets)
             if not isinstance(new.services[name].port, str):  # `auto` keeps the port it has
                 self.ports.set(name, runner.port)
         for name in plan.diff.added:
@@ -162,6 +167,7 @@ class Reloading:
         self.selection = set(plan.selection)
         watched = [*plan.diff.changed, *plan.diff.added]
         waiting = {n for n in watched if n in self.selection and self.watch_added(n, tg)}  # on demand
+        self.close_kept_proxies()
         # A scheduled one waits for its tick, also after an edit; one stopped by hand stays so.
         waiting |= {
             n

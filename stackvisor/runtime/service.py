@@ -132,9 +132,11 @@ class ServiceRunner(ServiceFacts):
         if self._child is not None and self._child.alive:
             self._child.kill_now()
 
-    def reconfigure(self, config: Service) -> None:
-        """Take a new configuration (a reload), applied at the next start."""
-        self.close_socket()  # the new config may move or drop the port
+    def reconfigure(self, config: Service, *, keep_socket: bool = False) -> None:
+        """Take a new configuration (a reload), applied at the next start. Its listening
+        socket is closed (the port may move or go) unless `keep_socket` (`keeps_socket`)."""
+        if not keep_socket:
+            self.close_socket()
         self._config = config
         self._rules = Rules.of(config)
         if isinstance(config.port, int) or config.port is None:

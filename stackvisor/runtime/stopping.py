@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 import psutil
@@ -24,9 +24,10 @@ async def stop_in_order(
     depends_on: Mapping[str, Iterable[str]],
     names: Iterable[str],
     *,
-    keep_sockets: bool = False,
+    keep_sockets: Collection[str] = (),
 ) -> None:
-    """Stop `names`, each after every dependent of it among `names`, the rest in parallel."""
+    """Stop `names`, each after every dependent of it among `names`, the rest in parallel;
+    those in `keep_sockets` start again next, holding their listening socket meanwhile."""
     chosen = {n for n in names if n in runners}
     dependents: dict[str, set[str]] = {n: set() for n in chosen}
     for name in chosen:
@@ -39,7 +40,7 @@ async def stop_in_order(
         for dependent in dependents[name]:
             await done[dependent].wait()
         try:
-            await runners[name].stop(keep_socket=keep_sockets)
+            await runners[name].stop(keep_socket=name in keep_sockets)
         finally:
             done[name].set()
 

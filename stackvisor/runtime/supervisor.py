@@ -17,7 +17,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -115,6 +115,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         self.tg: asyncio.TaskGroup | None = None
         self.activations: dict[str, Activation] = {}  # on demand, idle_stop, lease (see activation)
         self._activation_tasks: dict[str, asyncio.Task[None]] = {}  # those a reload added
+        self._kept_proxies = {}
         self.schedules: dict[str, Scheduler] = {}  # services with `schedule` (see scheduling)
         self._stop_requested = asyncio.Event()
         self._stop_reason = ""
@@ -296,7 +297,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         await self.bus.wait_until(done)
         self.request_stop("every service has ended")
 
-    async def stop_services(self, names: Iterable[str], *, keep_sockets: bool = False) -> None:
+    async def stop_services(self, names: Iterable[str], *, keep_sockets: Collection[str] = ()) -> None:
         """Stop `names`, each after every running dependent of it among `names`."""
         depends_on = {n: list(svc.depends_on) for n, svc in self.config.services.items()}
         await stop_in_order(self.runners, depends_on, names, keep_sockets=keep_sockets)
@@ -333,7 +334,9 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             if runner is None or not (runner.running or runner.state is State.SCHEDULED):
                 state = runner.state if runner else "gone"
                 raise ActionConflict(f"{name} is not running (it is {state})")
-            await runner.stop("stopped on request")
+            # An on-demand service waits idle again, on the same socket: connections that
+            # come meanwhile wait for its next start.
+            await runner.stop("stopped on request", keep_socket=runner.config.start == "on_demand")
 
     async def restart_services(self, names: Sequence[str]) -> None:
         """Stop the services (dependents first) and start them again in dependency order,
@@ -346,7 +349,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             running = {n for n, r in self.runners.items() if r.running}
             targets = plans.restart_targets(self.config, names, running)
             # A restart keeps an inherited socket: connections queue meanwhile.
-            await self.stop_services((n for n in targets if n in running), keep_sockets=True)
+            await self.stop_services((n for n in targets if n in running), keep_sockets=targets)
             if self.stopping:
                 for name in targets:
                     self.runners[name].close_socket()
