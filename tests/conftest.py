@@ -709,3 +709,24 @@ def clock_step(monkeypatch: pytest.MonkeyPatch) -> ClockStep:
         monkeypatch.setattr(procfs, "boot_time", lambda: our_boot() + seconds)
 
     return step
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A stack of its own in a real cgroup; whatever is left in it is killed and removed."""
+    import uuid
+
+    from stackvisor.system import cgroups
+    from stackvisor.system.signals import SignalGate
+
+    stack = f"test-{uuid.uuid4().hex[:12]}"
+    tracking = cgroups.probe(stack, mode="auto")
+    if tracking.kind != "cgroup" or tracking.base is None:
+        pytest.skip(f"cgroup v2 is not writable here: {tracking.reason}")
+    try:
+        yield tracking.base
+    finally:
+        for path in [*cgroups.leftovers(stack), tracking.base]:
+            cgroups.kill(path, SignalGate())
+            cgroups.remove(path)
+        assert not tracking.base.exists()

@@ -14,8 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -218,22 +216,6 @@ TERMINATED = textwrap.dedent("""
     note("ready")
     time.sleep(300)
 """)
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A stack of its own in a real cgroup; whatever is left in it is killed and removed."""
-    stack = f"test-{uuid.uuid4().hex[:12]}"
-    tracking = cgroups.probe(stack, mode="auto")
-    if tracking.kind != "cgroup" or tracking.base is None:
-        pytest.skip(f"cgroup v2 is not writable here: {tracking.reason}")
-    try:
-        yield tracking.base
-    finally:
-        for path in [*cgroups.leftovers(stack), tracking.base]:
-            cgroups.kill(path, GATE)
-            cgroups.remove(path)
-        assert not tracking.base.exists()
 
 
 def test_a_child_joins_before_its_first_fork(base: Path) -> None:

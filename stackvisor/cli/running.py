@@ -137,7 +137,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from stackvisor.config.interpolate import port_env
     from stackvisor.control import ops
     from stackvisor.runtime.command import service_context
-    from stackvisor.runtime.process import resolve_program
+    from stackvisor.system.prelude import resolve_program
 
     if not args.cmd:
         raise UsageError("exec needs a command after --, e.g. stackvisor exec api -- python -m api.shell")

@@ -60,7 +60,7 @@ def _check_programs(config: StackConfig) -> tuple[list[str], list[str]]:
     from stackvisor.config.commands import program
     from stackvisor.config.report import display
     from stackvisor.config.yamlpos import parse_yaml
-    from stackvisor.runtime.process import resolve_program
+    from stackvisor.system.prelude import resolve_program
 
     document, _ = parse_yaml(config.path.read_text(encoding="utf-8"))
     errors: list[str] = []

@@ -192,7 +192,8 @@ def run_command(cmd: Sequence[str], env: dict[str, str], grace: float = 10.0) ->
     """
     import subprocess
 
-    from stackvisor.runtime.process import die_with_parent, pdeathsig_launcher, resolve_program
+    from stackvisor.runtime.process import die_with_parent
+    from stackvisor.system.prelude import pdeathsig_launcher, resolve_program
     from stackvisor.system.signals import SignalGate
 
     gate = SignalGate()

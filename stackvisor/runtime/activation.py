@@ -137,8 +137,10 @@ class Activation:
         port = self.runner.config.port if isinstance(self.runner.config.port, int) else None
         reason = f"waiting for a connection on port {port}"
         woke = await (self._proxied_wake(reason) if self.proxy is not None else self._socket_wake(reason))
-        base = self.runner.ctx.spawner.tracking.base
-        if base is not None:  # the child joins its cgroup in a few ms: see `cgroups.prime`
+        spawner = self.runner.ctx.spawner
+        base = spawner.tracking.base
+        # A child that joins its cgroup (not born there) does so in a few ms: see `cgroups.prime`.
+        if base is not None and spawner.births is None:
             self._priming = asyncio.create_task(asyncio.to_thread(cgroups.prime, base))
         try:
             await self._start(self.runner.name)

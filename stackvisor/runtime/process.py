@@ -1,4 +1,5 @@
-"""Spawning, signalling and reaping one child process: the only place that forks.
+"""Spawning, signalling and reaping one child process: the only place that starts
+services (itself, or with cgroups through the helper of `system.cgspawn`).
 
 A child runs in its own session (so its process group carries our signals and a
 terminal's Ctrl-C reaches only the supervisor), dies with the supervisor
@@ -17,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import errno
 import functools
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -32,7 +31,8 @@ import psutil
 
 from stackvisor.config.users import UserSpec
 from stackvisor.system import cgroups, procfs
-from stackvisor.system.prelude import lead, prelude
+from stackvisor.system.cgspawn import CgroupSpawner, Unsupported
+from stackvisor.system.prelude import lead, pdeathsig_launcher, prelude, resolve_program
 from stackvisor.system.signals import SignalGate
 
 PR_SET_PDEATHSIG = 1
@@ -85,14 +85,27 @@ class Spawner:
         self._reap_scheduled = False
         # Until `track` finds cgroups usable, children are found by their markers.
         self.tracking = cgroups.Tracking("marker", "cgroups not probed")
+        self.births: CgroupSpawner | None = None  # with cgroups: children born in theirs
 
     def track(self, stack: str) -> cgroups.Tracking:
-        """Put the services of `stack` in cgroups from now on, where the kernel lets us."""
+        """Put the services of `stack` in cgroups from now on, where the kernel lets us,
+        each born in its own where the kernel can (`cgspawn`)."""
         self.tracking = cgroups.probe(stack)
+        if self.tracking.base is not None and self.births is None:
+            self.births = CgroupSpawner.start()
+            if self.births is not None:
+                self._unreaped.add(self.births.helper.pid)
         return self.tracking
+
+    def end_births(self) -> None:
+        """No more children: the helper goes (children already born stay)."""
+        if self.births is not None:
+            self.births.close()
+            self.births = None
 
     def release(self) -> None:
         """End whatever is left in the stack's cgroups and remove them (the stack is down)."""
+        self.end_births()
         base = self.tracking.base
         if base is not None:
             for path in sorted(p for p in base.glob("*") if p.is_dir()):
@@ -133,6 +146,15 @@ class Spawner:
         launcher = pdeathsig_launcher()
         base = self.tracking.base
         cgroup = None
+        if base is not None and service is not None and self.births is not None:
+            cgroup = cgroups.service_dir(base, service)
+            path = resolve_program(argv[0], cwd, full_env.get("PATH", os.defpath))
+            try:
+                pid, read_fd = await self.births.spawn(path, argv, full_env, cgroup, cwd, listener, user)
+                return self._child(pid, read_fd, marker, None, cgroup)
+            except Unsupported as exc:  # this one (or every one from now on) the prelude's way
+                if exc.lasting:
+                    self.births = None
         # Without setpriv, Popen changes the user before the shell could join the cgroup
         # (root's): such a child is tracked by its marker.
         if base is not None and service is not None and (launcher or user is None):
@@ -153,17 +175,14 @@ class Spawner:
             launcher = as_user
         stdin = listener[0] if listener else None
         popen, read_fd = _start(argv, launcher, full_env, cwd, stdin, None if launcher else user)
-        self._unreaped.add(popen.pid)
-        child = Child(
-            pid=popen.pid,
-            pgid=popen.pid,
-            started=procfs.started(popen.pid) or procfs.uptime(),
-            marker=marker,
-            output_fd=read_fd,
-            popen=popen,
-            _spawner=self,
-            cgroup=cgroup,
-        )
+        return self._child(popen.pid, read_fd, marker, popen, cgroup)
+
+    def _child(
+        self, pid: int, read_fd: int, marker: str, popen: subprocess.Popen[bytes] | None, cgroup: Path | None
+    ) -> Child:
+        self._unreaped.add(pid)
+        started = procfs.started(pid) or procfs.uptime()
+        child = Child(pid, pid, started, marker, read_fd, popen, _spawner=self, cgroup=cgroup)
         watch_exit(child)
         return child
 
@@ -177,7 +196,10 @@ class Spawner:
 
     def _reap_now(self) -> None:
         self._reap_scheduled = False
-        self.reap_orphans()
+        if self.births is not None and self.births.pending:  # a child whose pid is not ours yet
+            self.reap_soon()
+        else:
+            self.reap_orphans()
 
     def reap_orphans(self, keep: Iterable[int] = ()) -> list[int]:
         """Collect exit statuses of reparented grandchildren (we are their subreaper).
@@ -253,7 +275,7 @@ class Child:
     started: float  # seconds since boot (`procfs.started`): its identity beside the pid
     marker: str
     output_fd: int
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | None  # None: born in its cgroup (`cgspawn`)
     _spawner: Spawner = field(repr=False, compare=False)
     exit_code: int | None = None
     cgroup: Path | None = None  # every process it starts stays in there
@@ -280,7 +302,8 @@ class Child:
             if pid == 0:
                 return False
             self.exit_code = _exit_code(status)
-        self.popen.returncode = self.exit_code
+        if self.popen is not None:
+            self.popen.returncode = self.exit_code
         self._spawner._reaped(self.pid)
         self._exited.set()
         return True
@@ -361,41 +384,6 @@ class Child:
         self._spawner.gate.kill_all(family)
         if self.cgroup is not None:  # and what forked meanwhile
             cgroups.kill(self.cgroup, self._spawner.gate, timeout=0)
-
-
-def resolve_program(name: str, cwd: str | None, path: str) -> str:
-    """The file `execvp(name)` would run from `cwd`, or FileNotFoundError / PermissionError."""
-    base = cwd or os.getcwd()
-    if "/" in name:
-        candidates = [os.path.join(base, name)]
-    else:
-        candidates = [os.path.join(base, entry or ".", name) for entry in path.split(os.pathsep)]
-    denied = None
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            if os.access(candidate, os.X_OK):
-                return os.path.normpath(candidate)
-            denied = candidate
-    if denied is not None:
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
-    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
-
-
-@functools.cache
-def pdeathsig_launcher() -> tuple[str, ...]:
-    """setpriv's argv prefix that sets PDEATHSIG, when this setpriv knows the option
-    (util-linux 2.33 and later). Its own help text, compiled into the program, says so:
-    reading the file costs a fraction of a millisecond, running `setpriv --help` ten,
-    paid by the first service to start (maybe on its first connection)."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return ()
-    try:
-        with open(setpriv, "rb") as fh:
-            knows = b"--pdeathsig" in fh.read(16 << 20)
-    except OSError:
-        return ()
-    return (setpriv, "--pdeathsig", "KILL", "--") if knows else ()
 
 
 def watch_exit(child: Child) -> None:

@@ -251,7 +251,9 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             self.logger.warning(f"cannot write {self.paths.record}: {exc}")
 
     def close(self) -> None:
-        """Release the files: the services' logs and state.db. Idempotent."""
+        """Release the files (the services' logs and state.db) and the spawn helper.
+        Idempotent."""
+        self.spawner.end_births()
         for runner in self.runners.values():
             runner.close()
         self.ports.close_registry()

@@ -1,5 +1,8 @@
-"""The few shell lines a child runs before it execs its service: join the service's
-cgroup, take over a listening socket. Pure: this builds argv, the spawner runs it.
+"""The way from the spawner to a service's program, where the child is not born in its
+cgroup (`cgspawn`): `setpriv` for PDEATHSIG, and the few shell lines a child runs
+before it execs its service (join the service's cgroup, take over a listening socket),
+and the program found as exec would. The shell lines are pure: this builds argv, the
+spawner runs it.
 
 One `/bin/sh` does both, about 1.3 ms; the socket hand-over used to be a Python
 interpreter (10 ms, paid by every first connection of an on-demand service).
@@ -18,6 +21,10 @@ interpreter (10 ms, paid by every first connection of an on-demand service).
 
 from __future__ import annotations
 
+import errno
+import functools
+import os
+import shutil
 from pathlib import Path
 
 SHELL = "/bin/sh"
@@ -67,3 +74,38 @@ def lead(prefix: tuple[str, ...], argv: list[str]) -> list[str]:
     lines = prefix[2].removesuffix(_EXEC)
     # The shell's path stands where the program would: a failed join names it.
     return [SHELL, "-c", f"{lines}shift; {argv[2]}", SHELL, *prefix[4:], SHELL]
+
+
+def resolve_program(name: str, cwd: str | None, path: str) -> str:
+    """The file `execvp(name)` would run from `cwd`, or FileNotFoundError / PermissionError."""
+    base = cwd or os.getcwd()
+    if "/" in name:
+        candidates = [os.path.join(base, name)]
+    else:
+        candidates = [os.path.join(base, entry or ".", name) for entry in path.split(os.pathsep)]
+    denied = None
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                return os.path.normpath(candidate)
+            denied = candidate
+    if denied is not None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+@functools.cache
+def pdeathsig_launcher() -> tuple[str, ...]:
+    """setpriv's argv prefix that sets PDEATHSIG, when this setpriv knows the option
+    (util-linux 2.33 and later). Its own help text, compiled into the program, says so:
+    reading the file costs a fraction of a millisecond, running `setpriv --help` ten,
+    paid by the first service to start (maybe on its first connection)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    try:
+        with open(setpriv, "rb") as fh:
+            knows = b"--pdeathsig" in fh.read(16 << 20)
+    except OSError:
+        return ()
+    return (setpriv, "--pdeathsig", "KILL", "--") if knows else ()
