@@ -220,6 +220,8 @@ async def test_a_supervisor_that_finds_its_stack_taken_leaves_no_helper(tmp_path
         await until_state(first, "api", "running")
         if first.spawner.births is None:
             pytest.skip(f"children are not born in cgroups here ({first.spawner.tracking.reason})")
+        service = psutil.Process(first.runners["api"].status()["pid"])
+        wait_for(lambda: service.name() == "sleep")  # until it exec'd, it looks like its helper
         before = helpers()
         second = Supervisor(load_config(path), console=Console(None, colour=False))
         with pytest.raises(AlreadyRunning):

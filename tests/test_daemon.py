@@ -123,8 +123,8 @@ def test_a_pidfile_naming_another_process_is_never_adopted(tmp_path: Path, detac
         programs=False,
     )
     detached(tmp_path)
-    wait_for(lambda: app(tmp_path)["exit_code"] == -1, timeout=10)  # no daemon of its own: a failure
-    assert app(tmp_path)["state"] == "exited"
+    # No daemon of its own: a failure (the exit code is known a moment before the state).
+    wait_for(lambda: (app(tmp_path)["exit_code"], app(tmp_path)["state"]) == (-1, "exited"), timeout=10)
     log = (tmp_path / "logs" / "app.log").read_text()
     assert "no live process of the service in pidfile" in log
     assert alive(stranger.pid)
