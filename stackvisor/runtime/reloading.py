@@ -148,26 +148,28 @@ class Reloading:
             self.ports.forget(name)
         self.config = self.ports.config = new
         self.record()
-        for name in plan.diff.changed:
-            # Made again below from what the service says now (with its proxy, if it stays).
-            self.unwatch(name, keep_proxy=name in plan.keep_sockets)
-            self.unschedule(name)
-            runner = self.runners[name]
-            runner.reconfigure(new.services[name], keep_socket=name in plan.keep_sockets)
-            if not isinstance(new.services[name].port, str):  # `auto` keeps the port it has
-                self.ports.set(name, runner.port)
-        for name in plan.diff.added:
-            svc = new.services[name]
-            self.runners[name] = self._runner(svc)
-            self.runners[name].open()
-            self.ports.set(name, fixed(svc))
-        for name, runner in self.runners.items():  # a dependency on a group names its copies now
-            if name not in plan.diff.changed and runner.config != new.services[name]:
-                runner.retarget(new.services[name])
-        self.selection = set(plan.selection)
-        watched = [*plan.diff.changed, *plan.diff.added]
-        waiting = {n for n in watched if n in self.selection and self.watch_added(n, tg)}  # on demand
-        self.close_kept_proxies()
+        try:
+            for name in plan.diff.changed:
+                # Made again below from what the service says now (with its proxy, if it stays).
+                self.unwatch(name, keep_proxy=name in plan.keep_sockets)
+                self.unschedule(name)
+                runner = self.runners[name]
+                runner.reconfigure(new.services[name], keep_socket=name in plan.keep_sockets)
+                if not isinstance(new.services[name].port, str):  # `auto` keeps the port it has
+                    self.ports.set(name, runner.port)
+            for name in plan.diff.added:
+                svc = new.services[name]
+                self.runners[name] = self._runner(svc)
+                self.runners[name].open()
+                self.ports.set(name, fixed(svc))
+            for name, runner in self.runners.items():  # a dependency on a group names its copies now
+                if name not in plan.diff.changed and runner.config != new.services[name]:
+                    runner.retarget(new.services[name])
+            self.selection = set(plan.selection)
+            watched = [*plan.diff.changed, *plan.diff.added]
+            waiting = {n for n in watched if n in self.selection and self.watch_added(n, tg)}  # on demand
+        finally:  # a proxy kept for a service not watched again (or a failure) closes
+            self.close_kept_proxies()
         # A scheduled one waits for its tick, also after an edit; one stopped by hand stays so.
         waiting |= {
             n
