@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import running_stack, until_state, wait_for, write_stack
+from conftest import async_wait_for, running_stack, until_state, wait_for, write_stack
 
 from stackvisor.app import serve
 from stackvisor.config import load_config
@@ -92,7 +92,7 @@ def test_a_child_is_born_in_its_cgroup_as_our_own_child(
     assert seen["cwd"] == str(tmp_path)
     assert seen["fds"] == [0, 1, 2] and seen["stdin"] == "/dev/null"  # nothing of the helper's
     assert seen["listen"] == {}
-    # Nothing the helper ignores (SIGINT; Python: SIGPIPE, SIGXFSZ) is ignored by the program.
+    # Nothing the helper ignores (Python: SIGPIPE, SIGXFSZ) is ignored by the program.
     code, text = born(helper, svc, ["/bin/sh", "-c", "grep SigIgn /proc/self/status"])
     assert (code, text.split()) == (0, ["SigIgn:", "0000000000000000"])
 
@@ -121,7 +121,7 @@ def test_a_program_that_cannot_run_exits_as_a_shell_would_and_says_why(
 ) -> None:
     svc = cgroups.service_dir(base, "broken")
     code, text = born(helper, svc, [str(tmp_path / "missing")])
-    assert code == 127 and f"stackvisor: cannot run for {tmp_path / 'missing'}" in text
+    assert code == 127 and f"stackvisor: {tmp_path / 'missing'}: cannot run: No such file" in text
     plain = tmp_path / "plain"
     plain.write_text("not a program")
     code, text = born(helper, svc, [str(plain)])
@@ -229,3 +229,29 @@ async def test_a_supervisor_that_finds_its_stack_taken_leaves_no_helper(tmp_path
         assert second.spawner.births is None and helpers() == before
         assert first.runners["api"].running
     assert first.spawner.births is None and helpers() == []
+
+
+async def test_a_spawn_cancelled_while_the_helper_works_leaves_no_child(tmp_path: Path) -> None:
+    spawner = Spawner(SignalGate())
+    tracking = spawner.track(f"test-{os.getpid()}-cancelled")
+    if tracking.base is None or spawner.births is None:
+        pytest.skip(f"cgroup v2 is not writable here: {tracking.reason}")
+    ended: list[int] = []
+    end = spawner.births.abandoned
+    spawner.births.abandoned = lambda pid: (ended.append(pid), end(pid))[-1]
+    try:
+        env = dict(os.environ)
+        task = asyncio.create_task(
+            spawner.spawn(["sleep", "300"], env=env, cwd=None, marker="t", service="api")
+        )
+        await asyncio.sleep(0)  # the request is on its way: the helper will start the child
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await async_wait_for(lambda: ended, timeout=10)
+        if spawner.births is None:
+            pytest.skip("this kernel cannot start a process into a cgroup")
+        assert not psutil.pid_exists(ended[0])  # killed and reaped: not even a zombie
+        assert cgroups.pids(cgroups.service_dir(tracking.base, "api")) == []
+    finally:
+        spawner.release()

@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -39,6 +40,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +80,9 @@ class CgroupSpawner:
         self._sock = sock
         self.helper = helper
         self._turn = asyncio.Lock()  # one request and its answer at a time
+        # Ends a child whose spawn was cancelled before its pid was known (the spawner
+        # sets it: every signal goes through its gate).
+        self.abandoned: Callable[[int], None] = lambda pid: None
         self.pending = 0  # requests sent and not answered: a child whose pid we do not know yet
 
     @classmethod
@@ -134,7 +139,34 @@ class CgroupSpawner:
             raise Unsupported("a request this large", lasting=False)
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
-        dirfd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        asking = asyncio.ensure_future(self._ask(data, write_fd, cgroup, listener))
+        try:
+            said = await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            # The child is born all the same: it goes once the helper names it.
+            asking.add_done_callback(functools.partial(self._unwanted, read_fd))
+            raise
+        except BaseException:
+            os.close(read_fd)
+            raise
+        if "pid" in said:
+            return int(said["pid"]), read_fd
+        os.close(read_fd)
+        code = int(said["errno"])
+        if code in _UNSUPPORTED:
+            self.close()
+            raise Unsupported(f"clone3 into a cgroup: {os.strerror(code)}")
+        raise OSError(code, os.strerror(code))
+
+    async def _ask(
+        self, data: bytes, write_fd: int, cgroup: Path, listener: tuple[int, str] | None
+    ) -> dict[str, int]:
+        """One request and the helper's answer ({"pid": n} or {"errno": n})."""
+        try:
+            dirfd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            os.close(write_fd)
+            raise
         try:
             fds = array.array("i", [write_fd, dirfd] + ([listener[0]] if listener else []))
             async with self._turn:
@@ -146,24 +178,20 @@ class CgroupSpawner:
                 finally:
                     self.pending -= 1
         except BlockingIOError:  # larger than the socket's buffer
-            os.close(read_fd)
             raise Unsupported("a request this large", lasting=False) from None
         except (OSError, TimeoutError) as exc:  # gone, or not answering
-            os.close(read_fd)
             self.close()
             raise Unsupported(f"the helper does not answer ({exc})") from None
         finally:
             os.close(dirfd)
             os.close(write_fd)
-        said = json.loads(answer) if answer else {"errno": errno.ENOSYS}  # nothing: it is gone
-        if "pid" in said:
-            return int(said["pid"]), read_fd
+        return json.loads(answer) if answer else {"errno": errno.ENOSYS}  # nothing: it is gone
+
+    def _unwanted(self, read_fd: int, asking: asyncio.Future[dict[str, int]]) -> None:
+        """A spawn cancelled while the helper worked: its child, if born, is ended."""
         os.close(read_fd)
-        code = int(said["errno"])
-        if code in _UNSUPPORTED:
-            self.close()
-            raise Unsupported(f"clone3 into a cgroup: {os.strerror(code)}")
-        raise OSError(code, os.strerror(code))
+        if not asking.cancelled() and asking.exception() is None and "pid" in asking.result():
+            self.abandoned(asking.result()["pid"])
 
     def close(self) -> None:
         """End the helper (it leaves when its socket closes) and wait for it."""
@@ -211,7 +239,7 @@ def _become(request: dict[str, Any], fds: list[int], parent: int, libc: ctypes.C
                 "LISTEN_FDS": "1",
                 "LISTEN_FDNAMES": request["listen"],
             }
-        for sig in signal.valid_signals():  # what Python ignores, the program must not
+        for sig in signal.valid_signals():  # what Python ignores (SIGPIPE), the program must not
             with contextlib.suppress(OSError, ValueError):
                 if signal.getsignal(sig) is signal.SIG_IGN:
                     signal.signal(sig, signal.SIG_DFL)
@@ -234,7 +262,7 @@ def _become(request: dict[str, Any], fds: list[int], parent: int, libc: ctypes.C
     except OSError as exc:
         code = 127 if step == "run" and exc.errno == errno.ENOENT else 126 if step == "run" else _STARTED
         with contextlib.suppress(OSError):
-            os.write(2, f"stackvisor: cannot {step} for {request['path']}: {exc.strerror}\n".encode())
+            os.write(2, f"stackvisor: {request['path']}: cannot {step}: {exc.strerror}\n".encode())
         os._exit(code)
     finally:
         os._exit(_STARTED)
@@ -246,7 +274,9 @@ def _serve(sock: socket.socket) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGINT keeps Python's handler: a terminal's Ctrl-C does not reach our session, and a
+    # child told to stop before it runs its program must not have it ignored (postgres
+    # stops on SIGINT): it ends (KeyboardInterrupt, then `_become`'s exit).
     room = socket.CMSG_SPACE(_FDS * array.array("i").itemsize)
     while True:
         data, ancillary, flags, _ = sock.recvmsg(_MAX_REQUEST, room, socket.MSG_CMSG_CLOEXEC)
