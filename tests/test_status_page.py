@@ -243,6 +243,36 @@ def test_the_restart_button_restarts_the_service_and_keys_reach_it(ui: Ui, brows
     )
 
 
+def test_the_keyboard_focus_stays_on_a_button_while_the_page_redraws(ui: Ui, browser: Any) -> None:
+    """A live page redraws a service's row on every event and every resources sample (every
+    2 s): a keyboard user's focus on one of its buttons must survive that."""
+    page = opened(browser, ui)
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.getAttribute('aria-label')") == "Stop worker":
+            break
+    else:
+        raise AssertionError("Tab never reached the stop button of worker")
+    watch = (
+        "() => { window.redrawn = 0; new MutationObserver(() => { window.redrawn += 1; })"
+        ".observe(document.querySelector('tr[data-service=worker]'), {childList: true}); }"
+    )
+    page.evaluate(watch)
+    page.wait_for_function("() => window.redrawn >= 2", timeout=15_000)  # a resources sample or two
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Stop worker"
+    # A change of state redraws the row and the table: the focus stays where it was.
+    client(ui.root).post("/v1/services/worker/stop")
+    page.wait_for_function(
+        "() => document.querySelector('tr[data-service=worker] .badge').textContent === 'stopped'",
+        timeout=15_000,
+    )
+    page.evaluate("() => { window.redrawn = 0; }")
+    page.wait_for_function("() => window.redrawn >= 1", timeout=15_000)  # the table, from the status
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Stop worker"
+    page.keyboard.press("Shift+Tab")  # and Tab order goes on from there
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Start worker"
+
+
 def test_a_failed_reload_shows_where_and_the_page_fits_a_phone_and_the_dark(ui: Ui, browser: Any) -> None:
     page = opened(browser, ui)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

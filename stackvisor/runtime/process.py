@@ -95,14 +95,8 @@ class Spawner:
             self.births = CgroupSpawner.start()
             if self.births is not None:
                 self._unreaped.add(self.births.helper.pid)
-                self.births.abandoned = self._end_unwanted
+                self.births.abandoned = functools.partial(self.gate.send, sig=signal.SIGKILL, ours=True)
         return self.tracking
-
-    def _end_unwanted(self, pid: int) -> None:
-        """A child nobody waits for (its spawn was cancelled): killed and reaped now."""
-        self.gate.send(pid, signal.SIGKILL, ours=True)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
 
     def end_births(self) -> None:
         """No more children: the helper goes (children already born stay)."""

@@ -80,9 +80,9 @@ class CgroupSpawner:
         self._sock = sock
         self.helper = helper
         self._turn = asyncio.Lock()  # one request and its answer at a time
-        # Ends a child whose spawn was cancelled before its pid was known (the spawner
+        # SIGKILLs a child whose spawn was cancelled before its pid was known (the spawner
         # sets it: every signal goes through its gate).
-        self.abandoned: Callable[[int], None] = lambda pid: None
+        self.abandoned: Callable[[int], object] = lambda pid: None
         self.pending = 0  # requests sent and not answered: a child whose pid we do not know yet
 
     @classmethod
@@ -188,10 +188,26 @@ class CgroupSpawner:
         return json.loads(answer) if answer else {"errno": errno.ENOSYS}  # nothing: it is gone
 
     def _unwanted(self, read_fd: int, asking: asyncio.Future[dict[str, int]]) -> None:
-        """A spawn cancelled while the helper worked: its child, if born, is ended."""
+        """A spawn cancelled while the helper worked: its child, if born, is killed, and
+        reaped as it ends (it is ours, and nobody else waits for it)."""
         os.close(read_fd)
-        if not asking.cancelled() and asking.exception() is None and "pid" in asking.result():
-            self.abandoned(asking.result()["pid"])
+        if asking.cancelled() or asking.exception() is not None or "pid" not in asking.result():
+            return
+        pid = asking.result()["pid"]
+        self.abandoned(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return  # reaped already
+        loop = asyncio.get_running_loop()
+
+        def reap() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+        loop.add_reader(pidfd, reap)
 
     def close(self) -> None:
         """End the helper (it leaves when its socket closes) and wait for it."""

@@ -99,16 +99,20 @@ function renderRow(svc) {
     row = document.createElement("tr");
     row.dataset.service = svc.name;
   }
-  row.replaceChildren();
-  cell(row, "Service", svc.name, "name");
-  const state = cell(row, "State", "");
+  // The buttons stay as they are (a resources event redraws every row every few seconds):
+  // one that has the keyboard's focus keeps it, one waiting for its answer stays disabled.
+  const kept = row.querySelector("td.actions");
+  for (const old of [...row.children]) if (old !== kept) old.remove();
+  const cells = document.createDocumentFragment();
+  cell(cells, "Service", svc.name, "name");
+  const state = cell(cells, "State", "");
   const badge = document.createElement("span");
   badge.className = "badge";
   badge.dataset.tone = TONES[svc.state] || "off";
   badge.textContent = svc.state;
   state.appendChild(badge);
-  cell(row, "PID", svc.pid ?? "", "num pid");
-  const port = cell(row, "Port", svc.port ?? "", "num");
+  cell(cells, "PID", svc.pid ?? "", "num pid");
+  const port = cell(cells, "Port", svc.port ?? "", "num");
   if (svc.requested_port != null && svc.requested_port !== svc.port) {
     const was = document.createElement("span");
     was.className = "was";
@@ -116,20 +120,28 @@ function renderRow(svc) {
     port.appendChild(was);
   }
   const up = svc.started_at && svc.pid ? Date.now() / 1000 - svc.started_at : null;
-  cell(row, "Uptime", ago(up), "num uptime");
-  cell(row, "Restarts", svc.restarts ?? 0, "num");
+  cell(cells, "Uptime", ago(up), "num uptime");
+  cell(cells, "Restarts", svc.restarts ?? 0, "num");
   const health = svc.health ? `${svc.health}${svc.health_reason ? `: ${svc.health_reason}` : ""}` : "";
-  cell(row, "Health", health || (svc.reason || ""), "reason");
+  cell(cells, "Health", health || (svc.reason || ""), "reason");
   const used = svc.resources;
-  cell(row, "CPU", used && svc.cpu_percent != null ? `${svc.cpu_percent.toFixed(1)}%` : "", "num");
-  cell(row, "Memory", used ? bytes(used.memory_bytes) : "", "num");
-  const actions = cell(row, "Actions", "", "actions");
-  for (const action of ["start", "stop", "restart"]) actions.appendChild(actionButton(svc.name, action));
+  cell(cells, "CPU", used && svc.cpu_percent != null ? `${svc.cpu_percent.toFixed(1)}%` : "", "num");
+  cell(cells, "Memory", used ? bytes(used.memory_bytes) : "", "num");
+  if (kept) {
+    row.insertBefore(cells, kept);
+  } else {
+    row.appendChild(cells);
+    const actions = cell(row, "Actions", "", "actions");
+    for (const action of ["start", "stop", "restart"]) actions.appendChild(actionButton(svc.name, action));
+  }
   return row;
 }
 
 function groupRow(namespace) {
+  const shown = [...document.querySelectorAll("#services tr.group")].find((r) => r.dataset.namespace === namespace);
+  if (shown) return shown;
   const row = document.createElement("tr");
+  row.dataset.namespace = namespace;
   row.className = "group";
   const th = document.createElement("th");
   th.colSpan = 10;
@@ -149,7 +161,9 @@ function renderTable() {
     if (spaces.length > 1 || space) rows.push(groupRow(space));
     for (const n of names) if ((page.services.get(n).namespace || "") === space) rows.push(renderRow(page.services.get(n)));
   }
-  body.replaceChildren(...rows);
+  // Only when the rows change: moving a row away and back takes the keyboard's focus.
+  const same = rows.length === body.rows.length && rows.every((row, i) => body.rows[i] === row);
+  if (!same) body.replaceChildren(...rows);
   body.dataset.rendered = String(names.length);
   renderGraph();
   renderLogChoices();
