@@ -255,3 +255,24 @@ async def test_a_spawn_cancelled_while_the_helper_works_leaves_no_child(tmp_path
         assert cgroups.pids(cgroups.service_dir(tracking.base, "api")) == []
     finally:
         spawner.release()
+
+
+def test_many_spawns_at_once_each_get_their_own_child(base: Path, helper: CgroupSpawner) -> None:
+    """Requests go out without waiting for each other's answer: each answer still names
+    the child of its own request (its output says which request it came from)."""
+    svc = cgroups.service_dir(base, "crowd")
+
+    async def crowd() -> list[tuple[int, int]]:
+        env = {"PATH": os.environ["PATH"]}
+        starts = [helper.spawn("/bin/sh", ["/bin/sh", "-c", f"echo $$ {n}"], env, svc) for n in range(20)]
+        return await asyncio.gather(*starts)
+
+    try:
+        born = asyncio.run(crowd())
+    except Unsupported as exc:
+        pytest.skip(f"this kernel cannot start a process into a cgroup: {exc}")
+    for n, (pid, out) in enumerate(born):
+        os.set_blocking(out, True)
+        with os.fdopen(out, "rb") as output:
+            assert output.read().decode().split() == [str(pid), str(n)]
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
 import ctypes
 import errno
@@ -79,11 +80,14 @@ class CgroupSpawner:
     def __init__(self, sock: socket.socket, helper: subprocess.Popen[bytes]) -> None:
         self._sock = sock
         self.helper = helper
-        self._turn = asyncio.Lock()  # one request and its answer at a time
+        # Requests sent and not answered, oldest first (the helper answers in order), so
+        # that many starts at once do not wait for each other's round trip: while any is
+        # here, a child may exist whose pid we do not know yet.
+        self.pending: collections.deque[asyncio.Future[dict[str, int]]] = collections.deque()
+        self._reader: asyncio.Task[None] | None = None
         # SIGKILLs a child whose spawn was cancelled before its pid was known (the spawner
         # sets it: every signal goes through its gate).
         self.abandoned: Callable[[int], object] = lambda pid: None
-        self.pending = 0  # requests sent and not answered: a child whose pid we do not know yet
 
     @classmethod
     def start(cls) -> CgroupSpawner | None:
@@ -124,7 +128,7 @@ class CgroupSpawner:
         the child before the program runs exits it with 125 (126/127 from exec) and a
         line of output. Raises `Unsupported` when the helper cannot do it at all (or
         not this request: larger than a socket buffer). The event loop runs on while the
-        helper works (a millisecond); see `pending`."""
+        helper works (a millisecond), and other requests may be sent meanwhile."""
         _check_folder(cwd)
         request = {
             "path": path,
@@ -169,23 +173,40 @@ class CgroupSpawner:
             raise
         try:
             fds = array.array("i", [write_fd, dirfd] + ([listener[0]] if listener else []))
-            async with self._turn:
-                self.pending += 1
-                try:
-                    self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-                    loop = asyncio.get_running_loop()
-                    answer = await asyncio.wait_for(loop.sock_recv(self._sock, 256), _ANSWER_WAIT)
-                finally:
-                    self.pending -= 1
-        except BlockingIOError:  # larger than the socket's buffer
+            self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        except BlockingIOError:  # larger than the socket's buffer, or a backlog that large
             raise Unsupported("a request this large", lasting=False) from None
-        except (OSError, TimeoutError) as exc:  # gone, or not answering
+        except OSError as exc:  # gone
             self.close()
             raise Unsupported(f"the helper does not answer ({exc})") from None
         finally:
             os.close(dirfd)
             os.close(write_fd)
-        return json.loads(answer) if answer else {"errno": errno.ENOSYS}  # nothing: it is gone
+        answer = asyncio.get_running_loop().create_future()
+        self.pending.append(answer)  # in the order sent: no await since sendmsg
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read())
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), _ANSWER_WAIT)
+        except TimeoutError:
+            self.close()
+            raise Unsupported("the helper does not answer") from None
+
+    async def _read(self) -> None:
+        """Answers to the requests in `pending`, in order, until none is left."""
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            try:
+                data = await loop.sock_recv(self._sock, 256)
+            except OSError:
+                data = b""
+            said = json.loads(data) if data else {"errno": errno.ENOSYS}  # nothing: it is gone
+            for answer in [self.pending.popleft()] if data else list(self.pending):
+                if not answer.done():
+                    answer.set_result(said)
+            if not data:
+                self.pending.clear()
+                return
 
     def _unwanted(self, read_fd: int, asking: asyncio.Future[dict[str, int]]) -> None:
         """A spawn cancelled while the helper worked: its child, if born, is killed, and
@@ -210,7 +231,19 @@ class CgroupSpawner:
         loop.add_reader(pidfd, reap)
 
     def close(self) -> None:
-        """End the helper (it leaves when its socket closes) and wait for it."""
+        """End the helper (it leaves when its socket closes) and wait for it. Requests
+        still waiting are told it is gone."""
+        # The reader's registration goes first, now: a later removal could hit another
+        # socket that gets the same number.
+        with contextlib.suppress(RuntimeError, ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self._sock)
+        if self._reader is not None:
+            self._reader.cancel()
+        for answer in self.pending:
+            if not answer.done():
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                    answer.set_result({"errno": errno.ENOSYS})
+        self.pending.clear()
         self._sock.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.helper.wait(timeout=5)
