@@ -238,3 +238,28 @@ def test_env_file_paths_are_interpolated(tmp_path: Path) -> None:
     (tmp_path / "staging.env").write_text("MODE=staging\n")
     text = "services:\n  a: {command: x, env_file: ['${STAGE:-dev}.env']}\n"
     assert load(tmp_path, text, environ={"STAGE": "staging"}).services["a"].env == {"MODE": "staging"}
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["deploy: {replicas: 3}", "scale: 3", "deploy: {replicas: 3}\n    scale: 3", "replicas: 3\n    scale: 3"],
+)
+def test_composes_deploy_replicas_and_scale_are_copies(tmp_path: Path, written: str) -> None:
+    config = load(tmp_path, f"services:\n  web:\n    command: x\n    {written}\n")
+    assert sorted(config.services) == ["web.0", "web.1", "web.2"]
+
+
+def test_copies_said_twice_differently_and_the_rest_of_deploy_are_errors(tmp_path: Path) -> None:
+    (line,) = errors(tmp_path, "services:\n  web:\n    command: x\n    deploy: {replicas: 2}\n    scale: 3\n")
+    # The path, then what is wrong (`errors` leaves out the position: 4:24, on the `2`).
+    assert (
+        line == "services.web.deploy.replicas: deploy.replicas says 2 and scale says 3: write one `replicas`"
+    )
+    text = (
+        "services:\n  web:\n    command: x\n    deploy: {replicas: 2, resources: {limits: {cpus: '0.5'}}}\n"
+    )
+    (line,) = errors(tmp_path, text)
+    assert (
+        "not containers: there is nothing to deploy" in line
+        and "(`deploy.replicas` is read as `replicas`)" in line
+    )

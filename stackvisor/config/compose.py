@@ -1,11 +1,11 @@
 """What a docker compose file brings that stackvisor reads its own way, before validation.
 
 Lives here: dropping `x-` extension fields wherever they are, `environment` lists whose
-bare `KEY` takes its value from the environment, and a specific word for the fields
-that only make sense for containers. Compose's other spellings (`environment`,
-`stop_grace_period`, `healthcheck.test`, `env_file` entries, `labels`, `profiles`) are
-fields of the schema itself. Not here: reading YAML (`yamlpos`), interpolation
-(`interpolate`), the schema (`schema`).
+bare `KEY` takes its value from the environment, `deploy.replicas` and `scale` as
+`replicas`, and a specific word for the fields that only make sense for containers.
+Compose's other spellings (`environment`, `stop_grace_period`, `healthcheck.test`,
+`env_file` entries, `labels`, `profiles`) are fields of the schema itself. Not here:
+reading YAML (`yamlpos`), interpolation (`interpolate`), the schema (`schema`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ CONTAINER_ONLY = {
     "volumes": "a process sees the machine's files: name paths in `command`, `env` or `working_dir`",
     "networks": _SHARED_NETWORK,
     "network_mode": _SHARED_NETWORK,
-    "deploy": "there is nothing to deploy: `restart`, `max_restarts` and `backoff` say how it restarts",
+    "deploy": (
+        "there is nothing to deploy: `restart`, `max_restarts` and `backoff` say how it restarts"
+        " (`deploy.replicas` is read as `replicas`)"
+    ),
     "container_name": "a service is named by its key",
     "ports": _NO_MAPPING,
     "expose": _NO_MAPPING,
@@ -47,6 +50,7 @@ def _service(
     name: str, written: dict[str, Any], variables: Mapping[str, str], report: Report
 ) -> dict[str, Any]:
     service = dict(written)
+    _copies(name, service, report)
     for field, instead in CONTAINER_ONLY.items():
         if field not in service:
             continue
@@ -59,6 +63,31 @@ def _service(
         if isinstance(service.get(field), list):
             service[field] = _inherited(service[field], variables)
     return service
+
+
+def _copies(name: str, service: dict[str, Any], report: Report) -> None:
+    """Compose's `deploy.replicas` and `scale` are `replicas`; said more than once, they
+    must agree."""
+    said: dict[str, Any] = {}
+    deploy = service.get("deploy")
+    if isinstance(deploy, dict) and "replicas" in deploy:
+        rest = {k: v for k, v in deploy.items() if k != "replicas"}
+        said["deploy.replicas"] = deploy["replicas"]
+        if rest:
+            service["deploy"] = rest  # what is left is a container's, reported below
+        else:
+            del service["deploy"]
+    if "scale" in service:
+        said["scale"] = service.pop("scale")
+    if not said:
+        return
+    if "replicas" in service:
+        said = {"replicas": service["replicas"], **said}
+    if len({repr(v) for v in said.values()}) > 1:
+        where = ("services", name, *(("deploy", "replicas") if "deploy.replicas" in said else ("scale",)))
+        told = " and ".join(f"{field} says {value}" for field, value in said.items())
+        report.add(where, f"{told}: write one `replicas`")
+    service["replicas"] = next(iter(said.values()))
 
 
 def _published(ports: Any) -> str | None:
