@@ -18,8 +18,17 @@ from stackvisor.config.report import Report
 # What to write instead of a container's field: stackvisor runs processes.
 _NO_MAPPING = "there is no port mapping: write `port:`, the port the process listens on"
 _SHARED_NETWORK = "processes share the machine's network: reach a service on 127.0.0.1:${NAME_PORT}"
+_MACHINE = (
+    "processes share the machine's name, network and resolver: reach a service on 127.0.0.1:${NAME_PORT}"
+)
+_NO_IMAGE = "there is no image to run: write `command:` with the program to start"
+_NO_TERMINAL = "a service has no terminal: its output goes to logs/<service>.log and the console"
+_RIGHTS = "a process has its user's rights: write `user:` to run it as another user"
+_NO_LIMITS = "stackvisor sets no resource limits (`status` shows what each service uses)"
 CONTAINER_ONLY = {
-    "image": "there is no image to run: write `command:` with the program to start",
+    "image": _NO_IMAGE,
+    "platform": _NO_IMAGE,
+    "pull_policy": _NO_IMAGE,
     "build": "there is nothing to build: write `command:` with the program to start",
     "volumes": "a process sees the machine's files: name paths in `command`, `env` or `working_dir`",
     "networks": _SHARED_NETWORK,
@@ -31,6 +40,22 @@ CONTAINER_ONLY = {
     "container_name": "a service is named by its key",
     "ports": _NO_MAPPING,
     "expose": _NO_MAPPING,
+    "hostname": _MACHINE,
+    "domainname": _MACHINE,
+    "extra_hosts": _MACHINE,
+    "dns": _MACHINE,
+    "init": "the supervisor reaps every process its services start: there is no init to add",
+    "tty": _NO_TERMINAL,
+    "stdin_open": _NO_TERMINAL,
+    "logging": "output goes to logs/<service>.log (and to the console with `up`)",
+    "privileged": _RIGHTS,
+    "cap_add": _RIGHTS,
+    "cap_drop": _RIGHTS,
+    "security_opt": _RIGHTS,
+    "mem_limit": _NO_LIMITS,
+    "cpus": _NO_LIMITS,
+    "ulimits": _NO_LIMITS,
+    "pids_limit": _NO_LIMITS,
 }
 
 
