@@ -133,6 +133,20 @@ def test_exec_runs_a_command_as_the_service_runs(open_tmp: Path) -> None:
     assert missing.returncode == 127 and "cannot run 'no-such-program-here'" in missing.stderr
 
 
+def test_exec_in_a_group_of_copies_runs_as_its_first_copy_or_the_one_named(open_tmp: Path) -> None:
+    """As `docker compose exec`: the first copy, or `--index N`."""
+    from conftest import cli_process
+
+    write_stack(open_tmp, "services:\n  web:\n    command: sleep 60\n    replicas: 2\n", programs=False)
+    said = 'echo "$REPLICA"'
+    assert cli_process("exec", "web", "--", "sh", "-c", said, cwd=open_tmp).stdout == "0\n"
+    assert cli_process("exec", "--index", "1", "web", "--", "sh", "-c", said, cwd=open_tmp).stdout == "1\n"
+    assert cli_process("exec", "web.1", "--", "sh", "-c", said, cwd=open_tmp).stdout == "1\n"
+    beyond = cli_process("exec", "--index", "2", "web", "--", "true", cwd=open_tmp)
+    assert beyond.returncode == 2 and "web has copies web.0, web.1: no copy 2" in beyond.stderr
+    assert "Traceback" not in beyond.stderr
+
+
 def test_the_stack_is_located_from_its_yaml_alone_unless_the_loader_is_needed(tmp_path: Path) -> None:
     from stackvisor.stackref import StackRef
 

@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_in = command(
         "exec", "run a command as a service runs: its environment, ports, folder and user", running.cmd_exec
     )
+    run_in.add_argument(
+        "--index", type=int, default=0, metavar="N", help="for a group of copies: copy N (default 0)"
+    )
     run_in.add_argument("service", metavar="SERVICE")
     run_in.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     return parser

@@ -135,6 +135,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     from stackvisor.cli.common import UsageError, load
     from stackvisor.config.interpolate import port_env
+    from stackvisor.config.replicas import groups
     from stackvisor.control import ops
     from stackvisor.runtime.command import service_context
     from stackvisor.system.prelude import resolve_program
@@ -143,12 +144,21 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError("exec needs a command after --, e.g. stackvisor exec api -- python -m api.shell")
     config = load(args)
     check_names(config, [args.service])
+    copies = groups(config)
+    if args.service in copies:  # a group of copies: as `docker compose exec`, one of them
+        chosen = f"{args.service}.{args.index}"
+        if chosen not in copies[args.service]:
+            raise UsageError(
+                f"{args.service} has copies {', '.join(copies[args.service])}: no copy {args.index}"
+            )
+        args.service = chosen
     ports: dict[str, int | None] = {
         n: s.port if isinstance(s.port, int) else None for n, s in config.services.items()
     }
     if ops.supervisor_pid(config) is not None:
         ports.update({s["name"]: s["port"] for s in client(config).get("/v1/status")["services"]})
-    where = service_context(config.services[args.service], config.root, port_env(ports, own=args.service))
+    variables = port_env(ports, own=args.service, groups=copies)  # as the service has them
+    where = service_context(config.services[args.service], config.root, variables)
     user = where.user
     try:
         # Found as the service's own program is: "not found" is told apart from a PATH
