@@ -841,3 +841,20 @@ def test_a_scheduled_service_is_a_oneshot_started_by_its_timer(tmp_path: Path) -
     assert "OnActiveSec=0" in sweep and "OnUnitActiveSec=1800s" in sweep
     assert any("odd: schedule: cron '0 0 1 * 1' has no systemd calendar form" in w for w in exported.warnings)
     verify(exported)
+
+
+def test_a_group_of_copies_named_exports_its_copies_and_what_they_need(tmp_path: Path) -> None:
+    config = stack(
+        tmp_path,
+        """
+        services:
+          db: {command: sleep 60}
+          web: {command: sleep 60, replicas: 2, depends_on: [db]}
+          other: {command: sleep 60}
+        """,
+    )
+    assert base.plan(config, ["web"]).services == ("db", "web.0", "web.1")
+    with pytest.raises(
+        base.ExportError, match=r"unknown service webs \(the stack has: db, other, web.0, web.1\)"
+    ):
+        base.plan(config, ["webs"])

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from stackvisor import graph
 from stackvisor.config.interpolate import interpolate, port_env
+from stackvisor.config.replicas import expand_names
 from stackvisor.config.schema import Service, StackConfig
 
 FORMATS = ("systemd", "kubernetes", "compose")
@@ -95,7 +96,9 @@ def plan(
     user_units: bool = False,
     images: dict[str, str] | None = None,
 ) -> Target:
-    """The export of `names` (and what they need), or of the whole stack."""
+    """The export of `names` (and what they need; a group of copies is its copies), or
+    of the whole stack."""
+    names = expand_names(config, names)
     unknown = [n for n in names if n not in config.services]
     if unknown:
         known = ", ".join(sorted(config.services))
