@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from conftest import SLEEP, child_env, running_stack, until_state, write_stack
 
@@ -145,6 +146,17 @@ def test_exec_in_a_group_of_copies_runs_as_its_first_copy_or_the_one_named(open_
     beyond = cli_process("exec", "--index", "2", "web", "--", "true", cwd=open_tmp)
     assert beyond.returncode == 2 and "web has copies web.0, web.1: no copy 2" in beyond.stderr
     assert "Traceback" not in beyond.stderr
+
+
+def test_exec_reaches_a_copy_that_scale_added(tmp_path: Path, detached: Any) -> None:
+    from conftest import cli, cli_process
+
+    write_stack(tmp_path, "services:\n  web:\n    command: sleep 60\n    replicas: 2\n", programs=False)
+    assert detached(tmp_path).returncode == 0
+    assert cli("scale", "web", "3", cwd=tmp_path).returncode == 0
+    said = 'echo "$REPLICA"'
+    assert cli_process("exec", "web.2", "--", "sh", "-c", said, cwd=tmp_path).stdout == "2\n"
+    assert cli_process("exec", "--index", "2", "web", "--", "sh", "-c", said, cwd=tmp_path).stdout == "2\n"
 
 
 def test_the_stack_is_located_from_its_yaml_alone_unless_the_loader_is_needed(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from stackvisor.cli.common import (
     EXIT_FAILURE,
@@ -23,6 +24,9 @@ from stackvisor.cli.common import (
 from stackvisor.cli.render import format_status
 from stackvisor.cli.scaling import with_copies
 from stackvisor.errors import ApiError, NotRunning
+
+if TYPE_CHECKING:
+    from stackvisor.config.schema import Service, StackConfig
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -135,30 +139,15 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     from stackvisor.cli.common import UsageError, load
     from stackvisor.config.interpolate import port_env
-    from stackvisor.config.replicas import groups
-    from stackvisor.control import ops
     from stackvisor.runtime.command import service_context
     from stackvisor.system.prelude import resolve_program
 
     if not args.cmd:
         raise UsageError("exec needs a command after --, e.g. stackvisor exec api -- python -m api.shell")
     config = load(args)
-    check_names(config, [args.service])
-    copies = groups(config)
-    if args.service in copies:  # a group of copies: as `docker compose exec`, one of them
-        chosen = f"{args.service}.{args.index}"
-        if chosen not in copies[args.service]:
-            raise UsageError(
-                f"{args.service} has copies {', '.join(copies[args.service])}: no copy {args.index}"
-            )
-        args.service = chosen
-    ports: dict[str, int | None] = {
-        n: s.port if isinstance(s.port, int) else None for n, s in config.services.items()
-    }
-    if ops.supervisor_pid(config) is not None:
-        ports.update({s["name"]: s["port"] for s in client(config).get("/v1/status")["services"]})
-    variables = port_env(ports, own=args.service, groups=copies)  # as the service has them
-    where = service_context(config.services[args.service], config.root, variables)
+    name, service, ports, copies = _exec_target(config, args.service, args.index)
+    variables = port_env(ports, own=name, groups=copies)  # as the service has them
+    where = service_context(service, config.root, variables)
     user = where.user
     try:
         # Found as the service's own program is: "not found" is told apart from a PATH
@@ -181,3 +170,35 @@ def cmd_exec(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         code = proc.wait()  # the terminal's Ctrl-C reached it too: let it finish its way
     return 128 - code if code < 0 else code
+
+
+def _exec_target(
+    config: StackConfig, name: str, index: int
+) -> tuple[str, Service, dict[str, int | None], dict[str, list[str]]]:
+    """What `exec` runs as: `name`, or copy `index` of the group `name` (as `docker
+    compose exec`); with the ports and the copies of the running stack (`scale` may have
+    added some), else of the file."""
+    from stackvisor.cli.common import UsageError
+    from stackvisor.config.replicas import groups
+    from stackvisor.control import ops
+
+    ports: dict[str, int | None] = {
+        n: s.port if isinstance(s.port, int) else None for n, s in config.services.items()
+    }
+    copies = groups(config)
+    if ops.supervisor_pid(config) is not None:
+        for running in client(config).get("/v1/status")["services"]:
+            ports[running["name"]] = running["port"]
+            group = running.get("group")
+            if group in copies and running["name"] not in copies[group]:
+                copies[group].append(running["name"])
+    copies = {g: sorted(c, key=lambda n: int(n.rpartition(".")[2])) for g, c in copies.items()}
+    if name in copies:
+        if f"{name}.{index}" not in copies[name]:
+            raise UsageError(f"{name} has copies {', '.join(copies[name])}: no copy {index}")
+        name = f"{name}.{index}"
+    group = next((g for g, members in copies.items() if name in members), None)
+    if name not in config.services and group is None:
+        check_names(config, [name])  # says which services there are
+        raise UsageError(f"unknown service {name}")
+    return name, config.services.get(name) or config.groups[group or name], ports, copies
