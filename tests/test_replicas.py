@@ -7,6 +7,7 @@ copy, scaling by the CLI, the API and a reload without touching the other copies
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,8 @@ def test_scale_refuses_a_bad_count_and_an_unknown_service(tmp_path: Path, detach
     assert cli("scale", "api", "2", cwd=tmp_path).returncode == 0
     wait_for(lambda: state(api, "api.1") == "healthy", timeout=20)
     assert pids(api)["web"] == web and "api" not in pids(api)
+    # Scripts that follow the events hear of it: one `scaled` event, the group's.
+    events = json.loads(cli("history", "--all", "--json", cwd=tmp_path).stdout)
+    (scaled,) = [e for e in events if e["kind"] == "scaled"]
+    assert scaled["service"] == "api"
+    assert scaled["data"] == {"replicas": 2, "previous": 1, "added": ["api.0", "api.1"], "removed": ["api"]}

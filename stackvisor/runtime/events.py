@@ -43,6 +43,7 @@ class EventKind(StrEnum):
     REPORT_FAILED = "report_failed"
     SCHEDULED_RUN = "scheduled_run"
     SCHEDULE_SKIPPED = "schedule_skipped"
+    SCALED = "scaled"
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,16 @@ class ScheduleSkipped(Payload):
     next_run: float | None  # unix time of the next tick
 
 
+@dataclass(frozen=True)
+class Scaled(Payload):
+    kind = EventKind.SCALED
+    description = "`scale` changed a service's count of copies (`replicas`, `previous`, `added`, `removed`)"
+    replicas: int
+    previous: int
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
 PAYLOADS: dict[EventKind, type[Payload]] = {
     cls.kind: cls
     for cls in (
@@ -274,6 +285,7 @@ PAYLOADS: dict[EventKind, type[Payload]] = {
         ReportFailed,
         ScheduledRun,
         ScheduleSkipped,
+        Scaled,
     )
 }
 assert set(PAYLOADS) == set(EventKind), "every kind of event has a payload"

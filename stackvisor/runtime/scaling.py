@@ -18,6 +18,7 @@ from stackvisor.config import ReloadDiff
 from stackvisor.config.replicas import copy_names, expand_names, problems, with_replicas, written
 from stackvisor.config.schema import StackConfig
 from stackvisor.runtime import plans
+from stackvisor.runtime.events import EventBus, Scaled
 from stackvisor.runtime.service import ServiceRunner
 
 
@@ -35,6 +36,7 @@ class Scaling:
     requested: list[str]
     profiles: set[str]
     logger: Any
+    bus: EventBus
     _actions: asyncio.Lock
     # service -> (the file's `replicas` when it was scaled, the count asked for)
     scaled: dict[str, tuple[int, int]]
@@ -78,6 +80,7 @@ class Scaling:
             if not diff.is_empty():
                 await self._apply(new, plan)
             self.logger.info(f"{name}: scaled from {before} to {count}", service=name, at=time.time())
+            self.bus.publish(Scaled(count, before, tuple(diff.added), tuple(diff.removed)), name)
             return {
                 "service": name,
                 "replicas": count,
