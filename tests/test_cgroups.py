@@ -204,16 +204,15 @@ FORKER = textwrap.dedent("""
             child()
 """)
 
-# Six processes that note the SIGTERM they get (`term-<pid>`) once they are ready (`ready-<pid>`).
+# Six processes, each noting when it is ready (`ready-<pid>`), that SIGTERM ends (its
+# default action: a Python handler was not always run in a forked child, seen twice in
+# thousands of runs with the signal delivered and caught).
 TERMINATED = textwrap.dedent("""
-    import os, signal, sys, time
-    def note(kind):
-        open(os.path.join(sys.argv[1], f"{kind}-{os.getpid()}"), "w").close()
-    signal.signal(signal.SIGTERM, lambda *_: (note("term"), os._exit(0)))
+    import os, sys, time
     for _ in range(5):
         if os.fork() == 0:
             break
-    note("ready")
+    open(os.path.join(sys.argv[1], f"ready-{os.getpid()}"), "w").close()
     time.sleep(300)
 """)
 
@@ -283,36 +282,15 @@ def test_kill_ends_a_forking_crowd(base: Path, start: Start, kill_file: bool) ->
 
 def test_a_stop_signal_reaches_every_member(base: Path, start: Start, tmp_path: Path) -> None:
     svc = cgroups.service_dir(base, "terminated")
-    start([*cgroups.launcher(svc), sys.executable, "-c", TERMINATED, str(tmp_path)])
+    leader = start([*cgroups.launcher(svc), sys.executable, "-c", TERMINATED, str(tmp_path)])
     wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 6)
     members = cgroups.pids(svc)
     assert {f"ready-{pid}" for pid in members} == {p.name for p in tmp_path.glob("ready-*")}
 
     assert cgroups.signal_all(svc, signal.SIGTERM, GATE) == 6
-    try:
-        wait_for(lambda: len(list(tmp_path.glob("term-*"))) == 6)
-    except AssertionError:
-        # Seen once in thousands of runs: a Python process with SIGTERM delivered and its
-        # handler not run. Delivered is what this test is about: the kernel says so.
-        silent = [p for p in members if not (tmp_path / f"term-{p}").exists()]
-        undelivered = {p: facts for p in silent if not pending(p, signal.SIGTERM, facts := {})}
-        assert not undelivered, f"no SIGTERM reached {undelivered}"
-        for pid in silent:
-            os.kill(pid, signal.SIGKILL)
-    else:
-        assert {f"term-{pid}" for pid in members} == {p.name for p in tmp_path.glob("term-*")}
-    assert cgroups.wait_empty(svc, timeout=10)
-
-
-def pending(pid: int, sig: int, facts: dict[str, str]) -> bool:
-    """Whether `sig` waits to be handled by `pid` (its status lines kept in `facts`)."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return False
-    facts.update(line.split(":\t", 1) for line in lines if line.startswith(("Sig", "Shd", "State")))
-    bit = 1 << (sig - 1)
-    return any(int(facts.get(k, "0"), 16) & bit for k in ("SigPnd", "ShdPnd"))
+    # Nothing else is sent: each member is gone because SIGTERM reached it.
+    assert leader.wait(timeout=10) == -signal.SIGTERM
+    assert cgroups.wait_empty(svc, timeout=10), f"still there: {cgroups.pids(svc)}"
 
 
 def test_usage(base: Path, start: Start) -> None:
