@@ -303,3 +303,12 @@ def test_search_keeps_the_lines_that_match_ignoring_case(query: str, shown: list
         lines.add(line)
     assert lines.shown() == shown
     assert matches("a.b A.B", "a.b") == [(0, 3), (4, 7)]  # the query is text, not a pattern
+
+
+async def test_a_worker_that_fails_as_the_app_closes_is_no_crash(stack: Path) -> None:
+    """A status asked for just before `q` comes back to a screen being torn down: what it
+    would say has nowhere to go, and that is no error of the app's."""
+    app = top(stack)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.link == "live")
+    app.say("late", error=True)  # the widgets are gone

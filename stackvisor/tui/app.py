@@ -19,8 +19,9 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 from rich.text import Text
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, ScreenStackError
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, RichLog, Static
 from textual.worker import Worker, WorkerState
@@ -110,7 +111,10 @@ class TopApp(App[None]):
         self.set_interval(1.0, self.draw)  # uptimes tick; nothing is asked of the server
 
     def say(self, text: str, *, error: bool = False) -> None:
-        line = self.query_one("#status", Static)
+        try:
+            line = self.query_one("#status", Static)
+        except (NoMatches, ScreenStackError):  # the app is closing: nobody to tell
+            return
         line.update(text)
         line.set_class(error, "-error")
 
