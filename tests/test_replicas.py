@@ -234,7 +234,10 @@ def test_copies_listen_each_on_its_port_and_a_dependent_waits_for_all(tmp_path: 
     wait_for(lambda: state(api, "api.3") == "healthy", timeout=20)
     assert kept(pids(api), before)
 
-    # the group by name: restart every copy
+    # the group by name: its copies, as the group's actions answer; restart every copy
+    group = api.get("/v1/services/api")
+    assert group["name"] == "api" and [s["name"] for s in group["services"]] == [f"api.{i}" for i in range(4)]
+    assert group["state"] == ", ".join(f"api.{i} healthy" for i in range(4))
     restarted = cli("restart", "api", cwd=tmp_path)
     assert restarted.returncode == 0, restarted.stderr
     wait_for(lambda: all(state(api, f"api.{i}") == "healthy" for i in range(4)), timeout=20)

@@ -129,6 +129,21 @@ _STATUS = {
 }
 
 
+# A group of copies (`replicas: N`) by its name: what its actions answer too.
+_GROUP = {
+    "type": "object",
+    "required": ["name", "state", "services"],
+    "properties": {
+        "name": {"type": "string"},
+        "state": {"type": "string", "description": "each copy's state, as `api.0 healthy, api.1 starting`"},
+        "services": {"type": "array", "items": {"$ref": "#/components/schemas/Service"}},
+    },
+}
+_SERVICE_OR_GROUP = {
+    "oneOf": [{"$ref": "#/components/schemas/Service"}, {"$ref": "#/components/schemas/Group"}]
+}
+
+
 def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -166,18 +181,18 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/services/{name}": {
             "get": {
-                "summary": "One service",
+                "summary": "One service, or a group's copies",
                 "parameters": [_NAME],
-                "responses": {"200": _json({"$ref": "#/components/schemas/Service"}), **_errors(404)},
+                "responses": {"200": _json(_SERVICE_OR_GROUP), **_errors(404)},
             }
         },
         **{
             f"/v1/services/{{name}}/{action}": {
                 "post": {
-                    "summary": f"{action.capitalize()} one service",
+                    "summary": f"{action.capitalize()} one service, or every copy of a group",
                     "parameters": [_NAME],
                     "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Service"}),
+                        "200": _json(_SERVICE_OR_GROUP),
                         **_errors(400, 404, 409),
                     },
                 }
@@ -331,6 +346,7 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "Error": _ERROR,
             "Service": _SERVICE,
+            "Group": _GROUP,
             "Status": _STATUS,
             "Event": _event_schema(),
             **registry_api.SCHEMAS,

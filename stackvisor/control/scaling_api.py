@@ -59,9 +59,16 @@ async def group_action(request: web.Request) -> web.Response:
                 await (sup.start_service(copy) if action == "start" else sup.stop_service(copy))
     except ActionConflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    services = [sup.runners[c].status() for c in copies if c in sup.runners]
+    return web.json_response(group_status(request))
+
+
+def group_status(request: web.Request) -> dict[str, Any]:
+    """A group by its name: its copies' status, and their states in one line."""
+    sup = supervisor(request)
+    name = request.match_info["name"]
+    services = [sup.runners[c].status() for c in sup.members(name) if c in sup.runners]
     state = ", ".join(f"{s['name']} {s['state']}" for s in services)
-    return web.json_response({"name": name, "state": state, "services": services})
+    return {"name": name, "state": state, "services": services}
 
 
 def paths(name_parameter: dict[str, Any], json: Any, errors: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from stackvisor.control.http import (
     supervisor,
 )
 from stackvisor.control.openapi import OPENAPI
-from stackvisor.control.scaling_api import group_action, scale
+from stackvisor.control.scaling_api import group_action, group_status, scale
 from stackvisor.errors import ActionConflict, ApiError
 from stackvisor.runtime.supervisor import Supervisor
 
@@ -41,6 +41,8 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def service(request: web.Request) -> web.Response:
+    if supervisor(request).is_group(request.match_info["name"]):  # its copies (`replicas`)
+        return web.json_response(group_status(request))
     return web.json_response(supervisor(request).runners[service_name(request)].status())
 
 
