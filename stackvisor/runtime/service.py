@@ -234,6 +234,7 @@ class ServiceRunner(ServiceFacts):
                 self._feed(SpawnFailed(str(exc)))
                 return
             code, port_taken = await self._supervise()
+            self._exit_code = code  # with the state it causes: status never shows one without the other
             actions = self._feed(Exited(code, port_taken, self._outage()))
             if any(isinstance(a, AwaitDependencies) for a in actions):
                 # A dependency is down: wait for it, then start (no restart was spent).
@@ -343,7 +344,6 @@ class ServiceRunner(ServiceFacts):
                 drained.cancel()
         self.log.flush()
         code = child.exit_code
-        self._exit_code = code
         if self._db_row is not None:
             self.ctx.ledger.child_exited(self._db_row, code)
             self._db_row = None
