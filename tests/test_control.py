@@ -451,3 +451,13 @@ def test_the_status_document_is_what_the_openapi_document_says(tmp_path: Path, d
     by_name = {s["name"]: s for s in status["services"]}
     assert by_name["web.1"]["group"] == "web" and by_name["plain"]["namespace"] == "core"
     assert by_name["lazy"]["state"] == "idle" and by_name["nightly"]["next_run"] is not None
+    # One service by name is its entry in the stack's status (what it uses aside), and a
+    # group by name lists its copies: both as the schema says.
+    status = client(tmp_path).get("/v1/status")
+    for entry in status["services"]:
+        alone = client(tmp_path).get(f"/v1/services/{entry['name']}")
+        jsonschema.validate(alone, {"$ref": "#/components/schemas/Service", "components": OPENAPI["components"]})
+        assert alone == entry
+    group = client(tmp_path).get("/v1/services/web")
+    jsonschema.validate(group, {"$ref": "#/components/schemas/Group", "components": OPENAPI["components"]})
+    assert group["services"] == [e for e in status["services"] if e["group"] == "web"]

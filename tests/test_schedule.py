@@ -546,6 +546,10 @@ def test_max_concurrent_runs_beside_the_one_going_and_the_stop_ends_them(
     skipped = wait_for(lambda: history(tmp_path, "schedule_skipped", "slow"), timeout=10)
     assert "max_concurrent: 2" in skipped[0]["data"]["reason"]
     assert len(runs_going(tmp_path)) == 2  # never a third
+    # status shows both: the service's own run (pid) and the one beside it (overlapping)
+    (slow,) = client(tmp_path).get("/v1/status")["services"]
+    assert sorted([slow["pid"], *slow["overlapping"]]) == sorted(runs_going(tmp_path))
+    assert "1 more run" in cli("status", cwd=tmp_path).stdout
     (tmp_path / "go").write_text("")
     runs = wait_for(
         lambda: (
@@ -554,6 +558,7 @@ def test_max_concurrent_runs_beside_the_one_going_and_the_stop_ends_them(
         )
     )
     assert [r["data"]["exit_code"] for r in runs[:2]] == [0, 0]
+    wait_for(lambda: client(tmp_path).get("/v1/services/slow")["overlapping"] == [])
     (tmp_path / "go").unlink()  # the next ticks start runs that last again
     wait_for(lambda: len(runs_going(tmp_path)) == 2, timeout=10)
     assert cli("down", cwd=tmp_path).returncode == 0

@@ -28,6 +28,8 @@ def format_status(status: StackStatus) -> str:
         ):
             if left is not None:
                 detail = ", ".join(x for x in (detail, f"{what} in {format_age(left, parts=2)}") if x)
+        if beside := len(s.get("overlapping") or ()):
+            detail = ", ".join(x for x in (detail, f"{beside} more run{'s' * (beside > 1)} going") if x)
         used = s.get("resources")
         rows.append(
             (

@@ -102,6 +102,11 @@ _SERVICE = {
         "idle_stop_in": {"type": ["number", "null"], "description": "seconds until an idle stop"},
         "lease_left": {"type": ["number", "null"], "description": "seconds until its lease ends"},
         "next_run": {"type": ["number", "null"], "description": "`schedule`: unix time of the next run"},
+        "overlapping": {
+            "type": "array",
+            "items": {"type": "integer"},
+            "description": "`schedule`: the pids of runs going beside its own (`max_concurrent`)",
+        },
         "resources": {
             "type": ["object", "null"],
             "description": "what it uses now (null when it does not run)",

@@ -66,7 +66,7 @@ def group_status(request: web.Request) -> dict[str, Any]:
     """A group by its name: its copies' status, and their states in one line."""
     sup = supervisor(request)
     name = request.match_info["name"]
-    services = [sup.runners[c].status() for c in sup.members(name) if c in sup.runners]
+    services = [sup.service_status(c) for c in sup.members(name) if c in sup.runners]
     state = ", ".join(f"{s['name']} {s['state']}" for s in services)
     return {"name": name, "state": state, "services": services}
 

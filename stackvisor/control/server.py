@@ -43,7 +43,7 @@ async def status(request: web.Request) -> web.Response:
 async def service(request: web.Request) -> web.Response:
     if supervisor(request).is_group(request.match_info["name"]):  # its copies (`replicas`)
         return web.json_response(group_status(request))
-    return web.json_response(supervisor(request).runners[service_name(request)].status())
+    return web.json_response(supervisor(request).service_status(service_name(request)))
 
 
 async def service_action(request: web.Request) -> web.Response:
@@ -62,7 +62,7 @@ async def service_action(request: web.Request) -> web.Response:
             await sup.restart_services([name])
     except ActionConflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return web.json_response(sup.runners[name].status())
+    return web.json_response(sup.service_status(name))
 
 
 def _names(body: dict[str, Any], field: str = "services") -> list[str]:

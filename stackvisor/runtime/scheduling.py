@@ -205,6 +205,7 @@ class Scheduling:
     def schedule_status(self, name: str, entry: ServiceStatus) -> None:
         if name in self.schedules:
             entry["next_run"] = self.schedules[name].next_run()
+            entry["overlapping"] = sorted(child.pid for child in self.schedules[name].overlaps.going.values())
 
     async def _run_scheduled(self, name: str) -> None:
         # As an action of the stack: never in the middle of a reload or a restart.

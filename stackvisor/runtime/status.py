@@ -36,6 +36,7 @@ class ServiceStatus(TypedDict):
     lease_left: NotRequired[float | None]  # with `lease`: seconds until it is stopped
     internal_port: NotRequired[int | None]  # with `socket: proxy`: where the service listens
     next_run: NotRequired[float | None]  # with `schedule`: unix time of its next tick (None: stopped)
+    overlapping: NotRequired[list[int]]  # with `schedule`: pids of the runs beside its own (max_concurrent)
 
 
 class ReloadResult(TypedDict):

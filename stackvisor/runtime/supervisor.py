@@ -45,7 +45,7 @@ from stackvisor.runtime.scheduling import Scheduler, Scheduling
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.state import Ledger, StateDB
 from stackvisor.runtime.states import State
-from stackvisor.runtime.status import ReloadResult, StackStatus
+from stackvisor.runtime.status import ReloadResult, Resources, ServiceStatus, StackStatus
 from stackvisor.runtime.stopping import kill_leftovers, stop_in_order
 from stackvisor.system.files import dir_mode, secure_dir
 from stackvisor.system.signals import SignalGate
@@ -368,35 +368,32 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
 
     # ----- reporting -------------------------------------------------------------------
 
+    def service_status(self, name: str, figures: dict[str, Resources] | None = None) -> ServiceStatus:
+        """One service as the stack's status lists it (`figures`: what each one uses)."""
+        runner = self.runners[name]
+        entry = runner.status()
+        entry["selected"], entry["group"] = name in self.selection, group_of(self.config, name)
+        self.schedule_status(name, entry)
+        entry["resources"] = (figures or {}).get(name)
+        asked = runner.config.port
+        entry["labels"], entry["requested_port"], entry["namespace"] = (
+            dict(runner.config.labels),
+            asked if isinstance(asked, int) else None,
+            runner.config.namespace,
+        )
+        if runner.config.socket == "proxy":  # the public port is the one to show
+            entry["internal_port"], entry["port"] = self.ports.internal.get(name), self.ports.ports.get(name)
+        if name in self.activations:
+            deadlines = self.activations[name].deadlines()
+            entry["idle_stop_in"], entry["lease_left"] = deadlines["idle_stop_in"], deadlines["lease_left"]
+        return entry
+
     def status(self, *, resources: bool = False) -> StackStatus:
         """The stack's status; with `resources`, what each service uses (reading that
         costs a few milliseconds: asked for by people and scrapers, not by polling)."""
-        services = []
         running = {n: child for n, r in self.runners.items() if (child := r.process) is not None}
         figures = self.meter.read(running) if resources else {}
-        for name in graph.start_order(self.config.graph()):
-            entry = self.runners[name].status()
-            entry["selected"], entry["group"] = name in self.selection, group_of(self.config, name)
-            self.schedule_status(name, entry)
-            entry["resources"] = figures.get(name)
-            asked = self.runners[name].config.port
-            entry["labels"], entry["requested_port"], entry["namespace"] = (
-                dict(self.runners[name].config.labels),
-                asked if isinstance(asked, int) else None,
-                self.runners[name].config.namespace,
-            )
-            if self.runners[name].config.socket == "proxy":  # the public port is the one to show
-                entry["internal_port"], entry["port"] = (
-                    self.ports.internal.get(name),
-                    self.ports.ports.get(name),
-                )
-            if name in self.activations:
-                deadlines = self.activations[name].deadlines()
-                entry["idle_stop_in"], entry["lease_left"] = (
-                    deadlines["idle_stop_in"],
-                    deadlines["lease_left"],
-                )
-            services.append(entry)
+        services = [self.service_status(name, figures) for name in graph.start_order(self.config.graph())]
         status: StackStatus = {
             "name": self.config.name,
             "pid": self.pid,
