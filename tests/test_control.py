@@ -456,7 +456,9 @@ def test_the_status_document_is_what_the_openapi_document_says(tmp_path: Path, d
     status = client(tmp_path).get("/v1/status")
     for entry in status["services"]:
         alone = client(tmp_path).get(f"/v1/services/{entry['name']}")
-        jsonschema.validate(alone, {"$ref": "#/components/schemas/Service", "components": OPENAPI["components"]})
+        jsonschema.validate(
+            alone, {"$ref": "#/components/schemas/Service", "components": OPENAPI["components"]}
+        )
         assert alone == entry
     group = client(tmp_path).get("/v1/services/web")
     jsonschema.validate(group, {"$ref": "#/components/schemas/Group", "components": OPENAPI["components"]})

@@ -24,7 +24,7 @@ from stackvisor.runtime.states import State
 from stackvisor.runtime.status import ServiceStatus, StackStatus
 from stackvisor.stackref import StackRef
 from stackvisor.system import procfs
-from stackvisor.system.files import dir_mode, open_append, secure_dir
+from stackvisor.system.files import dir_mode, open_append, own_dir, secure_dir
 
 if TYPE_CHECKING:
     from stackvisor.config.schema import StackConfig
@@ -68,7 +68,7 @@ def detach(config: StackConfig, argv: Sequence[str], timeout: float = 30.0) -> D
     mode = config.settings.logs_mode
     try:
         secure_dir(paths.state_dir, 0o700)
-        secure_dir(paths.logs, dir_mode(mode))
+        secure_dir(paths.logs, dir_mode(mode), adopt=paths.own_logs)
         fd = open_append(out_path, mode)
     except UnsafePath as exc:
         return DetachResult(False, None, str(exc), 1)
@@ -260,7 +260,9 @@ class DownResult(NamedTuple):
 
 
 def down(config: Stack, timeout: float) -> DownResult:
-    """Stop the stack, wait for its supervisor to exit, and end what a dead one left."""
+    """Stop the stack, wait for its supervisor to exit, and end what a dead one left.
+    UnsafePath: the state folder is not ours (what it says names nothing to stop)."""
+    own_dir(_ref(config).paths.state_dir)
     pid = supervisor_pid(config)
     killed = False
     if pid is not None and pid > 0:
@@ -287,10 +289,11 @@ def _is_our_supervisor(pid: int, config: Stack) -> bool:
     import psutil
 
     try:
-        cmdline = " ".join(psutil.Process(pid).cmdline())
+        process = psutil.Process(pid)
+        cmdline, uid = " ".join(process.cmdline()), process.uids().real
     except psutil.Error:
         return False
-    return "stackvisor" in cmdline and supervisor_pid(config) == pid
+    return uid == os.geteuid() and "stackvisor" in cmdline and supervisor_pid(config) == pid
 
 
 def _wait_exit(config: Stack, pid: int, timeout: float) -> bool:

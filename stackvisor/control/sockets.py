@@ -14,6 +14,7 @@ import hashlib
 import os
 import pwd
 import socket
+import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,11 +191,20 @@ class StackLock:
         return int(pid)
 
     def _file_holder(self) -> int | None:
+        """The pid in a flocked lock file, believed only from a file of our own user in a
+        folder of ours: anyone else's (planted in a stack folder they own) names nothing."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             return None  # no lock file, or a link in its place: no supervisor of ours
         try:
+            me, info = os.geteuid(), os.fstat(fd)
+            try:
+                folder = os.lstat(self.path.parent)
+            except OSError:
+                return None
+            if info.st_uid != me or folder.st_uid != me or not stat.S_ISREG(info.st_mode):
+                return None
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -27,13 +27,37 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
-def secure_dir(path: Path, mode: int) -> None:
-    """Make sure `path` is a folder of ours with `mode`, creating it (and its parents)."""
+def secure_dir(path: Path, mode: int, *, adopt: bool = True) -> None:
+    """Make sure `path` is a folder of ours, creating it (and its parents) with `mode`.
+
+    An existing folder is given `mode` only when it is one of ours by name (`adopt`: the
+    state folder). Any other (a logs folder or registry folder the file or the
+    environment names, which may be /tmp or a home) keeps its mode, and is refused when
+    others may write into it without the sticky bit (they could swap our files)."""
     if not os.path.lexists(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):  # made meanwhile: checked below
             os.mkdir(path, mode)
-    info = os.lstat(path)
+    info = own_dir(path)
+    assert info is not None
+    current = stat.S_IMODE(info.st_mode)
+    if adopt:
+        if current != mode:
+            os.chmod(path, mode, follow_symlinks=False)
+    elif current & 0o022 and not current & stat.S_ISVTX:
+        raise UnsafePath(
+            f"{path} may be written by others (mode {current:o}) and is not sticky: another user "
+            "could replace stackvisor's files in it (chmod go-w it, or choose a folder of your own)"
+        )
+
+
+def own_dir(path: Path) -> os.stat_result | None:
+    """`path` as a folder of ours (None when there is none): a link in its place, or
+    another user's folder, is refused with a message (never chowned into shape)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
     me = os.geteuid()
     if stat.S_ISLNK(info.st_mode):
         raise UnsafePath(f"{path} is a symbolic link; stackvisor writes only into a real folder of its own")
@@ -44,8 +68,7 @@ def secure_dir(path: Path, mode: int) -> None:
             f"{path} belongs to {_user(info.st_uid)}, not to {_user(me)}: stackvisor will not write into "
             "another user's folder (remove it, or run as its owner)"
         )
-    if stat.S_IMODE(info.st_mode) != mode:
-        os.chmod(path, mode, follow_symlinks=False)
+    return info
 
 
 def open_append(path: Path, mode: int) -> int:
