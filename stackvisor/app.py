@@ -157,7 +157,7 @@ def run_supervisor(
     mode = config.settings.logs_mode
     try:
         secure_dir(paths.state_dir, 0o700)
-        secure_dir(paths.logs, dir_mode(mode))
+        secure_dir(paths.logs, dir_mode(mode), adopt=paths.own_logs)
         log = logsetup.configure(paths.supervisor_log, file_mode=mode)
     except UnsafePath as exc:
         print(f"stackvisor: {exc}", file=sys.stderr)

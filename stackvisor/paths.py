@@ -9,6 +9,7 @@ by hand. Pure: nothing here touches the disk.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -36,6 +37,13 @@ class StackPaths(NamedTuple):
             socket=configured if configured.is_absolute() else root / configured,
             logs=root / logs,
         )
+
+    @property
+    def own_logs(self) -> bool:
+        """The logs folder is the stack's own, inside its folder (given the logs' mode);
+        one elsewhere (`logs_dir: /tmp`) keeps the mode it has."""
+        logs = Path(os.path.normpath(self.logs))
+        return logs != self.root and logs.is_relative_to(self.root)
 
     @property
     def state_dir(self) -> Path:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SLEEP, Start, end_stack, wait_for
+from conftest import SLEEP, Start, cli, end_stack, wait_for
 
 from stackvisor.config import load_config
 from stackvisor.control import ops
@@ -128,3 +129,52 @@ def test_a_socket_served_by_another_user_is_not_believed(shared: Path, start: St
     assert server.stdout is not None and server.stdout.readline().strip() == "ready"
     with pytest.raises(UnsafePath, match="is served by nobody"):
         Client(socket_path, timeout=5).get("/v1/status")
+
+
+# Run as nobody in the stack's folder: a state folder with a lock file, flocked for as
+# long as it runs, naming the pid of argv[1] as if it were the supervisor.
+PLANT = """
+import fcntl, os, sys, time
+os.mkdir(".stackvisor", 0o755)
+fd = os.open(".stackvisor/lock", os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, sys.argv[1].encode() + b"\\n")
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_lock_planted_by_another_user_never_names_a_process_to_stop(shared: Path, start: Start) -> None:
+    """`down` believes only a lock of its own user: a planted one that names a process of
+    root's (with "stackvisor" in its command line, as a supervisor has) gets it no signal."""
+    victim = start([sys.executable, "-c", "import time; time.sleep(300)", "my-stackvisor-notes"])
+    planter = start(
+        ["runuser", "-u", "nobody", "--", NOBODY_PYTHON, "-c", PLANT, str(victim.pid)],
+        cwd=shared,
+        stdout=subprocess.PIPE,
+        own_group=True,
+    )
+    assert planter.stdout is not None and planter.stdout.readline().strip() == "ready"
+    config = load_config(shared / "services.yaml")
+    assert ops.supervisor_pid(config) is None
+    down = cli("down", "--timeout", "2s", cwd=shared)
+    assert victim.poll() is None, "root's process was signalled"
+    assert down.returncode == 1 and ".stackvisor belongs to nobody, not to root" in down.stderr
+    assert "Traceback" not in down.stderr
+
+
+def test_a_logs_folder_outside_the_stack_keeps_its_mode(tmp_path: Path) -> None:
+    """`logs_dir: /tmp` must not make /tmp private: a folder the stack does not own by
+    place keeps its mode (its files are still 0600); its own `logs/` is made private."""
+    shared, stack = tmp_path / "shared", tmp_path / "stack"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    stack.mkdir()
+    (stack / "services.yaml").write_text(f"settings: {{logs_dir: {shared}}}\n{STACK}")
+    try:
+        assert ops.detach(load_config(stack / "services.yaml"), []).ok
+        wait_for((shared / "web.log").exists)
+    finally:
+        end_stack(stack)
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    assert (shared / "web.log").stat().st_mode & 0o777 == 0o600

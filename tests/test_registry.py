@@ -265,3 +265,58 @@ def test_expiry_by_holder_or_lease() -> None:
     assert alloc(8, None).expired(0.0, alive)
     assert not alloc(None, 10.0).expired(110.0, alive) and alloc(None, 10.0).expired(110.5, alive)
     assert alloc(7, None, "expired").expired(0.0, alive)
+
+
+def test_a_lapsed_lease_is_expired_before_any_sweep(registry: Registry) -> None:
+    """Its ttl passed: no heartbeat brings it back, and it is shown as expired, though
+    nothing has swept the registry since."""
+    lease, _ = registry.allocate("forward", ttl=0.2)
+    wait_for(lambda: time.time() > lease.last_heartbeat + 0.2)
+    with pytest.raises(UnknownAllocation, match="expired"):
+        registry.heartbeat(lease.id)
+    assert registry.lookup("forward") == []
+    (shown,) = registry.as_dicts(registry.listing())
+    assert shown["id"] == lease.id and shown["status"] == "expired"
+
+
+def test_two_corrupt_files_in_one_second_are_both_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ports.db"
+    for text in (b"first corrupt file" * 100, b"second corrupt file" * 100):
+        path.write_bytes(text)
+        path.chmod(0o600)
+        Registry.open(path).close()
+    kept = sorted(
+        p.read_bytes()[:6]
+        for p in tmp_path.glob("ports.db.corrupt-*")
+        if not p.name.endswith(("-wal", "-shm"))
+    )
+    assert kept == [b"first ", b"second"]
+
+
+def test_a_folder_the_environment_names_keeps_its_mode(tmp_path: Path) -> None:
+    """STACKVISOR_REGISTRY=/tmp/ports.db must not make /tmp private: a shared (sticky)
+    folder keeps its mode; one others may write into without the sticky bit is refused."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    env = {**os.environ, "STACKVISOR_REGISTRY": str(shared / "ports.db")}
+    listed = subprocess.run(
+        [sys.executable, "-m", "stackvisor", "ports", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    shared.chmod(0o777)
+    refused = subprocess.run(
+        [sys.executable, "-m", "stackvisor", "ports", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "may be written by others (mode 777)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o777

@@ -59,11 +59,13 @@ class Allocation:
 
     def expired(self, now: float, holder_alive: Callable[[int, float | None], bool]) -> bool:
         """Its holder is gone (same pid, same start time), or its lease ran out."""
-        if self.status == EXPIRED:
-            return True
-        if self.ttl is not None and now > self.last_heartbeat + self.ttl:
+        if self.status == EXPIRED or self.lapsed(now):
             return True
         return self.pid is not None and not holder_alive(self.pid, self.pid_start)
+
+    def lapsed(self, now: float) -> bool:
+        """Its lease ran out (expired, whether or not a sweep has said so yet)."""
+        return self.ttl is not None and now > self.last_heartbeat + self.ttl
 
     def describe(self) -> str:
         """`stack /srv/a/services.yaml's api (pid 4242)`, or `script web (pid 99)`."""
@@ -85,7 +87,11 @@ class Allocation:
             "last_heartbeat": self.last_heartbeat,
             "heartbeat_age": round(max(0.0, now - self.last_heartbeat), 3),
             "ttl": self.ttl,
-            "status": ACTIVE if self.status == RESERVED and listening else self.status,
+            "status": EXPIRED
+            if self.lapsed(now)
+            else ACTIVE
+            if self.status == RESERVED and listening
+            else self.status,
         }
 
 

@@ -54,6 +54,19 @@ def holder_alive(pid: int, started: float | None) -> bool:
     return procfs.same_process(pid, started)
 
 
+def _without_override() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != ENV}
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`...: the first that names nothing yet."""
+    candidate, n = path, 1
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 class Registry:
     """The open registry. `listened(port)` and `holder_alive` are the facts read from
     the system (replaceable in unit tests of the decisions, never needed otherwise)."""
@@ -74,14 +87,15 @@ class Registry:
         to `ports.db.corrupt-<time>` and a fresh one made (`note` says so): the live
         stacks register their ports again within a second."""
         path = path or default_path()
-        secure_dir(path.parent, 0o700)
+        # Its own folder is made private; one that STACKVISOR_REGISTRY names keeps its mode.
+        secure_dir(path.parent, 0o700, adopt=path == default_path(_without_override()))
         for suffix in ("", "-wal", "-shm", "-journal"):
             if os.path.islink(f"{path}{suffix}"):
                 raise UnsafePath(f"{path}{suffix} is a symbolic link; stackvisor does not write through one")
         try:
             return cls(connect(path), path)
         except sqlite3.DatabaseError as exc:
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            aside = _unused(path.with_name(f"{path.name}.corrupt-{int(time.time())}"))
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(f"{path}{suffix}", f"{aside}{suffix}")
@@ -147,8 +161,11 @@ class Registry:
     def lookup(self, key: str | int) -> list[Allocation]:
         """The live allocations of a port (a number) or of a service name."""
         if isinstance(key, int) or (key.isascii() and key.isdigit()):  # not "¹"
-            return self._rows(f"{LIVE} AND port = ?", (check_port(int(key)),))
-        return self._rows(f"{LIVE} AND name = ?", (key,))
+            found = self._rows(f"{LIVE} AND port = ?", (check_port(int(key)),))
+        else:
+            found = self._rows(f"{LIVE} AND name = ?", (key,))
+        now = time.time()
+        return [a for a in found if not a.lapsed(now)]
 
     def reserved_ports(self) -> set[int]:
         return {port for (port,) in self.db.execute("SELECT port FROM reserved")}
@@ -318,7 +335,7 @@ class Registry:
         now = time.time()
         with self._write():
             current = self.get(allocation_id)
-            if current.status == EXPIRED:
+            if current.status == EXPIRED or current.lapsed(now):  # too late, swept or not
                 raise UnknownAllocation(f"allocation {allocation_id!r} expired; allocate again")
             self.db.execute("UPDATE allocations SET last_heartbeat = ? WHERE id = ?", (now, allocation_id))
         return self.get(allocation_id)

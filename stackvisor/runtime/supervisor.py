@@ -230,7 +230,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         if self.ledger.is_open:
             return
         secure_dir(self.paths.state_dir, 0o700)
-        secure_dir(self.paths.logs, dir_mode(self.config.settings.logs_mode))
+        secure_dir(self.paths.logs, dir_mode(self.config.settings.logs_mode), adopt=self.paths.own_logs)
         note = self.ledger.open()
         if note is not None:
             self.logger.warning(note)
