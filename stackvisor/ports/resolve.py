@@ -16,6 +16,7 @@ since the scan is never signalled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -207,16 +208,39 @@ def _recheck(owner: Owner, policy: Policy) -> tuple[Owner | None, str | None]:
     return fresh, None
 
 
-def _safe_group(pgid: int, policy: Policy, port: int) -> list[tuple[int, float | None]] | None:
-    """The members of process group `pgid` if every one of them may be signalled, else None."""
-    if pgid <= 1:
+def _holds(pid: int, inodes: Sequence[int]) -> bool:
+    """`pid` has one of the sockets `inodes` open (a forking server's parent, say)."""
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                return True
+    return False
+
+
+def _safe_group(owner: Owner, pgid: int, policy: Policy) -> list[tuple[int, float | None]] | None:
+    """The members of process group `pgid` if the group is the holder's own job and every
+    one of them may be signalled, else None. Its own job: the group's leader is the holder,
+    or an ancestor of it holding the same socket (a forking server whose worker was found),
+    and every member started below the leader. A group that holds anything else (the CI
+    script that started the holder in the background, the `stackvisor` command that asked
+    for the port) is never signalled as a group."""
+    holder = owner.pid
+    if pgid <= 1 or holder is None:
         return None
+    if pgid != holder and (pgid not in procfs.ancestors(holder) or not _holds(pgid, owner.inodes)):
+        return None
+    family = {pgid, *(p.pid for p in procfs.descendants(pgid))}
     members: list[tuple[int, float | None]] = []
     for pid in procfs.group_members(pgid):
-        facts = describe_process(pid, port)
+        facts = describe_process(pid, owner.port)
         if facts is None:
             continue
-        if untouchable(facts, policy) is not None:
+        if pid not in family or untouchable(facts, policy) is not None:
             return None
         members.append((pid, facts.started))
     return members
@@ -241,8 +265,9 @@ def _signal(
 
 
 async def terminate_holder(owner: Owner, policy: Policy, grace: float, gate: SignalGate) -> Termination:
-    """End one holder: SIGTERM to its process group (or to it alone when the group holds
-    a process that must not be signalled), SIGKILL after `grace`.
+    """End one holder: SIGTERM to its process group when the group is its own (else,
+    or when the group holds a process that must not be signalled, to it alone), SIGKILL
+    after `grace`.
 
     `policy` says whom the port rules spare; `gate` is asked too, and a holder it
     refuses (pid 1, the supervisor, an ancestor, another user's process) is never
@@ -261,7 +286,7 @@ async def terminate_holder(owner: Owner, policy: Policy, grace: float, gate: Sig
         return Termination(Ending.REFUSED, why)
     group = None
     if fresh.pgid is not None:
-        group = await asyncio.to_thread(_safe_group, fresh.pgid, policy, owner.port)
+        group = await asyncio.to_thread(_safe_group, owner, fresh.pgid, policy)
         if group and not all(gate.may_signal(member) for member, _ in group):
             group = None
     targets = group if group else [(pid, fresh.started)]
@@ -278,7 +303,7 @@ async def terminate_holder(owner: Owner, policy: Policy, grace: float, gate: Sig
         if refused is not None:
             return Termination(Ending.REFUSED, refused)
     if pgid is not None:
-        group = await asyncio.to_thread(_safe_group, pgid, policy, owner.port)
+        group = await asyncio.to_thread(_safe_group, owner, pgid, policy)
         if group is None or not all(gate.may_signal(member) for member, _ in group):
             pgid = None
     _signal(gate, pgid, alive, signal.SIGKILL, ours=ours)
