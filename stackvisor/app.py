@@ -111,8 +111,8 @@ async def _control(
 
 
 async def keep_reachable(sup: Supervisor, *, server: ControlServer, lock: StackLock) -> None:
-    """Once a second: a deleted control socket, state.db, lock file, stack record or port
-    registry (`rm`, `git clean -fdx`) is made again, so the CLI can always reach the running stack. The lock
+    """Once a second: a deleted control socket, state.db, lock file, stack record, logs
+    folder or port registry (`rm`, `git clean -fdx`) is made again, so the CLI can always reach the running stack. The lock
     itself cannot be lost (see `StackLock`)."""
     socket_id = _identity(sup.paths.socket)
     while True:
@@ -129,6 +129,8 @@ async def keep_reachable(sup: Supervisor, *, server: ControlServer, lock: StackL
                 lock.rewrite_file()
             if not sup.paths.record.exists():
                 sup.record()
+            if sup.keep_logs_folder():
+                sup.logger.warning(f"{sup.paths.logs} was deleted or moved: made again")
             sup.ports.check_registry()
         except (OSError, UnsafePath) as exc:
             sup.logger.error(f"cannot make the stack's files again: {exc}")

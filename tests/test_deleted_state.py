@@ -46,3 +46,28 @@ def test_deleting_the_state_folder_loses_neither_the_lock_nor_the_stack(tmp_path
     finally:
         result = ops.down(config, timeout=30)
     assert result.ended and procfs.marked(f"{first.pid}-", prefix=True) == []
+
+
+def test_a_deleted_logs_folder_is_made_again_and_written(tmp_path: Path) -> None:
+    """`git clean -fdx` takes logs/ too: the supervisor makes it again, and the services'
+    output goes on into it (the folder it held is gone with its files)."""
+    (tmp_path / "services.yaml").write_text(
+        "services:\n  chatty:\n    command: [python3, -c, \"import time\\nwhile True: print('line', flush=True); time.sleep(0.02)\"]\n"
+    )
+    config = load_config(tmp_path / "services.yaml")
+    paths = StackPaths.at(tmp_path)
+    assert ops.detach(config, []).ok
+    try:
+        log = paths.service_log("chatty")
+        deadline = time.monotonic() + 10
+        while not (log.exists() and log.stat().st_size):
+            assert time.monotonic() < deadline, "no log"
+            time.sleep(0.02)
+        shutil.rmtree(paths.logs)
+        deadline = time.monotonic() + 10
+        while not (log.exists() and "line" in log.read_text()):
+            assert time.monotonic() < deadline, "the logs folder was not made again, or not written"
+            time.sleep(0.05)
+        assert paths.logs.stat().st_mode & 0o777 == 0o700
+    finally:
+        ops.down(config, timeout=30)

@@ -178,3 +178,32 @@ def test_a_logs_folder_outside_the_stack_keeps_its_mode(tmp_path: Path) -> None:
         end_stack(stack)
     assert shared.stat().st_mode & 0o7777 == 0o1777
     assert (shared / "web.log").stat().st_mode & 0o777 == 0o600
+
+
+CHATTY = """
+settings: {log_max_bytes: 1024, log_backups: 2}
+services:
+  chatty:
+    command: [python3, -c, "import time\\nwhile True: print('x' * 99, flush=True); time.sleep(0.01)"]
+"""
+
+
+def test_a_logs_folder_swapped_for_a_link_while_running_is_not_written_through(shared: Path) -> None:
+    """Root runs a stack in a folder that `nobody` owns. While it runs, nobody moves the
+    logs folder away and puts a link to a folder of root's in its place: the logs (and
+    their rotations) go on into the folder that was moved, never through the link."""
+    as_nobody("mkdir", "mine", cwd=shared)
+    stack = shared / "mine"
+    as_nobody("sh", "-c", f"cat > services.yaml <<'EOF'\n{CHATTY}\nEOF", cwd=stack)
+    victim = shared / "victim"
+    victim.mkdir(mode=0o700)
+    try:
+        assert ops.detach(load_config(stack / "services.yaml"), []).ok
+        wait_for((stack / "logs" / "chatty.log.2").exists)
+        as_nobody("sh", "-c", f"mv logs logs.old && ln -s {victim} logs", cwd=stack)
+        moved = stack / "logs.old" / "chatty.log.2"
+        moved.unlink()  # made again by the next rotations: into the folder that was moved
+        wait_for(moved.exists, timeout=15)
+        assert list(victim.iterdir()) == []
+    finally:
+        end_stack(stack)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from stackvisor.errors import UnsafePath
-from stackvisor.system.files import open_append
+from stackvisor.system.files import Folder, open_append
 
 _COLOURS = [36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96, 31]
 _CHUNK = 65536
@@ -158,8 +158,10 @@ class RotatingFile:
         backups: int,
         on_error: Callable[[str], None] | None = None,
         mode: int = 0o600,
+        folder: Folder | None = None,
     ) -> None:
         self.path = path  # in a folder the owner has made safe (see `system.files`)
+        self.folder = folder or Folder(path.parent)  # written through its descriptor once held open
         self.max_bytes = max_bytes
         self.backups = backups
         self.on_error = on_error
@@ -170,7 +172,7 @@ class RotatingFile:
         self._reported_at: float | None = None
 
     def _open(self, *, truncate: bool = False) -> FileIO:
-        fh = FileIO(open_append(self.path, self.mode), "ab", closefd=True)
+        fh = FileIO(open_append(self.path, self.mode, self.folder), "ab", closefd=True)
         if truncate:
             fh.truncate(0)
         self._size = fh.tell()
@@ -212,11 +214,11 @@ class RotatingFile:
     def _rotate(self) -> None:
         self.close()
         if self.backups > 0:
+            name = self.path.name
             for i in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{i}")
-                if older.exists():
-                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+                with contextlib.suppress(FileNotFoundError):
+                    self.folder.replace(f"{name}.{i}", f"{name}.{i + 1}")
+            self.folder.replace(name, f"{name}.1")
             self._fh = self._open()
         else:
             self._fh = self._open(truncate=True)

@@ -47,7 +47,7 @@ from stackvisor.runtime.state import Ledger, StateDB
 from stackvisor.runtime.states import State
 from stackvisor.runtime.status import ReloadResult, Resources, ServiceStatus, StackStatus
 from stackvisor.runtime.stopping import kill_leftovers, stop_in_order
-from stackvisor.system.files import dir_mode, secure_dir
+from stackvisor.system.files import Folder, dir_mode, secure_dir
 from stackvisor.system.signals import SignalGate
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         self.config = config
         self.profiles = set(profiles)  # Compose's: which services with `profiles` run
         self.paths = stack_paths(config)
+        self.logs_folder = Folder(self.paths.logs)  # held open from `open` (see system.files)
         self.pid = os.getpid()
         # Every child carries "<instance>/<service>/<n>": unique across supervisors and runs.
         self.instance = f"{self.pid}-{secrets.token_hex(4)}"
@@ -136,6 +137,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             settings.log_backups,
             on_error=lambda message: self.logger.warning(message, service=svc.name),
             mode=settings.logs_mode,
+            folder=self.logs_folder,
         )
         return ServiceRunner(self._context, svc, ServiceLog(svc.name, file, self.console))
 
@@ -231,6 +233,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             return
         secure_dir(self.paths.state_dir, 0o700)
         secure_dir(self.paths.logs, dir_mode(self.config.settings.logs_mode), adopt=self.paths.own_logs)
+        self.logs_folder.open()
         note = self.ledger.open()
         if note is not None:
             self.logger.warning(note)
@@ -241,6 +244,19 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         tracking = self.spawner.track(self.paths.cgroup_name)  # last: nothing fails after it
         self.ledger.tracked_in(tracking.base)
         self.logger.info(f"processes tracked by {tracking.kind} ({tracking.reason})")
+
+    def keep_logs_folder(self) -> bool:
+        """The logs folder was deleted or moved away (`git clean -fdx`): make it again and
+        write there from now on (True). A link or a folder of somebody else's in its
+        place raises UnsafePath, and the services go on writing into the folder held."""
+        if not self.logs_folder.moved():
+            return False
+        secure_dir(self.paths.logs, dir_mode(self.config.settings.logs_mode), adopt=self.paths.own_logs)
+        self.logs_folder.close()
+        self.logs_folder.open()
+        for runner in self.runners.values():
+            runner.log.file.close()  # opened again, in the new folder, by the next write
+        return True
 
     def record(self) -> None:
         """Say in the state folder which file runs and where its socket is (`stackref`):
@@ -256,6 +272,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         self.spawner.end_births()
         for runner in self.runners.values():
             runner.close()
+        self.logs_folder.close()
         self.ports.close_registry()
         self.ledger.close()
 

@@ -71,10 +71,55 @@ def own_dir(path: Path) -> os.stat_result | None:
     return info
 
 
-def open_append(path: Path, mode: int) -> int:
-    """A file descriptor appending to `path` (created with `mode`), never through a link."""
+class Folder:
+    """A folder of ours held open: its files are opened and renamed through the
+    descriptor, so a folder moved away while we run (and a link put in its place, in a
+    parent folder somebody else owns) is still the one written, never the link's target."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def open(self) -> None:
+        """Hold it (after `secure_dir` made sure it is ours). Idempotent."""
+        if self.fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if os.fstat(fd).st_uid != os.geteuid():
+            os.close(fd)
+            raise UnsafePath(f"{self.path} changed owner; stackvisor writes only into a folder of its own")
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def moved(self) -> bool:
+        """The folder held is no longer at its path (deleted, or moved away)."""
+        if self.fd is None:
+            return False
+        held = os.fstat(self.fd)
+        try:
+            now = os.lstat(self.path)
+        except FileNotFoundError:
+            return True
+        return (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino)
+
+    def replace(self, name: str, new_name: str) -> None:
+        """Rename `name` to `new_name` inside the folder (FileNotFoundError: none)."""
+        if self.fd is None:
+            os.replace(self.path / name, self.path / new_name)
+        else:
+            os.replace(name, new_name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+
+def open_append(path: Path, mode: int, folder: Folder | None = None) -> int:
+    """A file descriptor appending to `path` (created with `mode`), never through a link;
+    with `folder` (held open), `path`'s name in that folder."""
+    where = folder.fd if folder is not None else None
     try:
-        fd = os.open(path, NOFOLLOW_APPEND, mode)
+        fd = os.open(path.name if where is not None else path, NOFOLLOW_APPEND, mode, dir_fd=where)
     except OSError as exc:
         if os.path.islink(path):
             raise UnsafePath(f"{path} is a symbolic link; stackvisor does not write through one") from None
