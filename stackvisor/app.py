@@ -112,8 +112,8 @@ async def _control(
 
 async def keep_reachable(sup: Supervisor, *, server: ControlServer, lock: StackLock) -> None:
     """Once a second: a deleted control socket, state.db, lock file, stack record, logs
-    folder or port registry (`rm`, `git clean -fdx`) is made again, so the CLI can always reach the running stack. The lock
-    itself cannot be lost (see `StackLock`)."""
+    folder or port registry (`rm`, `git clean -fdx`) is made again, so the CLI can always
+    reach the running stack. The lock itself cannot be lost (see `StackLock`)."""
     socket_id = _identity(sup.paths.socket)
     while True:
         await asyncio.sleep(REACHABLE_CHECK)

@@ -51,9 +51,8 @@ def test_deleting_the_state_folder_loses_neither_the_lock_nor_the_stack(tmp_path
 def test_a_deleted_logs_folder_is_made_again_and_written(tmp_path: Path) -> None:
     """`git clean -fdx` takes logs/ too: the supervisor makes it again, and the services'
     output goes on into it (the folder it held is gone with its files)."""
-    (tmp_path / "services.yaml").write_text(
-        "services:\n  chatty:\n    command: [python3, -c, \"import time\\nwhile True: print('line', flush=True); time.sleep(0.02)\"]\n"
-    )
+    chatty = "import time\\nwhile True: print('line', flush=True); time.sleep(0.02)"
+    (tmp_path / "services.yaml").write_text(f'services:\n  chatty:\n    command: [python3, -c, "{chatty}"]\n')
     config = load_config(tmp_path / "services.yaml")
     paths = StackPaths.at(tmp_path)
     assert ops.detach(config, []).ok
