@@ -243,6 +243,12 @@ def test_copies_listen_each_on_its_port_and_a_dependent_waits_for_all(tmp_path: 
     wait_for(lambda: all(state(api, f"api.{i}") == "healthy" for i in range(4)), timeout=20)
     assert pids(api)["api.0"] != before["api.0"]
 
+    # `up api` against the running stack names the group: every copy is there already
+    running = pids(api)
+    again = cli("up", "-d", "--wait", "api", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert pids(api) == running
+
     everything = list(pids(api).values())
     assert cli("down", cwd=tmp_path).returncode == 0
     assert not any(alive(p) for p in everything)

@@ -72,7 +72,7 @@ class Reloading:
         result = await self.reload(source="up")
         if not result["ok"]:
             return {"reload": result, "started": []}
-        if unknown := [n for n in names if n not in self.config.services]:
+        if unknown := [n for n in names if n not in self.config.services and n not in self.config.groups]:
             raise LookupError(", ".join(unknown))
         async with self._actions:
             tg = self._check_not_stopping()
