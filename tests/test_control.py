@@ -463,3 +463,41 @@ def test_the_status_document_is_what_the_openapi_document_says(tmp_path: Path, d
     group = client(tmp_path).get("/v1/services/web")
     jsonschema.validate(group, {"$ref": "#/components/schemas/Group", "components": OPENAPI["components"]})
     assert group["services"] == [e for e in status["services"] if e["group"] == "web"]
+
+
+def raw_post(
+    socket_path: Path, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """POST `body` as given (no JSON encoding of ours): (status, the JSON answer)."""
+    import socket as sock
+
+    head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}Connection: close\r\n\r\n"
+    )
+    with sock.socket(sock.AF_UNIX) as conn:
+        conn.settimeout(10)
+        conn.connect(str(socket_path))
+        conn.sendall(request.encode() + body)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), json.loads(payload)
+
+
+def test_bodies_that_cannot_be_read_are_400s_with_a_reason(tmp_path: Path, detached: Any) -> None:
+    write_stack(tmp_path, f'services:\n  web: {{command: "{SLEEP}"}}\n')
+    assert detached(tmp_path).returncode == 0
+    sock = StackPaths.at(tmp_path).socket
+    cases = [
+        ("/v1/restart", b"this is not gzip", {"Content-Encoding": "gzip"}, "cannot be decoded"),
+        ("/v1/ports/allocate", b'{"name": "a\\ud800", "ttl": 5}', {}, "not valid unicode"),
+        ("/v1/ports/release", b'{"id": "\\ud800"}', {}, "not valid unicode"),
+        ("/v1/reload", b'{"dry_run": "false"}', {}, "dry_run: expected true or false"),
+    ]
+    for path, body, headers, reason in cases:
+        status, answer = raw_post(sock, path, body, headers)
+        assert status == 400 and reason in answer["detail"], (path, status, answer)
+    assert client(tmp_path).get("/v1/status")["services"][0]["state"] == "running"

@@ -320,3 +320,15 @@ def test_a_folder_the_environment_names_keeps_its_mode(tmp_path: Path) -> None:
     assert refused.returncode == 1 and "may be written by others (mode 777)" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert stat.S_IMODE(shared.stat().st_mode) == 0o777
+
+
+def test_a_name_that_is_not_text_is_a_usage_error() -> None:
+    """Bytes the locale cannot decode (`$'\\xff'` in a shell) in a name: exit 2 and why."""
+    answer = subprocess.run(
+        [sys.executable.encode(), b"-m", b"stackvisor", b"ports", b"allocate", b"\xff\xfe", b"--ttl", b"5s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert answer.returncode == 2 and "not valid UTF-8 text (bytes b'\\xff\\xfe')" in answer.stderr
+    assert "supervisor" not in answer.stderr

@@ -62,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # nothing to flush at exit either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except UnicodeEncodeError as exc:  # bytes the locale could not decode, in a name or value
+        bad = exc.object[exc.start : exc.end].encode("utf-8", "surrogateescape")
+        print(f"stackvisor: an argument is not valid UTF-8 text (bytes {bad!r})", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, ValueError) as exc:  # a broken answer (BadAnswer is a ValueError)
         print(f"stackvisor: the supervisor did not answer properly: {exc}", file=sys.stderr)
         return EXIT_FAILURE

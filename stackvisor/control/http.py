@@ -107,18 +107,33 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     """An optional JSON object body; anything else is a 400."""
     if not request.can_read_body:
         return {}
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError as exc:  # a body its Content-Encoding does not decode
+        raise ApiError(400, "malformed body", f"the body cannot be decoded: {exc.__cause__ or exc}") from None
     if not raw.strip():
         return {}
     try:
         data = json.loads(raw)
+        # JSON may escape half a surrogate pair (`"\ud800"`), which no text can hold:
+        json.dumps(data, ensure_ascii=False).encode()
     except RecursionError:
         raise ApiError(400, "malformed body", "nested too deeply") from None
+    except UnicodeEncodeError:
+        raise ApiError(400, "malformed body", "a string is not valid unicode (a lone surrogate)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed body", f"expected a JSON object: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed body", "expected a JSON object")
     return data
+
+
+def bool_field(body: dict[str, Any], key: str) -> bool:
+    """An optional true/false of a JSON body (absent: false); anything else is a 400."""
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise ApiError(400, "malformed body", f"{key}: expected true or false, got {value!r}")
+    return value
 
 
 def dumps(obj: Any) -> str:

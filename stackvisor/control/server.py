@@ -24,6 +24,7 @@ from stackvisor.control.http import (
     SUPERVISOR,
     TOKEN,
     auth,
+    bool_field,
     bool_query,
     errors,
     json_body,
@@ -127,7 +128,7 @@ async def service_heartbeat(request: web.Request) -> web.Response:
 
 async def reload(request: web.Request) -> web.Response:
     body = await json_body(request)
-    dry_run = bool(body.get("dry_run")) or bool_query(request, "dry_run")
+    dry_run = bool_field(body, "dry_run") or bool_query(request, "dry_run")
     try:
         result = await supervisor(request).reload(dry_run=dry_run)
     except ActionConflict as exc:
