@@ -501,3 +501,52 @@ def test_bodies_that_cannot_be_read_are_400s_with_a_reason(tmp_path: Path, detac
         status, answer = raw_post(sock, path, body, headers)
         assert status == 400 and reason in answer["detail"], (path, status, answer)
     assert client(tmp_path).get("/v1/status")["services"][0]["state"] == "running"
+
+
+async def test_tcp_connections_that_never_show_the_token_are_few_and_brief(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone on the machine may connect to the TCP port: a connection that has not shown
+    the token within its wait is closed, and beyond a few such connections new ones are
+    closed at once, so nobody without the token can hold the supervisor's descriptors
+    (a request whose headers never end, sent to hundreds of connections). A connection
+    that showed the token keeps its event stream for as long as it likes."""
+    from stackvisor.control import server
+
+    monkeypatch.setattr(server, "UNTRUSTED_WAIT", 0.5)
+    monkeypatch.setattr(server, "UNTRUSTED_MAX", 8)
+    (port,) = free_ports(1)
+    path = write_stack(
+        tmp_path,
+        f"""
+        settings:
+          control: {{tcp: "127.0.0.1:{port}"}}
+        services:
+          a: {{command: "{SLEEP}"}}
+        """,
+    )
+    async with running_stack(path) as sup:
+        await until_ready(sup)
+        await asyncio.to_thread(client(tmp_path).get, "/v1/status")  # the control server is up
+        token = StackPaths.at(tmp_path).token.read_text().strip()
+        stream_reader, stream_writer = await asyncio.open_connection("127.0.0.1", port)
+        stream_writer.write(
+            f"GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+        )
+        assert b"200" in await asyncio.wait_for(stream_reader.readline(), 5)
+        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+        for _, writer in slow:
+            writer.write(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        began = time.monotonic()
+        ends = await asyncio.gather(*(asyncio.wait_for(reader.read(), 10) for reader, _ in slow))
+        assert all(end == b"" for end in ends)  # closed by the supervisor, no answer
+        assert time.monotonic() - began < 5
+        # The stream that showed the token outlived them all, and still carries events.
+        restart = asyncio.create_task(asyncio.to_thread(cli, "restart", "a", "-f", str(path)))
+        seen = b""
+        while b"stopping" not in seen:
+            seen += await asyncio.wait_for(stream_reader.readline(), 10)
+        assert (await restart).returncode == 0
+        stream_writer.close()
+        for _, writer in slow:
+            writer.close()

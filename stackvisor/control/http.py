@@ -25,6 +25,17 @@ SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
 TOKEN: web.AppKey[str | None] = web.AppKey("token")
 CLOSING: web.AppKey[asyncio.Event] = web.AppKey("closing")
 
+
+class Trust:
+    """Told of each TCP connection (aiohttp's protocol object) that showed the token;
+    the server's guard (see `server`) listens."""
+
+    def __init__(self) -> None:
+        self.shown: Callable[[object], None] = lambda connection: None
+
+
+TRUSTED: web.AppKey[Trust] = web.AppKey("trusted")
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -64,6 +75,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
             given.strip().encode("utf-8", "surrogateescape"), (token or "").encode()
         ):
             return error_response(401, "unauthorized", "send Authorization: Bearer <token>")
+        request.app[TRUSTED].shown(request.protocol)
     return await handler(request)
 
 

@@ -23,6 +23,8 @@ from stackvisor.control.http import (
     CLOSING,
     SUPERVISOR,
     TOKEN,
+    TRUSTED,
+    Trust,
     auth,
     bool_field,
     bool_query,
@@ -147,6 +149,7 @@ def make_app(sup: Supervisor, token: str | None = None) -> web.Application:
     app[SUPERVISOR] = sup
     app[TOKEN] = token
     app[CLOSING] = asyncio.Event()
+    app[TRUSTED] = Trust()
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/services/{name}", service)
     app.router.add_post("/v1/services/{name}/{action:start|stop|restart}", service_action)
@@ -168,6 +171,51 @@ def make_app(sup: Supervisor, token: str | None = None) -> web.Application:
     return app
 
 
+# A TCP connection must show the token within this many seconds, and no more than this
+# many may be waiting to: past that, a new one is closed at once. Anyone on the machine
+# can connect; only the token's holders may keep the supervisor's descriptors.
+UNTRUSTED_WAIT = 10.0
+UNTRUSTED_MAX = 64
+
+
+class _TcpGuard:
+    """Closes TCP connections that have not shown the token in time, and those beyond
+    the few allowed to be waiting. aiohttp has no deadline for a request's headers, so
+    this hooks where it registers each new connection (`Server.connection_made`)."""
+
+    def __init__(self, runner: web.AppRunner, trust: Trust) -> None:
+        assert runner.server is not None
+        self.waiting: dict[object, asyncio.TimerHandle] = {}
+        server = runner.server
+        registered = server.connection_made
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            registered(handler, transport)
+            if isinstance(transport.get_extra_info("sockname"), tuple):  # TCP, not the unix socket
+                self._arrived(handler, transport)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        trust.shown = self._shown
+
+    def _arrived(self, handler: object, transport: asyncio.Transport) -> None:
+        for gone in [h for h in self.waiting if getattr(h, "transport", None) is None]:
+            self.waiting.pop(gone).cancel()  # closed meanwhile
+        if len(self.waiting) >= UNTRUSTED_MAX:
+            transport.abort()
+            return
+        loop = asyncio.get_running_loop()
+        self.waiting[handler] = loop.call_later(UNTRUSTED_WAIT, self._expire, handler, transport)
+
+    def _shown(self, handler: object) -> None:
+        timer = self.waiting.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self, handler: object, transport: asyncio.Transport) -> None:
+        if self.waiting.pop(handler, None) is not None:
+            transport.abort()
+
+
 class ControlServer:
     """The running API: bound before any service starts, closed after the last one stopped."""
 
@@ -182,6 +230,7 @@ class ControlServer:
         await self.runner.setup()
         tcp_site = None
         if tcp is not None:
+            _TcpGuard(self.runner, self.app[TRUSTED])
             tcp_site = web.TCPSite(self.runner, tcp[0], tcp[1])
             await tcp_site.start()
         site = web.SockSite(self.runner, unix_sock)
