@@ -7,8 +7,10 @@ The tests run as root (as CI does) and use `runuser -u nobody`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,7 +21,7 @@ import pytest
 from conftest import SLEEP, Start, cli, end_stack, wait_for
 
 from stackvisor.config import load_config
-from stackvisor.control import ops
+from stackvisor.control import ops, sockets
 from stackvisor.control.client import Client
 from stackvisor.control.sockets import StackLock
 from stackvisor.errors import UnsafePath
@@ -207,3 +209,44 @@ def test_a_logs_folder_swapped_for_a_link_while_running_is_not_written_through(s
         assert list(victim.iterdir()) == []
     finally:
         end_stack(stack)
+
+
+# Run as nobody: bind the abstract name of a stack's lock (anyone can: such names have
+# no permissions) and hold it.
+SQUAT = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(b"\\0" + sys.argv[1].encode())
+s.listen(8)
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_lock_name_taken_by_another_user_does_not_keep_the_stack_down(shared: Path, start: Start) -> None:
+    """Another user who binds the lock's (predictable) abstract name first gets no hold on
+    the stack: its supervisor takes a name of its own user's secret instead, and is as
+    much one-per-stack with it."""
+    config = load_config(shared / "services.yaml")
+    name = StackLock(StackPaths.at(shared).lock).name
+    squatter = start(
+        ["runuser", "-u", "nobody", "--", NOBODY_PYTHON, "-c", SQUAT, name.lstrip("\0")],
+        stdout=subprocess.PIPE,
+        own_group=True,
+    )
+    assert squatter.stdout is not None and squatter.stdout.readline().strip() == "ready"
+    first = ops.detach(config, [])
+    assert first.ok, first.message
+    assert ops.supervisor_pid(config) == first.pid
+    assert cli("status", cwd=shared).returncode == 0
+    second = ops.detach(config, [])
+    assert not second.ok and second.pid == first.pid
+    # The squatter leaves: the name it held is free, and still nobody gets in beside us.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(squatter.pid, signal.SIGKILL)  # runuser and the python it runs
+    squatter.wait()
+    wait_for(lambda: sockets._ask(name)[0] == "free")
+    third = ops.detach(config, [])
+    assert not third.ok and third.pid == first.pid
+    down = cli("down", cwd=shared)
+    assert down.returncode == 0 and "stopped" in down.stderr

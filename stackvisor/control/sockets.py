@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import pwd
+import secrets
 import socket
 import stat
 import struct
@@ -91,35 +92,114 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+def lock_key(*, create: bool) -> str:
+    """This user's secret for lock names (`$XDG_STATE_HOME/stackvisor/lock-key`, 0600 in
+    a 0700 folder); "" when there is none and `create` is False, or it cannot be made."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    path = Path(state) / "stackvisor" / "lock-key"
+    try:
+        if create and not os.path.lexists(path):
+            secure_dir(path.parent, 0o700)
+            made = path.with_name(f"lock-key.{os.getpid()}")
+            fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(16))
+            with contextlib.suppress(FileExistsError):  # another process made it first: theirs stands
+                os.link(made, path)
+            os.unlink(made)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (OSError, UnsafePath):
+        return ""
+    with os.fdopen(fd) as fh:
+        if os.fstat(fh.fileno()).st_uid != os.geteuid():
+            return ""
+        return fh.read().strip()
+
+
+def _bound(name: str) -> socket.socket | None:
+    """A listening socket bound to the abstract `name`; None when it is taken."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(name)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            return None
+        raise
+    sock.listen(16)  # at once: whoever asks from now on finds it held
+    return sock
+
+
+def _ask(name: str) -> tuple[str, str | int]:
+    """Who holds the abstract `name`: ("free", ""), ("ours", pid), ("theirs", "nobody's
+    pid N"), or ("busy", -1) when it is held but its backlog is full."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(2.0)
+    try:
+        sock.connect(name)
+        pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return "free", ""
+    except OSError:
+        return "busy", -1
+    finally:
+        sock.close()
+    if uid != os.geteuid():
+        return "theirs", f"{_user(uid)}'s pid {pid}"
+    return "ours", int(pid)
+
+
 class StackLock:
     """One supervisor per stack, held for as long as its process lives.
 
     The authority is an abstract unix socket named after the stack's folder: the kernel
     frees the name when the process dies, and no file operation can remove it, so
     deleting `.stackvisor/` (`git clean -fdx`) cannot let a second supervisor in. Who
-    holds it is asked by connecting (`SO_PEERCRED` gives the pid). `.stackvisor/lock`
-    is also flocked and holds the pid, for people and older tools.
+    holds it is asked by connecting (`SO_PEERCRED` gives the pid). Abstract names have
+    no permissions: when another user has bound ours first, the supervisor binds a
+    second name, keyed by its user's secret (`lock_key`); each holder of one name
+    checks the other after binding, so two of ours never both hold the stack.
+    `.stackvisor/lock` is also flocked and holds the pid, for people and older tools.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int | None = None
         self.socket: socket.socket | None = None
-        root = os.path.realpath(path.parent.parent)
-        digest = hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        self.name = f"\0stackvisor-lock/{os.geteuid()}/{digest}"
+        self.root = os.path.realpath(path.parent.parent)
+        self.name = self._name("")
+
+    def _name(self, key: str) -> str:
+        digest = hashlib.sha256((key + self.root).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return f"\0stackvisor-lock/{os.geteuid()}/{digest}"
+
+    def _secret_name(self, *, create: bool) -> str | None:
+        """The name to use when another user has bound ours first (abstract names have
+        no permissions, and ours is predictable): keyed by a secret of our user's, which
+        nobody else can read. None: there is no key (and `create` is False)."""
+        key = lock_key(create=create)
+        return self._name(key) if key else None
 
     def acquire(self) -> None:
         secure_dir(self.path.parent, 0o700)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(self.name)
-        except OSError as exc:
-            sock.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise AlreadyRunning(self.holder()) from None
-            raise
-        sock.listen(16)
+        sock = _bound(self.name)
+        if sock is None:
+            if _ask(self.name)[0] != "theirs":
+                raise AlreadyRunning(self.holder())
+            secret = self._secret_name(create=True)
+            if secret is None:
+                raise UnsafePath(f"the lock of {self.root} is taken by {_ask(self.name)[1]}")
+            sock = _bound(secret)
+            if sock is None:
+                raise AlreadyRunning(self.holder())
+            if _ask(self.name)[0] in ("ours", "busy"):  # the squatter left, and one of ours came
+                sock.close()
+                raise AlreadyRunning(self.holder())
+        else:
+            secret = self._secret_name(create=False)
+            if secret is not None and _ask(secret)[0] in ("ours", "busy"):  # one of ours, on the secret name
+                sock.close()
+                raise AlreadyRunning(self.holder())
         sock.setblocking(False)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
@@ -172,23 +252,17 @@ class StackLock:
             self.socket = None
 
     def holder(self) -> int | None:
-        """The pid of the supervisor holding the lock, or None when nobody does."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(2.0)
-        try:
-            sock.connect(self.name)
-            pid, uid, _ = _PEERCRED.unpack(
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-            )
-        except (ConnectionRefusedError, FileNotFoundError):
-            return self._file_holder()
-        except OSError:
-            return -1  # held, but not telling by whom (its backlog is full)
-        finally:
-            sock.close()
-        if uid != os.geteuid():
-            raise UnsafePath(f"the lock of {self.path.parent.parent} is taken by {_user(uid)}'s pid {pid}")
-        return int(pid)
+        """The pid of the supervisor holding the lock, or None when nobody does (-1: held,
+        but not telling by whom: its backlog is full)."""
+        kind, who = _ask(self.name)
+        if kind in ("ours", "busy"):
+            return int(who)
+        secret = self._secret_name(create=False)
+        if secret is not None:
+            kind_there, who_there = _ask(secret)
+            if kind_there in ("ours", "busy"):
+                return int(who_there)
+        return self._file_holder()
 
     def _file_holder(self) -> int | None:
         """The pid in a flocked lock file, believed only from a file of our own user in a
