@@ -129,11 +129,25 @@ async def keep_reachable(sup: Supervisor, *, server: ControlServer, lock: StackL
                 lock.rewrite_file()
             if not sup.paths.record.exists():
                 sup.record()
-            if sup.keep_logs_folder():
+            if _keep_logs_folder(sup):
                 sup.logger.warning(f"{sup.paths.logs} was deleted or moved: made again")
             sup.ports.check_registry()
         except (OSError, UnsafePath) as exc:
             sup.logger.error(f"cannot make the stack's files again: {exc}")
+
+
+def _keep_logs_folder(sup: Supervisor) -> bool:
+    """The logs folder was deleted or moved away (`git clean -fdx`): make it again and
+    write there from now on (True). A link or a folder of somebody else's in its place
+    raises UnsafePath, and the services go on writing into the folder held."""
+    if not sup.logs_folder.moved():
+        return False
+    secure_dir(sup.paths.logs, dir_mode(sup.config.settings.logs_mode), adopt=sup.paths.own_logs)
+    sup.logs_folder.close()
+    sup.logs_folder.open()
+    for runner in sup.runners.values():
+        runner.log.file.close()  # opened again, in the new folder, by the next write
+    return True
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

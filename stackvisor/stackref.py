@@ -48,7 +48,7 @@ class StackRef(NamedTuple):
 
     @classmethod
     def locate(cls, path: Path) -> StackRef:
-        path = path.resolve()
+        path = Path(os.path.realpath(path))  # a loop of links stays: reading it says so
         quick = cls._recorded(path) or cls._read_quickly(path)
         if quick is not None:
             return quick
@@ -93,10 +93,12 @@ class StackRef(NamedTuple):
         interpolated, or it is not a plain mapping."""
         import yaml
 
+        from stackvisor.config.textfile import NotText, read_text
+
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
-            data = yaml.load(path.read_bytes()[: 10 * 1024 * 1024], Loader=loader)
-        except (OSError, yaml.YAMLError):
+            data = yaml.load(read_text(path, 10 * 1024 * 1024, "a stack file"), Loader=loader)
+        except (OSError, NotText, yaml.YAMLError):
             return None
         if not isinstance(data, dict) or "include" in data or not isinstance(data.get("services"), dict):
             return None

@@ -82,7 +82,7 @@ def test_an_env_file_must_be_a_small_regular_file(tmp_path: Path, target: str) -
     os.mkfifo(tmp_path / "fifo")  # opening it must not wait for a writer
     (tmp_path / "big.env").write_text("A=" + "x" * (2 * 1024 * 1024) + "\n")
     message = load_error(tmp_path, f"services:\n  web: {{command: x, env_file: {target}}}\n")
-    expected = "larger than 1 MB" if target == "big.env" else "not a regular file; an env file must be one"
+    expected = "larger than 1 MB" if target == "big.env" else "an env file must be one"
     assert expected in message
 
 
@@ -148,3 +148,122 @@ def test_values_under_secret_looking_names_are_shown_as_stars() -> None:
     assert _show("hunter2", ("services", "web", "env", "API_TOKEN")) == "***"
     assert _show("hunter2", ("services", "web", "env", "db_password")) == "***"
     assert _show("hunter2", ("services", "web", "env", "MODE")) == '"hunter2"'
+
+
+def stackvisor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stackvisor", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_pipe_or_a_loop_of_links_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A named pipe would block a reader until somebody writes; a link to itself makes
+    `Path.resolve` raise. Each is a config error, for every command that reads the file."""
+    os.mkfifo(tmp_path / "pipe.yaml")
+    (tmp_path / "loop.yaml").symlink_to("loop.yaml")
+    (tmp_path / "services.yaml").write_text("include: [pipe.yaml]\nservices:\n  web: {command: x}\n")
+    for name, reason in (("pipe.yaml", "not a regular file"), ("loop.yaml", "cannot read")):
+        for command in (["validate"], ["up", "--dry-run"]):
+            result = stackvisor(*command, "-f", name, cwd=tmp_path)
+            assert result.returncode == 2, (command, name, result.stderr)
+            assert reason in result.stderr and "Traceback" not in result.stderr, (
+                command,
+                name,
+                result.stderr,
+            )
+        # Those that ask a running stack find none here (they would ask the one its
+        # supervisor recorded, whatever the file is now).
+        for command, code in ((["status"], 3), (["down"], 0)):
+            result = stackvisor(*command, "-f", name, cwd=tmp_path)
+            assert result.returncode == code and "not running" in result.stderr, (
+                command,
+                name,
+                result.stderr,
+            )
+    included = stackvisor("validate", cwd=tmp_path)
+    assert included.returncode == 2 and "pipe.yaml: not a regular file" in included.stderr
+    for source in ("pipe.yaml", "/dev/zero"):
+        imported = stackvisor("import", source, cwd=tmp_path)
+        assert imported.returncode == 2 and "not a regular file" in imported.stderr, imported.stderr
+
+
+def merge_bomb(width: int) -> str:
+    """Merge keys (`<<`) copy what they name: 100 keys, times `width`, times `width`."""
+    keys = ", ".join(f"k{i}: 1" for i in range(100))
+    return (
+        f"x-a0: &a0 {{{keys}}}\n"
+        f"x-a1: &a1 {{<<: [{', '.join(['*a0'] * width)}]}}\n"
+        f"x-a2: &a2 {{<<: [{', '.join(['*a1'] * width)}]}}\n"
+        "services:\n  web: {command: x}\n"
+    )
+
+
+def test_a_merge_key_bomb_is_refused_cheaply(tmp_path: Path) -> None:
+    (tmp_path / "services.yaml").write_text(merge_bomb(1000))
+    code = (
+        "import resource, sys, time\n"
+        "from stackvisor.config import ConfigError, load_config\n"
+        "began = time.monotonic()\n"
+        "try:\n    load_config(__import__('pathlib').Path(sys.argv[1]))\n"
+        "except ConfigError as exc:\n    print(exc)\n"
+        "print(time.monotonic() - began)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "services.yaml"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert "refused: the file expands to more than 500,000 values" in out[0]
+    assert float(out[-2]) < 10 and int(out[-1]) < 400_000  # seconds, KB: not minutes and gigabytes
+    # Merge keys themselves still work as YAML says.
+    (tmp_path / "services.yaml").write_text(
+        "x-base: &base {command: x, stop_timeout: 3s}\nservices:\n  web: {<<: *base, command: y}\n"
+    )
+    web = load_config(tmp_path / "services.yaml").services["web"]
+    assert (web.command, web.stop_timeout) == ("y", 3.0)
+
+
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [
+        ("{command: x, replicas: 99999999999999999999999}", "replicas: expected at most 1000"),
+        ("{command: x, replicas: 1001}", "replicas: expected at most 1000"),
+        ('{command: "sleep 1\\0"}', "a NUL character"),
+        ('{command: [sleep, "1\\0"]}', "a NUL character"),
+        ('{command: x, environment: {A: "x\\0y"}}', "a NUL character"),
+        ('{command: x, environment: {"A\\0B": y}}', "a NUL character"),
+    ],
+)
+def test_values_no_program_can_be_given_are_refused(tmp_path: Path, service: str, expected: str) -> None:
+    message = load_error(tmp_path, f"services:\n  web: {service}\n")
+    assert expected in message and message.startswith("services.yaml:2:")
+
+
+def test_a_name_too_long_for_a_file_is_refused(tmp_path: Path) -> None:
+    message = load_error(tmp_path, f"services:\n  {'x' * 300}: {{command: x}}\n")
+    assert "at most 100 characters" in message
+
+
+def test_an_env_file_with_a_nul_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "e.env").write_bytes(b"A=x\0y\n")
+    message = load_error(tmp_path, "services:\n  web: {command: x, env_file: e.env}\n")
+    assert "a NUL character" in message
+
+
+def test_interpolation_nested_too_deeply_is_an_error(tmp_path: Path) -> None:
+    deep = "${X:-" * 1000 + "d" + "}" * 1000
+    message = load_error(tmp_path, f'services:\n  web: {{command: "echo {deep}"}}\n')
+    assert "nested too deeply" in message
+
+
+def test_variables_that_double_each_line_are_refused_before_they_fill_memory(tmp_path: Path) -> None:
+    lines = ["V0=" + "x" * 16] + [f"V{i}=${{V{i - 1}}}${{V{i - 1}}}" for i in range(1, 41)]
+    (tmp_path / ".env").write_text("\n".join(lines) + "\n")
+    message = load_error(tmp_path, "services:\n  web: {command: echo $V40}\n")
+    assert "longer than 1 MB" in message
+
+
+def test_an_env_file_sees_the_lines_above(tmp_path: Path) -> None:
+    (tmp_path / "e.env").write_text("A=hello\nB=${A}-world\n")
+    (tmp_path / "services.yaml").write_text("services:\n  web: {command: x, env_file: e.env}\n")
+    web = load_config(tmp_path / "services.yaml").services["web"]
+    assert (web.env["A"], web.env["B"]) == ("hello", "hello-world")

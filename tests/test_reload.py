@@ -123,6 +123,30 @@ async def test_invalid_file_changes_nothing_and_fixing_it_applies(tmp_path: Path
         await until(sup, lambda: pids(sup)["api"] not in (None, before["api"]))
 
 
+async def test_edits_that_break_the_loader_are_refused_and_watching_goes_on(tmp_path: Path) -> None:
+    """Interpolation nested a thousand deep, then the file replaced by a named pipe: each
+    is a refused edit with its reason, the stack runs on, and the next good edit is
+    applied by itself."""
+    import os
+
+    path = write_stack(tmp_path, BASE)
+    async with running_stack(path) as sup:
+        await until_ready(sup)
+        await watching(tmp_path)
+        before = pids(sup)
+        deep = "${X:-" * 1000 + "one" + "}" * 1000
+        save(path, BASE.replace("MODE: one", f'MODE: "{deep}"'))
+        await until(sup, lambda: "nested too deeply" in last_reload(sup).get("error", ""))
+        path.unlink()
+        os.mkfifo(path)
+        await until(sup, lambda: "not a regular file" in last_reload(sup).get("error", ""))
+        assert pids(sup) == before
+        path.unlink()
+        save(path, BASE.replace("MODE: one", "MODE: fixed"))
+        await until(sup, lambda: last_reload(sup).get("ok") is True)
+        await until(sup, lambda: pids(sup)["api"] not in (None, before["api"]))
+
+
 async def test_reload_command_and_dry_run(tmp_path: Path) -> None:
     text = BASE.replace("services:", "settings: {reload: false}\nservices:")
     path = write_stack(tmp_path, text)

@@ -12,11 +12,13 @@ from stackvisor.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 def cmd_import(args: argparse.Namespace) -> int:
     from stackvisor.config.importers import NotImportable, from_process_compose, from_procfile
+    from stackvisor.config.loader import MAX_FILE_BYTES
+    from stackvisor.config.textfile import NotText, read_text
 
     source = Path(args.source)
     try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_text(source, MAX_FILE_BYTES, "a file to import")
+    except (OSError, NotText) as exc:
         print(
             f"stackvisor: {source}: cannot read it ({getattr(exc, 'strerror', None) or exc})", file=sys.stderr
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections import ChainMap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,10 +51,13 @@ def apply_env_files(
                 report.add(where, f"cannot read env file {relative}: {exc.strerror or exc}")
                 continue
             report.add_env_problems(file, problems)
+            above: dict[str, str] = {}  # the file's lines so far, as plain values
+            seen = ChainMap(dict(variables), above)  # the environment first, then the lines above
             for entry in entries:
-                value = _env_file_value(entry, variables, kept, file, report)
+                value = _env_file_value(entry, seen, kept, file, report)
                 if value is not None and entry.key:  # `="x"` Compose reads; no process can have it
                     merged[entry.key] = value
+                    above[entry.key] = _plain(entry, seen)
         merged.update(service.env)
         services[name] = service.model_copy(update={"env": merged})
     return config.model_copy(update={"services": services})
@@ -75,6 +79,18 @@ def _env_file_value(
     except InterpolationError as exc:
         report.add_at(entry.line, 1, f"{entry.key}: {exc}", file=display(file))
         return None
+
+
+def _plain(entry: EnvEntry, variables: Mapping[str, str]) -> str:
+    """An env file line's value as a later line sees it (no template: one `$` is one)."""
+    if entry.value is None:
+        return variables.get(entry.key, "")
+    if entry.literal:
+        return entry.value
+    try:
+        return interpolate(entry.value, variables)
+    except InterpolationError:
+        return ""  # reported once already, by `_env_file_value`
 
 
 def check_users(config: StackConfig, report: Report, euid: int | None = None) -> None:
@@ -130,6 +146,7 @@ def _dependency_place(report: Report, service: str, dependency: str) -> Loc:
 # Compose's rule for service names. A name becomes a file name (its log) and part of
 # environment variable names, so nothing else may pass: not `..`, not a slash.
 SERVICE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+MAX_NAME = 100  # a file name has at most 255 bytes; its log's rotations add a few
 
 
 def check_stack(config: StackConfig, report: Report) -> None:
@@ -137,6 +154,11 @@ def check_stack(config: StackConfig, report: Report) -> None:
     for name in config.services:
         if not SERVICE_NAME.fullmatch(name):
             message = f"a service name must match {SERVICE_NAME.pattern} (got {name!r})"
+            report.add(("services", name), message, key=True)
+        elif len(name) > MAX_NAME:
+            message = (
+                f"a service name has at most {MAX_NAME} characters (it names its log file; got {len(name)})"
+            )
             report.add(("services", name), message, key=True)
     names = set(config.services)
     graph: dict[str, list[str]] = {}

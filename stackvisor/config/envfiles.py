@@ -11,15 +11,14 @@ the stack and the start-time pass) and report lines (`report`); problems come ba
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from stackvisor.config.interpolate import InterpolationError, interpolate
+from stackvisor.config.textfile import NUL, NotText, read_text
 
 # (line, column, message), both 1-based, in the file that was read.
 EnvProblem = tuple[int, int, str]
@@ -202,18 +201,13 @@ def read_env_file(path: Path) -> tuple[list[EnvEntry], list[EnvProblem]]:
     `MAX_ENV_FILE_BYTES`. A file that cannot be opened raises `OSError`
     (`FileNotFoundError` when missing): what to say then depends on who named it.
     """
-    # O_NONBLOCK: opening a named pipe must not wait for a writer.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return [], [(1, 1, "not a regular file; an env file must be one")]
-        data = fh.read(MAX_ENV_FILE_BYTES + 1)
-    if len(data) > MAX_ENV_FILE_BYTES:
-        return [], [(1, 1, f"larger than {MAX_ENV_FILE_BYTES // 1024 // 1024} MB; an env file may not be")]
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return [], [(1, 1, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]
+        text = read_text(path, MAX_ENV_FILE_BYTES, "an env file")
+    except NotText as exc:
+        return [], [(1, 1, str(exc))]
+    if (at := text.find("\0")) >= 0:
+        line = text.count("\n", 0, at) + 1
+        return [], [(line, at - (text.rfind("\n", 0, at) + 1) + 1, NUL)]
     return parse_env_text(text)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from stackvisor.config.report import Report, display
 from stackvisor.config.schema import EnvFile, Service, StackConfig
+from stackvisor.config.textfile import NotText, read_text, real
 from stackvisor.config.yamlpos import Document
 
 Loader = Callable[[Path], StackConfig]
@@ -39,7 +40,7 @@ def included_paths(written: Any, root: Path, report: Report) -> list[Path]:
         if not isinstance(path, str) or not path.strip():
             report.add(("include", index), "expected a file name, or {path: FILE}")
             continue
-        paths.append((root / path).resolve())
+        paths.append(real(root / path))
     return paths
 
 
@@ -75,8 +76,8 @@ def _line_of(path: Path, name: str) -> int:
     from stackvisor.config.yamlpos import parse_yaml
 
     try:
-        document, _ = parse_yaml(path.read_text())
-    except OSError:
+        document, _ = parse_yaml(read_text(path, 10 * 1024 * 1024, "a stack file"))
+    except (OSError, NotText):
         return 1
     return document.locate(("services", name), key=True)[0] if document else 1
 
@@ -117,7 +118,7 @@ def _resolve(
         return own
     base_folder, candidates = folder, siblings
     if file is not None:
-        path = (folder / str(file)).resolve()
+        path = real(folder / str(file))
         document = read(path)
         if document is None or not isinstance(document.data.get("services"), dict):
             report.add(here, f"{display(path)}: no services to extend there")

@@ -82,17 +82,36 @@ def port_env(
     return env
 
 
+# Bounds on what a few lines can ask for: `${A:-${A:-...}}` nested a thousand deep, or
+# variables that each repeat the one before twice (forty lines of those: terabytes).
+MAX_NESTING = 50
+MAX_VALUE = 1024 * 1024
+
+
 class _Expander:
     def __init__(self, variables: Mapping[str, str], keep: frozenset[str]) -> None:
         self.variables = variables
         self.keep = keep
         self.template = bool(keep)
+        self.depth = 0
+
+    def expand(self, text: str) -> str:
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise InterpolationError(
+                    f"${{...}} nested too deeply (more than {MAX_NESTING} inside each other)"
+                )
+            return self._expand(text)
+        finally:
+            self.depth -= 1
 
     def literal(self, value: str) -> str:
         return value.replace("$", "$$") if self.template else value
 
-    def expand(self, text: str) -> str:
+    def _expand(self, text: str) -> str:
         out: list[str] = []
+        size = 0  # of what is in `out`, checked as it grows (not once it is all there)
         i = 0
         while True:
             j = text.find("$", i)
@@ -102,22 +121,26 @@ class _Expander:
             out.append(text[i:j])
             following = text[j + 1 : j + 2]
             if following == "$":
-                out.append(self.literal("$"))
+                piece = self.literal("$")
                 i = j + 2
             elif following == "{":
                 end = _closing_brace(text, j + 2)
                 if end < 0:
                     raise InterpolationError(f"unterminated ${{ in {text[j:]!r}: expected a closing }}")
-                out.append(self.braced(text[j + 2 : end]))
+                piece = self.braced(text[j + 2 : end])
                 i = end + 1
             else:
                 match = _NAME.match(text, j + 1)
                 if match is None:
-                    out.append(self.literal("$"))
+                    piece = self.literal("$")
                     i = j + 1
                 else:
-                    out.append(self.substitute(match.group(), None, ""))
+                    piece = self.substitute(match.group(), None, "")
                     i = match.end()
+            size += len(out[-1]) + len(piece)
+            out.append(piece)
+            if size > MAX_VALUE:
+                raise InterpolationError(f"a value longer than {MAX_VALUE // (1024 * 1024)} MB once expanded")
 
     def braced(self, body: str) -> str:
         match = _NAME.match(body)

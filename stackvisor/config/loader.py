@@ -39,6 +39,7 @@ from stackvisor.config.interpolate import InterpolationError, interpolate, port_
 from stackvisor.config.replicas import expand, replica_variables
 from stackvisor.config.report import Report, display
 from stackvisor.config.schema import StackConfig
+from stackvisor.config.textfile import NotText, read_text, real
 from stackvisor.config.yamlpos import Document, Loc, parse_yaml
 from stackvisor.errors import ConfigError
 
@@ -63,7 +64,7 @@ def load_config(
     report.raise_if_any()
     assert document is not None
 
-    absolute = path.resolve()
+    absolute = real(path)
     root = absolute.parent
     if environ is None:
         environ = os.environ
@@ -106,18 +107,11 @@ MAX_FILE_BYTES = 10 * 1024 * 1024
 
 def _read_text(path: Path, report: Report) -> str:
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            report.add_plain(f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MB; a stack file may not be")
-            return ""
-        return data.decode("utf-8")
+        return read_text(path, MAX_FILE_BYTES, "a stack file")
+    except NotText as exc:
+        report.add_plain(str(exc))
     except FileNotFoundError:
         report.add_plain("file not found")
-    except IsADirectoryError:
-        report.add_plain("is a folder, expected a file")
-    except UnicodeDecodeError as exc:
-        report.add_plain(f"not UTF-8 text ({exc.reason} at byte {exc.start})")
     except OSError as exc:
         report.add_plain(f"cannot read: {exc.strerror or exc}")
     return ""
@@ -138,8 +132,8 @@ def _parse_yaml(text: str, report: Report) -> Document | None:
 def _read_document(path: Path) -> Document | None:
     """Another file's document (for `extends`), None when it cannot be read or parsed."""
     try:
-        document, problems = parse_yaml(path.read_text())
-    except (OSError, UnicodeDecodeError):
+        document, problems = parse_yaml(read_text(path, MAX_FILE_BYTES, "a stack file"))
+    except (OSError, NotText):
         return None
     return None if problems else document
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stackvisor.config.envfiles import EnvProblem
+from stackvisor.config.textfile import real
 from stackvisor.config.yamlpos import Document, Loc
 from stackvisor.errors import ConfigError
 
@@ -83,7 +84,7 @@ class Report:
 def display(path: Path) -> str:
     """The path relative to the current folder when it is inside it, else as given."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(real(path).relative_to(real(Path.cwd())))
     except (ValueError, OSError):
         return str(path)
 

@@ -67,6 +67,10 @@ __all__ = [
 ]
 
 
+# More copies of one service than this is a typo, not a stack one machine runs.
+MAX_REPLICAS = 1000
+
+
 class Service(Model):
     name: str = ""
     command: str | list[str]
@@ -123,7 +127,7 @@ class Service(Model):
     daemon: Daemon | None = None
     shutdown: Shutdown | None = None
     # Copies of the service, each its own process and port (see `replicas`).
-    replicas: int = Field(default=1, ge=0)
+    replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
 
     @model_validator(mode="before")
     @classmethod

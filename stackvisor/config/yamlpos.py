@@ -25,6 +25,8 @@ from yaml.reader import Reader
 from yaml.resolver import Resolver
 from yaml.scanner import Scanner
 
+from stackvisor.config.textfile import NUL
+
 # A place in the document: mapping keys and list indexes from the top.
 Loc = tuple[str | int, ...]
 
@@ -177,10 +179,40 @@ class _Loader(SafeConstructor, _Resolver):
         self.problems: list[YamlProblem] = []
         self.checked: set[int] = set()
         self.built = 0
+        self.merged = 0  # pairs that merge keys copied (counted before the copying)
+        self.flattening: set[int] = set()
 
     def problem(self, node: Node, path: Loc, message: str) -> None:
         line, column = _mark(node)
         self.problems.append(YamlProblem(line, column, path, message))
+
+    def flatten_mapping(self, node: MappingNode) -> None:
+        """Fold merge keys (`<<: *defaults`) in, as YAML says, once it is known what that
+        costs: merged mappings are copied into each one that merges them, so a few lines of
+        merges of merges can ask for billions of pairs before a single value is built."""
+        if id(node) in self.flattening:
+            raise yaml.constructor.ConstructorError(None, None, "a merge refers to itself", node.start_mark)
+        merge_tag = "tag:yaml.org,2002:merge"
+        sources = [value for key, value in node.value if isinstance(key, ScalarNode) and key.tag == merge_tag]
+        if not sources:
+            return
+        self.flattening.add(id(node))
+        try:
+            copied = 0
+            for source in sources:
+                for mapping in source.value if isinstance(source, SequenceNode) else [source]:
+                    if isinstance(mapping, MappingNode):
+                        self.flatten_mapping(mapping)
+                        copied += len(mapping.value)
+            self.merged += copied
+            if self.merged > MAX_VALUES:
+                raise _TooBig(
+                    _mark(node),
+                    f"the file expands to more than {MAX_VALUES:,} values (merge keys copy what they name)",
+                )
+            super().flatten_mapping(node)
+        finally:
+            self.flattening.discard(id(node))
 
     def build(self, node: Node, path: Loc, active: frozenset[int]) -> Any:
         self.built += 1
@@ -193,6 +225,9 @@ class _Loader(SafeConstructor, _Resolver):
             raise _TooBig(_mark(node), f"nested more than {MAX_DEPTH} levels deep")
         if id(node) in active:
             self.problem(node, path, "an alias refers to itself; expected a finite value")
+            return None
+        if isinstance(node, ScalarNode) and "\0" in node.value:
+            self.problem(node, path, NUL)
             return None
         if isinstance(node, MappingNode):
             return self.build_mapping(node, path, active | {id(node)})
@@ -236,6 +271,9 @@ class _Loader(SafeConstructor, _Resolver):
                 continue
             # The key as written: `1:` names the service "1", and `on:` stays "on".
             key = key_node.value
+            if "\0" in key:
+                self.problem(key_node, path, NUL)
+                continue
             child = path + (key,)
             self.keys[child] = _mark(key_node)
             # Nothing written: a plain empty scalar (style None, or "" from libyaml).

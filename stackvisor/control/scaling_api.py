@@ -11,11 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from stackvisor.config.replicas import written
+from stackvisor.config.schema import MAX_REPLICAS
 from stackvisor.control.http import json_body, supervisor
 from stackvisor.errors import ActionConflict, ApiError
-
-# More copies than this is a typo, not a stack one machine runs.
-MAX_REPLICAS = 1000
 
 
 async def scale(request: web.Request) -> web.Response:

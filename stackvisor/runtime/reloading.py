@@ -104,6 +104,9 @@ class Reloading:
                 return self._reload_failed(str(exc), dry_run, source)
             except OSError as exc:
                 return self._reload_failed(f"{self.config.path}: {exc.strerror or exc}", dry_run, source)
+            except Exception as exc:  # noqa: BLE001 - a file that breaks the loader is still only a refused edit
+                why = f"{self.config.path}: cannot be read ({type(exc).__name__}: {exc})"
+                return self._reload_failed(why, dry_run, source)
             new = self.keep_scale(new)  # a count `scale` set holds until the file's changes
             diff, plan = self._plan_to(new)
             result = plans.reload_result(plan, dry_run=dry_run, source=source, now=time.time())

@@ -245,19 +245,6 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         self.ledger.tracked_in(tracking.base)
         self.logger.info(f"processes tracked by {tracking.kind} ({tracking.reason})")
 
-    def keep_logs_folder(self) -> bool:
-        """The logs folder was deleted or moved away (`git clean -fdx`): make it again and
-        write there from now on (True). A link or a folder of somebody else's in its
-        place raises UnsafePath, and the services go on writing into the folder held."""
-        if not self.logs_folder.moved():
-            return False
-        secure_dir(self.paths.logs, dir_mode(self.config.settings.logs_mode), adopt=self.paths.own_logs)
-        self.logs_folder.close()
-        self.logs_folder.open()
-        for runner in self.runners.values():
-            runner.log.file.close()  # opened again, in the new folder, by the next write
-        return True
-
     def record(self) -> None:
         """Say in the state folder which file runs and where its socket is (`stackref`):
         by the holder of the lock only, at start and after each reload that applied."""
