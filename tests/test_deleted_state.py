@@ -70,3 +70,40 @@ def test_a_deleted_logs_folder_is_made_again_and_written(tmp_path: Path) -> None
         assert paths.logs.stat().st_mode & 0o777 == 0o700
     finally:
         ops.down(config, timeout=30)
+
+
+def test_the_stack_is_found_while_its_file_is_gone_or_not_a_file(tmp_path: Path) -> None:
+    """An editor that saves by rename leaves a moment with no services.yaml; a mistake
+    can leave a folder in its place: `status` and `down` from the stack's folder still
+    find the running stack (its supervisor recorded which file it runs)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "services.yaml"
+    path.write_text(STACK)
+    config = load_config(path)
+    assert ops.detach(config, []).ok
+    try:
+        kept = path.read_text()
+        path.unlink()
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "stackvisor", *args],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        status = cli("status")
+        assert status.returncode == 0 and "a " in status.stdout, status.stderr
+        path.mkdir()
+        assert cli("status").returncode == 0
+        down = cli("down")
+        assert down.returncode == 0 and "stopped" in down.stderr, down.stderr
+        path.rmdir()
+        path.write_text(kept)
+    finally:
+        if path.is_file():
+            ops.down(config, timeout=30)
