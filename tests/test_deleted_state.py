@@ -84,7 +84,6 @@ def test_the_stack_is_found_while_its_file_is_gone_or_not_a_file(tmp_path: Path)
     config = load_config(path)
     assert ops.detach(config, []).ok
     try:
-        kept = path.read_text()
         path.unlink()
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -102,8 +101,8 @@ def test_the_stack_is_found_while_its_file_is_gone_or_not_a_file(tmp_path: Path)
         assert cli("status").returncode == 0
         down = cli("down")
         assert down.returncode == 0 and "stopped" in down.stderr, down.stderr
-        path.rmdir()
-        path.write_text(kept)
     finally:
-        if path.is_file():
-            ops.down(config, timeout=30)
+        if path.is_dir():
+            path.rmdir()
+        path.write_text(STACK)
+        ops.down(config, timeout=30)
