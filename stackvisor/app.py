@@ -75,6 +75,7 @@ async def serve(
         raise
     sup.record()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(logsetup.LoopErrors(sup.logger))
     assert lock.socket is not None
     loop.add_reader(lock.socket.fileno(), lock.drain)
     try:

@@ -7,10 +7,12 @@ says: state changes, conflicts, reloads. Every event is written as one JSON line
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -94,3 +96,45 @@ def _strip_for_console(logger: Any, method: str, event: MutableMapping[str, Any]
 class _Drop:
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
         raise structlog.DropEvent
+
+
+class LoopErrors:
+    """The event loop's own errors (an accept that fails when descriptors run out, a
+    callback that raised) for the supervisor's log: each kind at most once a minute,
+    then with how many came meanwhile, where asyncio would print every one with its
+    traceback to a detached supervisor's output file, unbounded."""
+
+    EVERY = 60.0
+    KINDS = 100  # kinds remembered; past that, forgotten all at once
+
+    def __init__(self, logger: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.clock = clock
+        self.said: dict[str, tuple[float, int]] = {}  # kind: (when said, how many since)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "unexpected error")
+        exc = context.get("exception")
+        kind = f"{message}|{type(exc).__name__}"
+        now = self.clock()
+        if kind in self.said and now - self.said[kind][0] < self.EVERY:
+            when, count = self.said[kind]
+            self.said[kind] = (when, count + 1)
+            return
+        count = self.said.get(kind, (0.0, 0))[1]
+        if len(self.said) >= self.KINDS:
+            self.said.clear()
+        self.said[kind] = (now, 0)
+        detail = f": {exc!r}{_where(exc)}" if exc is not None else ""
+        since = f" ({count} more like it since)" if count else ""
+        self.logger.error(f"event loop: {message}{detail}{since}")
+
+
+def _where(exc: BaseException) -> str:
+    """` at file:line` of the innermost frame that raised `exc` ("" when unknown)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
