@@ -22,6 +22,7 @@ from conftest import Start, wait_for
 
 from stackvisor.system import cgroups, procfs
 from stackvisor.system.cgroups import CgroupUnavailable, Mount
+from stackvisor.system.prelude import prelude
 from stackvisor.system.signals import SignalGate
 
 # ----- pure: sample texts -------------------------------------------------------------------
@@ -154,7 +155,7 @@ def test_a_child_that_cannot_join_does_not_run(tmp_path: Path) -> None:
     (full / "cgroup.procs").symlink_to("/dev/full")  # the open works, the write fails
     for folder in (tmp_path / "missing", full):
         done = subprocess.run(
-            [*cgroups.launcher(folder), "touch", str(ran)], capture_output=True, text=True, timeout=10
+            [*prelude(folder), "touch", str(ran)], capture_output=True, text=True, timeout=10
         )
         assert done.returncode == 125
         assert f"cannot join the cgroup {folder}, not starting touch" in done.stderr
@@ -221,7 +222,7 @@ def test_a_child_joins_before_its_first_fork(base: Path) -> None:
     svc = cgroups.service_dir(base, "api")
     assert cgroups.service_dir(base, "api") == svc  # idempotent
     done = subprocess.run(
-        [*cgroups.launcher(svc), "/bin/sh", "-c", "cat /proc/self/cgroup"],
+        [*prelude(svc), "/bin/sh", "-c", "cat /proc/self/cgroup"],
         capture_output=True,
         text=True,
         timeout=10,
@@ -235,7 +236,7 @@ def test_a_child_joins_before_its_first_fork(base: Path) -> None:
 def test_a_double_forked_setsid_env_i_grandchild_stays_found(base: Path, start: Start) -> None:
     svc = cgroups.service_dir(base, "escaper")
     script = '(setsid sh -c "exec env -i sleep 300" &); exec sleep 300'
-    child = start([*cgroups.launcher(svc), "/bin/sh", "-c", script], env={"PATH": os.environ["PATH"]})
+    child = start([*prelude(svc), "/bin/sh", "-c", script], env={"PATH": os.environ["PATH"]})
 
     def settled() -> psutil.Process | None:
         """The grandchild once it runs `sleep` with an empty environment."""
@@ -266,7 +267,7 @@ def test_a_double_forked_setsid_env_i_grandchild_stays_found(base: Path, start: 
 @pytest.mark.parametrize("kill_file", [True, False], ids=["cgroup.kill", "freeze-and-signal"])
 def test_kill_ends_a_forking_crowd(base: Path, start: Start, kill_file: bool) -> None:
     svc = cgroups.service_dir(base, "crowd")
-    parent = start([*cgroups.launcher(svc), sys.executable, "-c", FORKER], stdout=subprocess.PIPE)
+    parent = start([*prelude(svc), sys.executable, "-c", FORKER], stdout=subprocess.PIPE)
     assert parent.stdout is not None
     assert parent.stdout.readline() == "ready\n"
     crowd = [psutil.Process(pid) for pid in cgroups.pids(svc)]
@@ -282,7 +283,7 @@ def test_kill_ends_a_forking_crowd(base: Path, start: Start, kill_file: bool) ->
 
 def test_a_stop_signal_reaches_every_member(base: Path, start: Start, tmp_path: Path) -> None:
     svc = cgroups.service_dir(base, "terminated")
-    leader = start([*cgroups.launcher(svc), sys.executable, "-c", TERMINATED, str(tmp_path)])
+    leader = start([*prelude(svc), sys.executable, "-c", TERMINATED, str(tmp_path)])
     wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 6)
     members = cgroups.pids(svc)
     assert {f"ready-{pid}" for pid in members} == {p.name for p in tmp_path.glob("ready-*")}
@@ -295,7 +296,7 @@ def test_a_stop_signal_reaches_every_member(base: Path, start: Start, tmp_path: 
 
 def test_usage(base: Path, start: Start) -> None:
     svc = cgroups.service_dir(base, "user")
-    proc = start([*cgroups.launcher(svc), sys.executable, "-c", USER], stdout=subprocess.PIPE)
+    proc = start([*prelude(svc), sys.executable, "-c", USER], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
     used = cgroups.usage(svc)
@@ -310,7 +311,7 @@ def test_leftovers_are_found_and_ended(base: Path, start: Start) -> None:
     stack = base.name
     assert cgroups.leftovers(stack) == []
     web, worker = cgroups.service_dir(base, "web"), cgroups.service_dir(base, "worker")
-    start([*cgroups.launcher(web), "sleep", "300"])
+    start([*prelude(web), "sleep", "300"])
     wait_for(lambda: cgroups.pids(web))
     assert cgroups.leftovers(stack) == [web, worker]
 
@@ -334,8 +335,8 @@ def test_a_cgroup_a_service_makes_below_its_own_is_counted_and_killed(base: Path
     svc = cgroups.service_dir(base, "nesting")
     inner = svc / "worker"
     inner.mkdir()
-    outer_proc = start([*cgroups.launcher(svc), "sleep", "300"])
-    inner_proc = start([*cgroups.launcher(inner), "sleep", "300"])
+    outer_proc = start([*prelude(svc), "sleep", "300"])
+    inner_proc = start([*prelude(inner), "sleep", "300"])
     wait_for(lambda: set(cgroups.pids(svc)) == {outer_proc.pid, inner_proc.pid})
     assert cgroups.pids(inner) == [inner_proc.pid]
     assert cgroups.kill(svc, GATE)
@@ -349,7 +350,7 @@ def test_priming_moves_nothing(base: Path, tmp_path: Path) -> None:
     assert Path("/proc/self/cgroup").read_text() == before
     svc = cgroups.service_dir(base, "web")
     done = subprocess.run(
-        [*cgroups.launcher(svc), "/bin/cat", "/proc/self/cgroup"], capture_output=True, text=True, timeout=10
+        [*prelude(svc), "/bin/cat", "/proc/self/cgroup"], capture_output=True, text=True, timeout=10
     )
     assert done.returncode == 0 and done.stdout.rstrip().endswith(f"/{base.name}/web")
     # Where no cgroup is, it writes nothing, creates nothing and raises nothing.

@@ -209,6 +209,68 @@ async def test_a_spawner_starts_its_helper_and_ends_it_with_the_stack(tmp_path: 
     assert helper.returncode is not None and not tracking.base.exists()
 
 
+async def test_a_service_killed_whole_starts_again(tmp_path: Path) -> None:
+    """A stop that ends in SIGKILL writes `cgroup.kill`; on some kernels (6.18 here) any
+    process later born into that cgroup is killed at birth. The next start gets the
+    cgroup afresh, and its child lives."""
+    spawner = Spawner(SignalGate())
+    tracking = spawner.track(f"test-{os.getpid()}-killed")
+    if tracking.base is None:
+        pytest.skip(f"cgroup v2 is not writable here: {tracking.reason}")
+    try:
+        first = await spawner.spawn(
+            ["sleep", "300"], env=dict(os.environ), cwd=None, marker="t", service="ign"
+        )
+        if spawner.births is None:
+            pytest.skip("this kernel cannot start a process into a cgroup")
+        first.kill_now()
+        assert await first.wait() == -signal.SIGKILL
+        for _ in range(2):  # and again, after the cgroup was made afresh
+            again = await spawner.spawn(
+                ["sleep", "300"], env=dict(os.environ), cwd=None, marker="t", service="ign"
+            )
+            try:
+                assert again.cgroup is not None and cgroups.pids(again.cgroup) == [again.pid]
+                await asyncio.sleep(0)  # a child killed at birth is gone by now; poll to be sure
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(again.wait(), 0.3)
+            finally:
+                again.kill_now()
+                await again.wait()
+    finally:
+        spawner.release()
+
+
+async def test_a_restart_that_needed_sigkill_runs_the_service_again(tmp_path: Path) -> None:
+    """The stack's way to the case above: a service that ignores SIGTERM is restarted
+    (SIGKILL after its stop timeout), and its new process runs on."""
+    path = write_stack(
+        tmp_path,
+        """
+        services:
+          ign: {command: [sh, -c, "trap '' TERM; touch ignoring; sleep 300"], stop_timeout: 200ms, max_restarts: 1}
+        """,
+    )
+    async with running_stack(path) as sup:
+        await until_state(sup, "ign", "running")
+        if sup.spawner.births is None:
+            pytest.skip(f"children are not born in cgroups here ({sup.spawner.tracking.reason})")
+        before = sup.runners["ign"].status()["pid"]
+        await async_wait_for((tmp_path / "ignoring").exists)  # SIGTERM is ignored from now on
+        await sup.restart_services(["ign"])
+        await until_state(sup, "ign", "running")
+        after = sup.runners["ign"].status()["pid"]
+        assert after not in (None, before)
+        # Not killed at birth: for a second it stays as it is, the same process.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 1.0
+        while loop.time() < until:
+            status = sup.runners["ign"].status()
+            assert (status["state"], status["pid"], status["restarts"]) == ("running", after, 0)
+            await asyncio.sleep(0.02)
+        assert psutil.Process(after).status() != psutil.STATUS_ZOMBIE
+
+
 def helpers() -> list[psutil.Process]:
     """Spawn helpers started by this process."""
     return [p for p in psutil.Process().children() if any(a.endswith("cgspawn.py") for a in p.cmdline())]

@@ -86,6 +86,7 @@ class Spawner:
         # Until `track` finds cgroups usable, children are found by their markers.
         self.tracking = cgroups.Tracking("marker", "cgroups not probed")
         self.births: CgroupSpawner | None = None  # with cgroups: children born in theirs
+        self.killed: set[Path] = set()  # cgroups `cgroup.kill` was written to (see `cgroups.renew`)
 
     def track(self, stack: str) -> cgroups.Tracking:
         """Put the services of `stack` in cgroups from now on, where the kernel lets us,
@@ -149,6 +150,10 @@ class Spawner:
         cgroup = None
         if base is not None and service is not None and self.births is not None:
             cgroup = cgroups.service_dir(base, service)
+            if cgroup in self.killed and cgroups.renew(cgroup):
+                self.killed.discard(cgroup)
+        if cgroup is not None and cgroup not in self.killed:
+            assert self.births is not None
             path = resolve_program(argv[0], cwd, full_env.get("PATH", os.defpath))
             try:
                 pid, read_fd = await self.births.spawn(path, argv, full_env, cgroup, cwd, listener, user)
@@ -384,6 +389,7 @@ class Child:
         self.signal(signal.SIGKILL)
         self._spawner.gate.kill_all(family)
         if self.cgroup is not None:  # and what forked meanwhile
+            self._spawner.killed.add(self.cgroup)
             cgroups.kill(self.cgroup, self._spawner.gate, timeout=0)
 
 

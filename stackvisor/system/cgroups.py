@@ -5,11 +5,11 @@ service's cgroup names every process it started. The stack's folder sits below o
 cgroup, where a delegated subtree (a user's systemd slice) lets us create children.
 
 Here: pure parsers (mountinfo, /proc/self/cgroup, cpu.stat, cgroup.events), the choice of
-cgroup or marker tracking (`probe`), the argv prefix that makes a child join its cgroup
-before it execs (written in `prelude`), and listing, signalling, killing, removing and measuring a cgroup.
-Waits block up to their timeout: async callers run them in a thread. Not here: spawning
-(`runtime.process`), the marker search and process trees (`procfs`), who may get a
-signal (`signals`).
+cgroup or marker tracking (`probe`), and making, listing, signalling, killing, removing
+and measuring a cgroup. Waits block up to their timeout: async callers run them in a
+thread. Not here: spawning (`runtime.process`; joining a cgroup before exec is
+`prelude`'s), the marker search and process trees (`procfs`), who may get a signal
+(`signals`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from typing import Literal
 
 import psutil
 
-from stackvisor.system.prelude import prelude
 from stackvisor.system.signals import SignalGate
 
 ENV = "STACKVISOR_TRACKING"
@@ -222,29 +221,30 @@ def service_dir(base: Path, service: str) -> Path:
     return path
 
 
-def prime(base: Path) -> None:
-    """Take the kernel's lock for moves between cgroups now, moving nothing, so that a
-    child about to join its cgroup (an on-demand service's first connection) does not
-    wait for it.
+def renew(path: Path) -> bool:
+    """The empty cgroup `path` made anew (some kernels, 6.18 here, kill every process
+    later born into a cgroup once `cgroup.kill` was written); False while it is not empty."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    return True
 
-    The first write to any `cgroup.procs` after a quiet while waits for an RCU grace
-    period (5 to 15 ms measured here); writes within the next grace period do not. We
-    write our own pid into our own cgroup (`base`, the stack's folder, is two below it):
-    a move to where we already are, which changes nothing. It blocks for that grace
-    period: run it in a thread, while the spawn is prepared. Only a shortcut: a failure
-    is ignored, and the child's join waits as it would have."""
+
+def prime(base: Path) -> None:
+    """Wait out now, moving nothing, what a child about to join its cgroup would wait
+    for: the first write to any `cgroup.procs` after a quiet while waits for an RCU
+    grace period (5 to 15 ms here). Our pid, into our own cgroup (`base` is two below
+    it). Blocks for that period: run it in a thread. A failure is ignored."""
     with contextlib.suppress(OSError):
         fd = os.open(base.parent.parent / "cgroup.procs", os.O_WRONLY)
         try:
             os.write(fd, str(os.getpid()).encode())
         finally:
             os.close(fd)
-
-
-def launcher(path: Path) -> tuple[str, ...]:
-    """The argv prefix that makes a child join the cgroup at `path` before it execs the
-    rest (`prelude`: a shell, so the command and its first fork start inside)."""
-    return prelude(path)
 
 
 def leftovers(stack: str) -> list[Path]:
