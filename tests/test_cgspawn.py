@@ -248,7 +248,10 @@ async def test_a_restart_that_needed_sigkill_runs_the_service_again(tmp_path: Pa
         tmp_path,
         """
         services:
-          ign: {command: [sh, -c, "trap '' TERM; touch ignoring; sleep 300"], stop_timeout: 200ms, max_restarts: 1}
+          ign:
+            command: [sh, -c, "trap '' TERM; touch ignoring; sleep 300"]
+            stop_timeout: 200ms
+            max_restarts: 1
         """,
     )
     async with running_stack(path) as sup:

@@ -192,12 +192,13 @@ def run_command(cmd: Sequence[str], env: dict[str, str], grace: float = 10.0) ->
     """
     import subprocess
 
+    from stackvisor.runtime.deadman import run_marker
     from stackvisor.runtime.process import die_with_parent
     from stackvisor.system.prelude import pdeathsig_launcher, resolve_program
     from stackvisor.system.signals import SignalGate
 
     gate = SignalGate()
-    marker = f"run-{os.getpid()}"
+    marker = run_marker(os.getpid())
     env = {**env, procfs.MARKER: marker}
     # CMD dies with us (PR_SET_PDEATHSIG), so even a SIGKILLed `run` leaves nothing:
     # the stack ends through --exit-with, CMD through this.

@@ -8,12 +8,18 @@ task group and cancels them when the stack stops for another reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from stackvisor.runtime.clock import Clock
+from stackvisor.system import procfs
+from stackvisor.system.signals import SignalGate
 
 
 @dataclass
@@ -32,11 +38,29 @@ class Lease:
         return self.seconds
 
 
-async def watch_pid(pid: int, stop: Callable[[str], None]) -> None:
-    """Until `pid` exits (a CI job that was killed): observed through a pidfd."""
+def run_marker(pid: int) -> str:
+    """The marker of what `stackvisor run` (pid `pid`) starts for its command."""
+    return f"run-{pid}"
+
+
+def end_left_by(gate: SignalGate, pid: int) -> None:
+    """The process `--exit-with` named is gone: if it was a `stackvisor run`, killed
+    before it could end its command, what the command started is ended here (it carries
+    run's marker; PDEATHSIG took only the command itself). Through the gate: never
+    another user's process, whatever its environment says."""
+    for proc in procfs.marked(run_marker(pid)):
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running():
+                gate.send(proc.pid, signal.SIGKILL)
+
+
+async def watch_pid(pid: int, stop: Callable[[str], None], left: Callable[[int], None]) -> None:
+    """Until `pid` exits (a CI job that was killed): observed through a pidfd. Then
+    `left(pid)` (to end what it left), and the stop."""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
+        left(pid)
         stop(f"pid {pid} (--exit-with) is gone")
         return
     gone = asyncio.Event()
@@ -47,6 +71,7 @@ async def watch_pid(pid: int, stop: Callable[[str], None]) -> None:
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
+    left(pid)
     stop(f"pid {pid} (--exit-with) exited")
 
 
@@ -63,11 +88,13 @@ async def watch_lease(lease: Lease, clock: Clock, stop: Callable[[str], None]) -
         await clock.sleep(left)
 
 
-def watches(lease: Lease, clock: Clock, stop: Callable[[str], None]) -> list[Coroutine[Any, Any, None]]:
+def watches(
+    lease: Lease, clock: Clock, stop: Callable[[str], None], left: Callable[[int], None]
+) -> list[Coroutine[Any, Any, None]]:
     """The watches a lease asks for: --exit-with, --lease, both or none."""
     found = []
     if lease.exit_with is not None:
-        found.append(watch_pid(lease.exit_with, stop))
+        found.append(watch_pid(lease.exit_with, stop, left))
     if lease.seconds is not None:
         found.append(watch_lease(lease, clock, stop))
     return found

@@ -13,6 +13,7 @@ here: the composition root (`stackvisor.app`) wires them in as companions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import signal
@@ -32,7 +33,7 @@ from stackvisor.runtime.activation import Activating, Activation
 from stackvisor.runtime.assignments import PortAssignments
 from stackvisor.runtime.clock import Clock, MonotonicClock
 from stackvisor.runtime.context import RunnerContext
-from stackvisor.runtime.deadman import Lease, watches
+from stackvisor.runtime.deadman import Lease, end_left_by, watches
 from stackvisor.runtime.dependencies import DependencyFacts
 from stackvisor.runtime.events import EventBus, OrphanEnded, StackChanged
 from stackvisor.runtime.freshness import follow
@@ -201,7 +202,10 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
                 self.start_schedules(tg)  # they end when the stack stops
                 if until_done:
                     watchers.append(tg.create_task(self._stop_when_done()))
-                watchers += [tg.create_task(w) for w in watches(self.lease, self.clock, self.request_stop)]
+                left_by = functools.partial(end_left_by, self.spawner.gate)
+                watchers += [
+                    tg.create_task(w) for w in watches(self.lease, self.clock, self.request_stop, left_by)
+                ]
                 selected = lambda: [r for n, r in self.runners.items() if n in self.selection]  # noqa: E731
                 watchers.append(
                     tg.create_task(follow(selected, self.bus, self.restart_services, self.logger))
