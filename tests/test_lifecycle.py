@@ -336,11 +336,13 @@ def test_a_reload_keeps_a_held_socket_only_for_the_same_port_and_a_new_start(tmp
 @pytest.mark.parametrize(("code", "what"), [(127, "command not found"), (126, "command cannot be executed")])
 def test_a_program_the_shell_cannot_run_fails_at_once(code: int, what: str) -> None:
     life = Life(State.RUNNING, started_at=0.0)
-    result = step(life, Exited(code), 0.1, Rules(name="api", restart=RestartPolicy.ALWAYS))
+    result = step(life, Exited(code), 0.1, Rules(name="api", restart=RestartPolicy.ALWAYS, shell=True))
     assert states(result) == ["failed"] and result.actions == ()
     assert result.transitions[0].reason.startswith(f"{what} (exit code {code})")
     # Much later the same code is an ordinary failure: restarted.
-    assert states(step(life, Exited(code), 60.0, Rules(name="api"))) == ["backoff"]
+    assert states(step(life, Exited(code), 60.0, Rules(name="api", shell=True))) == ["backoff"]
+    # A program run without a shell (a list command) was found and ran: its 127 is its own.
+    assert states(step(life, Exited(code), 0.1, Rules(name="api"))) == ["backoff"]
 
 
 def test_a_crash_while_a_dependency_is_down_waits_for_it_and_spends_nothing() -> None:

@@ -42,6 +42,7 @@ class Rules:
     healthcheck: bool = False
     has_dependencies: bool = False
     scheduled: bool = False
+    shell: bool = False  # its command runs through /bin/sh (a string): 127 and 126 are the shell's
 
     @classmethod
     def of(cls, service: Service) -> Rules:
@@ -53,6 +54,7 @@ class Rules:
             healthcheck=service.healthcheck is not None,
             has_dependencies=bool(service.depends_on),
             scheduled=service.schedule is not None,
+            shell=isinstance(service.command, str),
         )
 
     @property
@@ -323,7 +325,7 @@ def _exited(
         new = replace(life, state=State.BACKOFF, resolved_again=True, ending=None)
         return _step(life, new, [Transition(State.BACKOFF, reason, {"delay": 0.0})], [Restart(0.0)])
     early = life.started_at is not None and now - life.started_at < PERMANENT_WINDOW
-    if code in PERMANENT_EXITS and early and not unhealthy:
+    if code in PERMANENT_EXITS and early and rules.shell and not unhealthy:
         reason = f"{PERMANENT_EXITS[code]} (exit code {code}); not restarted, it cannot help"
         return _step(life, replace(life, state=State.FAILED, ending=None), [Transition(State.FAILED, reason)])
     tracker = RestartTracker(life.restarts, life.started_at)
