@@ -163,6 +163,22 @@ def test_exit_status_is_1_when_a_service_failed(tmp_path: Path) -> None:
     assert "gave up after 1 restarts" in result.stderr
 
 
+def test_exit_status_is_1_when_a_job_that_is_not_restarted_fails(tmp_path: Path) -> None:
+    """`restart: "no"`: the job that exits 3 is `exited`, not `failed`; a CI stack of
+    one-shot jobs must still not pass."""
+    write_stack(
+        tmp_path,
+        f"""
+        services:
+          bad: {{command: "{PY} -c 'raise SystemExit(3)'", restart: "no"}}
+          ok: {{command: "{PY} -c 'print(1)'", restart: "no"}}
+        """,
+    )
+    result = cli_process("up", "--exit-when-done", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "exited with code 3" in result.stderr
+
+
 def test_console_lines_are_prefixed_and_uncoloured_without_a_terminal(tmp_path: Path) -> None:
     write_stack(
         tmp_path,

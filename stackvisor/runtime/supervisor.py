@@ -223,7 +223,10 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 loop.remove_signal_handler(sig)
             self.close()
-        return int(any(r.state is State.FAILED for r in self.runners.values()))
+        # Failed: gave up; and for a stack of jobs (`until_done`), also a job that ended with
+        # an error and was left so (`restart: "no"`): the stack's result is its jobs'.
+        failed = {State.FAILED, State.EXITED} if until_done else {State.FAILED}
+        return int(any(r.state in failed for r in self.runners.values()))
 
     @property
     def state_db(self) -> StateDB | None:
