@@ -550,3 +550,25 @@ async def test_tcp_connections_that_never_show_the_token_are_few_and_brief(
         stream_writer.close()
         for _, writer in slow:
             writer.close()
+
+
+def test_logs_beyond_the_tail_in_memory_come_from_the_files(tmp_path: Path, detached: Any) -> None:
+    """The supervisor keeps the last 1,000 lines in memory; `logs -n 5000` of a running
+    stack reads the rest from the service's log files (rotated ones too), in order."""
+    write_stack(
+        tmp_path,
+        """
+        settings: {log_max_bytes: 20000, log_backups: 5}
+        services:
+          flood: {command: "python3 -c 'for i in range(5000): print(f\\"line {i:05}\\")'", restart: "no"}
+          idle: {command: "python3 -c 'import time; time.sleep(300)'"}
+        """,
+    )
+    assert detached(tmp_path).returncode == 0
+    wait_for(lambda: "line 04999" in cli("logs", "flood", "-n", "1", cwd=tmp_path).stdout)
+    shown = cli("logs", "flood", "-n", "2500", cwd=tmp_path).stdout.splitlines()
+    assert [line.rpartition(" ")[2] for line in shown] == [f"{i:05}" for i in range(2500, 5000)]
+    every = cli("logs", "flood", "-n", "100000", cwd=tmp_path).stdout.splitlines()
+    numbers = [line.rpartition(" ")[2] for line in every if "| line " in line]
+    # As much as the files kept (five backups of 20 kB), and nothing out of order.
+    assert len(numbers) > 1000 and numbers == [f"{i:05}" for i in range(5000 - len(numbers), 5000)]

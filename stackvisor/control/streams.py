@@ -28,6 +28,9 @@ async def logs(request: web.Request) -> web.StreamResponse:
     follow = bool_query(request, "follow")
     runner = supervisor(request).runners[name]
     lines = runner.log.last(tail)
+    if not follow and not runner.log.reaches(tail):  # more than the memory keeps: the files have them
+        with contextlib.suppress(OSError):
+            lines = await asyncio.to_thread(runner.log.file.last_lines, tail)
     if not follow:
         return web.Response(text="".join(f"{line}\n" for line in lines), content_type="text/plain")
     queue: asyncio.Queue[str] = asyncio.Queue(maxsize=10_000)

@@ -228,6 +228,23 @@ class RotatingFile:
             self._fh.close()
             self._fh = None
 
+    def last_lines(self, n: int) -> list[str]:
+        """The file's last `n` lines, from the rotated files too when the current one has
+        fewer (reads whole files: run it in a thread). Fewer when the files kept fewer."""
+        chunks: list[bytes] = []
+        count = 0
+        for name in [self.path.name, *(f"{self.path.name}.{i}" for i in range(1, self.backups + 1))]:
+            try:
+                data = self.folder.read(name)
+            except FileNotFoundError:
+                break
+            chunks.append(data)
+            count += data.count(b"\n")
+            if count >= n:
+                break
+        text = b"".join(reversed(chunks)).decode("utf-8", "replace")
+        return text.splitlines()[-n:] if n > 0 else []
+
 
 LineListener = Callable[[str], None]
 
@@ -284,6 +301,10 @@ class ServiceLog:
 
     def last(self, n: int) -> list[str]:
         return list(self.tail)[-n:] if n > 0 else []
+
+    def reaches(self, n: int) -> bool:
+        """The tail in memory holds the last `n` lines (else `file.last_lines` has them)."""
+        return n <= len(self.tail) or len(self.tail) < TAIL_LINES
 
     def open(self) -> None:
         self.file.open()

@@ -106,6 +106,17 @@ class Folder:
             return True
         return (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino)
 
+    def read(self, name: str) -> bytes:
+        """The whole of file `name` in the folder, never through a link."""
+        where = self.fd
+        fd = os.open(
+            name if where is not None else self.path / name,
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+            dir_fd=where,
+        )
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read()
+
     def replace(self, name: str, new_name: str) -> None:
         """Rename `name` to `new_name` inside the folder (FileNotFoundError: none)."""
         if self.fd is None:
