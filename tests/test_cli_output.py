@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import SLEEP, child_env, running_stack, until_state, write_stack
 
 from stackvisor.cli.render import format_status
@@ -180,3 +181,19 @@ def test_the_stack_is_located_from_its_yaml_alone_unless_the_loader_is_needed(tm
     assert StackRef.locate(stack).paths.logs == tmp_path / "out2"
     stack.write_text("include: [other.yaml]\nservices: {}\n")
     assert StackRef._read_quickly(stack) is None
+
+
+def test_ctrl_c_while_the_command_loads_is_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C in the first half second (the schema being imported, the parser built)
+    lands before any command runs."""
+    from stackvisor import cli
+    from stackvisor.cli import parser
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parser, "build_parser", interrupted)
+    assert cli.main(["status"]) == 130
+    assert "Traceback" not in capsys.readouterr().err

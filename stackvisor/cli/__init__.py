@@ -21,6 +21,14 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command; Ctrl-C at any moment (also while it loads) is exit 130, no traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from stackvisor.cli.parser import build_parser
 
     parser = build_parser()
