@@ -66,6 +66,8 @@ async def serve(
 ) -> int:
     """Run `sup` as `up` does; raises `AlreadyRunning` (touching nothing) when another
     supervisor holds the stack."""
+    if sup.owns_process_tree:  # the command's own process: a Ctrl-C from now on stops it
+        sup.catch_signals()
     sup.open()
     lock = StackLock(sup.paths.lock)
     try:

@@ -3,9 +3,11 @@ statuses), and what the CLI says about bad files and names."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,15 +15,20 @@ import pytest
 from conftest import (
     SLEEP,
     alive,
+    child_env,
     cli,
     cli_process,
+    end_stack,
     reached,
     read_pids,
     service_pid,
+    supervisor_pid,
     wait_for,
     write_program,
     write_stack,
 )
+
+from stackvisor.system import procfs
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -263,3 +270,30 @@ def test_a_second_interrupt_kills_at_once(tmp_path: Path, up_process) -> None:
     sup.wait(10)
     assert time.monotonic() - sent < 5
     wait_for(lambda: not alive(pid), timeout=2)
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.25, 0.4, 0.55, 0.7])
+def test_ctrl_c_at_any_moment_of_the_start_stops_the_stack(tmp_path: Path, delay: float) -> None:
+    """Ctrl-C while `up` is still loading, opening its state or starting its services:
+    it stops, and leaves nothing (a Ctrl-C taken before the stack's own handler was in
+    place was lost, and the stack ran on)."""
+    write_stack(tmp_path, f'services:\n  a: {{command: "{SLEEP}"}}\n  b: {{command: "{SLEEP}"}}\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stackvisor", "up"],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(delay)  # the moment is the point here, not a wait for something
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) in (0, 130)
+        assert supervisor_pid(tmp_path) is None
+        assert procfs.marked(f"{proc.pid}-", prefix=True) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        end_stack(tmp_path)

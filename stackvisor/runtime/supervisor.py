@@ -169,12 +169,8 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         companions: Sequence[Companion] = (),
     ) -> int:
         """Run the selected services until asked to stop; the exit status of `up`.
-
-        `companions` run beside the services (file watching) and are cancelled when
-        the stack stops.
-        """
-        if self.owns_process_tree:
-            # Embedded in another program, we leave its process semantics alone.
+        `companions` run beside them (file watching), cancelled when the stack stops."""
+        if self.owns_process_tree:  # embedded in another program, its process semantics stay
             become_subreaper()
         self.open()
         assert self.state_db is not None
@@ -182,8 +178,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         self.selection = plans.selection(self.config, self.requested, self.profiles)
         self.lease = lease or Lease()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(sig, self._on_signal, sig)
+        self.catch_signals()
         loop.add_signal_handler(signal.SIGCHLD, self.spawner.reap_soon)
         try:
             stack = self.paths.cgroup_name
@@ -223,8 +218,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 loop.remove_signal_handler(sig)
             self.close()
-        # Failed: gave up; and for a stack of jobs (`until_done`), also a job that ended with
-        # an error and was left so (`restart: "no"`): the stack's result is its jobs'.
+        # Failed: gave up; for a stack of jobs, also one left `exited` by `restart: "no"`.
         failed = {State.FAILED, State.EXITED} if until_done else {State.FAILED}
         return int(any(r.state in failed for r in self.runners.values()))
 
@@ -291,6 +285,11 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         if not self._stop_requested.is_set():
             self._stop_reason = reason
             self._stop_requested.set()
+
+    def catch_signals(self) -> None:
+        """SIGINT, SIGTERM, SIGHUP stop the stack from now on (also before `run`). Idempotent."""
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            asyncio.get_running_loop().add_signal_handler(sig, self._on_signal, sig)
 
     def _on_signal(self, sig: int) -> None:
         self._interrupts += 1
