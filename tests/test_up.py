@@ -289,7 +289,9 @@ def test_ctrl_c_at_any_moment_of_the_start_stops_the_stack(tmp_path: Path, delay
     try:
         time.sleep(delay)  # the moment is the point here, not a wait for something
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) in (0, 130)
+        # 130 once the command runs; killed by the signal itself (-2) while Python still
+        # imports it, before anything started: either way no traceback and nothing left.
+        assert proc.wait(30) in (0, 130, -signal.SIGINT)
         assert supervisor_pid(tmp_path) is None
         assert procfs.marked(f"{proc.pid}-", prefix=True) == []
     finally:
