@@ -299,3 +299,11 @@ def test_ctrl_c_at_any_moment_of_the_start_stops_the_stack(tmp_path: Path, delay
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         end_stack(tmp_path)
+
+
+def test_exit_with_a_process_that_is_not_there_is_a_usage_error(tmp_path: Path) -> None:
+    write_stack(tmp_path, f'services:\n  a: {{command: "{SLEEP}"}}\n')
+    free = next(pid for pid in range(4_000_000, 3_000_000, -1) if not os.path.exists(f"/proc/{pid}"))
+    result = cli_process("up", "-d", "--exit-with", str(free), cwd=tmp_path)
+    assert result.returncode == 2 and f"no process {free} runs now" in result.stderr
+    assert supervisor_pid(tmp_path) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 from stackvisor.cli import audit, export, importing, registry, reporting, running, scaling, stack, top, ui
@@ -13,6 +14,19 @@ def _pid(text: str) -> int:
     if not text.isdigit() or int(text) < 2:
         raise argparse.ArgumentTypeError(f"expected a process id (got {text!r})")
     return int(text)
+
+
+def _live_pid(text: str) -> int:
+    """A process id that names a process now (`--exit-with` of a gone one would stop the
+    stack the moment it started)."""
+    pid = _pid(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise argparse.ArgumentTypeError(f"no process {pid} runs now") from None
+    except PermissionError:
+        pass  # another user's: it runs
+    return pid
 
 
 def _port(text: str) -> int:
@@ -67,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="stop once every service has ended (for stacks of one-shot jobs)",
         )
-        p.add_argument("--exit-with", type=_pid, metavar="PID", help="stop the stack when PID exits")
+        p.add_argument("--exit-with", type=_live_pid, metavar="PID", help="stop the stack when PID exits")
         p.add_argument(
             "--lease",
             type=_duration,
