@@ -40,6 +40,12 @@ def test_a_program_that_cannot_run_is_an_error(tmp_path: Path, capsys: pytest.Ca
     assert code == 2 and "program './run.sh' is not executable" in err
 
 
+def test_a_folder_is_not_a_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "adir").mkdir()
+    code, err = validate(tmp_path, "  a: {command: ./adir}\n", capsys)
+    assert code == 2 and "program './adir' is a folder, not a program" in err
+
+
 def test_a_compound_shell_command_only_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = validate(tmp_path, "  a: {command: 'maybe-a-function && echo ok'}\n", capsys)
     assert code == 0

@@ -74,7 +74,10 @@ def _check_programs(config: StackConfig) -> tuple[list[str], list[str]]:
             resolve_program(found, cwd, os.environ.get("PATH", os.defpath))
             continue
         except FileNotFoundError:
-            why = f"program {found!r} not found" + ("" if "/" in found else " on the PATH")
+            if "/" in found and os.path.isdir(os.path.join(cwd, found)):
+                why = f"program {found!r} is a folder, not a program"
+            else:
+                why = f"program {found!r} not found" + ("" if "/" in found else " on the PATH")
         except PermissionError:
             why = f"program {found!r} is not executable"
         line, column = document.locate(("services", name, "command")) if document else (1, 1)
