@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 
 from stackvisor.cli import audit, export, importing, registry, reporting, running, scaling, stack, top, ui
@@ -19,13 +18,11 @@ def _pid(text: str) -> int:
 def _live_pid(text: str) -> int:
     """A process id that names a process now (`--exit-with` of a gone one would stop the
     stack the moment it started)."""
+    import psutil
+
     pid = _pid(text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        raise argparse.ArgumentTypeError(f"no process {pid} runs now") from None
-    except PermissionError:
-        pass  # another user's: it runs
+    if not psutil.pid_exists(pid):
+        raise argparse.ArgumentTypeError(f"no process {pid} runs now")
     return pid
 
 
