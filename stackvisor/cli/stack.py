@@ -74,10 +74,9 @@ def _check_programs(config: StackConfig) -> tuple[list[str], list[str]]:
             resolve_program(found, cwd, os.environ.get("PATH", os.defpath))
             continue
         except FileNotFoundError:
-            if "/" in found and os.path.isdir(os.path.join(cwd, found)):
-                why = f"program {found!r} is a folder, not a program"
-            else:
-                why = f"program {found!r} not found" + ("" if "/" in found else " on the PATH")
+            folder = "/" in found and os.path.isdir(os.path.join(cwd, found))
+            why = f"program {found!r} " + ("is a folder, not a program" if folder else "not found")
+            why += "" if "/" in found else " on the PATH"
         except PermissionError:
             why = f"program {found!r} is not executable"
         line, column = document.locate(("services", name, "command")) if document else (1, 1)
@@ -356,14 +355,12 @@ def cmd_down(args: argparse.Namespace) -> int:
     for line in result.ended:
         print(line, file=sys.stderr)
     if not result.was_running:
-        print(f"stack {config.name!r} was not running", file=sys.stderr)
+        said = f"stack {config.name!r} was not running"
     elif result.killed:
-        print(
-            f"the supervisor (pid {result.pid}) did not stop within {args.timeout:g}s: killed",
-            file=sys.stderr,
-        )
+        said = f"the supervisor (pid {result.pid}) did not stop within {args.timeout:g}s: killed"
     else:
-        print(f"stack {config.name!r} stopped", file=sys.stderr)
+        said = f"stack {config.name!r} stopped"
+    print(said, file=sys.stderr)
     return EXIT_OK
 
 
