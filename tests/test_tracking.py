@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
+import psutil
 import pytest
 from conftest import alive, cli, client, read_pids, supervisor_pid, wait_for, write_program, write_stack
 
@@ -135,14 +137,14 @@ def test_after_a_killed_supervisor_what_only_the_cgroup_names_is_ended(
     if then == "up":
         assert detached(tmp_path).returncode == 0
         log = (tmp_path / "logs" / "stackvisor.log").read_text()
-        assert "processes of app left in its cgroup by a killed supervisor" in log
+        assert "of app left in its cgroup by a killed supervisor" in log
         escaped.append(wait_for(lambda: read_pids(tmp_path / "hidden"))[0])  # the new run's
     else:
         if then == "down without its state folder":
             shutil.rmtree(tmp_path / ".stackvisor")
         down = cli("down", cwd=tmp_path)
         assert down.returncode == 0
-        assert "processes of app left in its cgroup by a killed supervisor" in down.stderr
+        assert "of app left in its cgroup by a killed supervisor" in down.stderr
         assert stack_cgroups(tmp_path) == []
     wait_for(lambda: not alive(hidden), timeout=5)
 
@@ -209,3 +211,35 @@ def test_a_tree_is_added_up_from_one_table() -> None:
     }
     assert tree_usage(table, 10) == {"memory_bytes": 175, "cpu_seconds": 1.75, "processes": 3}
     assert tree_usage(table, 99) == {"memory_bytes": 0, "cpu_seconds": 0.0, "processes": 0}
+
+
+def test_what_a_killed_supervisor_left_is_reported_once(
+    tmp_path: Path, mode: str, detached: Callable[..., CompletedProcess[str]]
+) -> None:
+    """Two background jobs of a service whose supervisor was killed: each is ended once
+    and said once (by its record, not again by its cgroup and by its supervisor's)."""
+    write_stack(tmp_path, 'services:\n  app: {command: "sleep 300 & sleep 301 & touch started; wait"}\n')
+    assert detached(tmp_path).returncode == 0
+    wait_for((tmp_path / "started").exists)
+    supervisor = supervisor_pid(tmp_path)
+    assert supervisor is not None
+    sleepers = [p for p in procfs.marked(f"{supervisor}-", prefix=True) if p.name() == "sleep"]
+    assert len(sleepers) == 2
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: supervisor_pid(tmp_path) is None)
+    try:
+        down = cli("down", cwd=tmp_path)
+        assert down.returncode == 0
+        said = [line for line in down.stderr.splitlines() if "killed supervisor" in line]
+        # The shell itself is named when it outlived the supervisor a moment (PDEATHSIG
+        # is a signal, not an instant).
+        (line,) = said
+        assert re.fullmatch(
+            r"ended (orphaned app \(pid \d+\) and 2 of its descendants|2 processes of app) "
+            r"left by a killed supervisor",
+            line,
+        ), down.stderr
+    finally:
+        for proc in sleepers:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()

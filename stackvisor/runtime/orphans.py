@@ -41,10 +41,13 @@ class Ended:
     cgroup: bool = False  # found in the service's cgroup: `extra` processes, no known pid
 
     def describe(self) -> str:
+        count = f"{self.extra} process{'es' * (self.extra != 1)}"
         if self.cgroup:
-            return f"ended {self.extra} processes of {self.service} left in its cgroup by a killed supervisor"
+            return f"ended {count} of {self.service} left in its cgroup by a killed supervisor"
         if self.service == INSTANCE:
-            return f"ended {self.extra} processes left by a killed supervisor"
+            return f"ended {count} left by a killed supervisor"
+        if not self.pid:  # its own process was gone already (it died with the supervisor)
+            return f"ended {count} of {self.service} left by a killed supervisor"
         more = f" and {self.extra} of its descendants" if self.extra else ""
         return f"ended orphaned {self.service} (pid {self.pid}){more} left by a killed supervisor"
 
@@ -144,16 +147,31 @@ async def end_orphans(
     await _wait_gone(victims, 2.0, spawner)
     if found:  # a supervisor was killed: what it was starting may appear only now
         await _sweep(db, instance, spawner)
-    ended = await _clear(folders, spawner.gate)
+    # Each process is said once: by its service's record, else by its cgroup, else by
+    # the killed supervisor's own record (which names everything it started).
+    claimed: set[int] = set()
+    ended: list[Ended] = []
+    for record, procs in found:
+        if not record.is_instance:
+            db.child_exited(record.id, None)
+            mine = _claim(procs, claimed)
+            if mine:
+                leader = any(p.pid == record.pid for p in mine)
+                ended.append(Ended(record.service, record.pid if leader else 0, len(mine) - leader))
+    ended += await _clear({f: _claim(procs, claimed) for f, procs in folders.items()}, spawner.gate)
     for record, procs in found:
         if record.is_instance:
             db.instance_ended(record.id)
-        else:
-            db.child_exited(record.id, None)
-        if procs:
-            leader = [p for p in procs if p.pid == record.pid]
-            ended.append(Ended(record.service, record.pid, len(procs) - len(leader)))
+            if mine := _claim(procs, claimed):
+                ended.append(Ended(record.service, 0, len(mine)))
     return ended
+
+
+def _claim(procs: list[psutil.Process], claimed: set[int]) -> list[psutil.Process]:
+    """Those of `procs` not said yet, now said."""
+    mine = [p for p in procs if p.pid not in claimed]
+    claimed.update(p.pid for p in mine)
+    return mine
 
 
 async def end_cgroups(stack: str, gate: SignalGate, grace: float = 5.0) -> list[Ended]:
