@@ -13,6 +13,7 @@ import asyncio
 import functools
 import importlib
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -184,6 +185,12 @@ def run_supervisor(
     width = max(len(n) for n in config.services)
     out = stdout_console(width, enabled=console)
 
+    # A Ctrl-C before the stack's own handler is in place is noted, then acted on. Left to
+    # asyncio's, it would cancel the main task, and a cancellation met by code that must
+    # finish what it does would be lost, with the stack running on.
+    early: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda sig, frame: early.append(sig))
+
     async def main() -> int:
         sup = Supervisor(
             config,
@@ -192,6 +199,9 @@ def run_supervisor(
             owns_process_tree=True,
             profiles=profiles,
         )
+        sup.catch_signals()  # from now on the loop takes them; what came before is in `early`
+        if early:
+            sup.request_stop("SIGINT")
         return await serve(sup, services, until_done=until_done, lease=lease)
 
     try:
@@ -200,5 +210,6 @@ def run_supervisor(
         print(f"stackvisor: {exc}", file=sys.stderr)
         return 1
     finally:
+        signal.signal(signal.SIGINT, previous)
         out.close()
         log.flush()

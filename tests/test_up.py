@@ -272,7 +272,7 @@ def test_a_second_interrupt_kills_at_once(tmp_path: Path, up_process) -> None:
     wait_for(lambda: not alive(pid), timeout=2)
 
 
-@pytest.mark.parametrize("delay", [0.1, 0.25, 0.4, 0.55, 0.7])
+@pytest.mark.parametrize("delay", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
 def test_ctrl_c_at_any_moment_of_the_start_stops_the_stack(tmp_path: Path, delay: float) -> None:
     """Ctrl-C while `up` is still loading, opening its state or starting its services:
     it stops, and leaves nothing (a Ctrl-C taken before the stack's own handler was in
