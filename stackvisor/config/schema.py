@@ -368,6 +368,9 @@ class Settings(Model):
     log_backups: int = Field(default=3, ge=0)
     reload: bool = True
     reload_debounce: Duration = 0.1
+    # `socket: proxy`: `auto` lets the kernel carry a serving service's new connections
+    # where the supervisor may (see `runtime.forwarding`), `relay` copies every byte.
+    proxy_forwarding: Literal["auto", "relay"] = "auto"
     control: ControlSettings = ControlSettings()
     report: ReportSettings | None = None
     audit: AuditSettings = AuditSettings()

@@ -99,6 +99,11 @@ _SERVICE = {
         "group": {"type": ["string", "null"], "description": "the service it is a copy of (`replicas`)"},
         "requested_port": {"type": ["integer", "null"], "description": "the port the file asks for"},
         "internal_port": {"type": ["integer", "null"], "description": "`socket: proxy`: where it listens"},
+        "forwarding": {
+            "type": "string",
+            "enum": ["kernel", "relay"],
+            "description": "`socket: proxy`: what carries new connections now",
+        },
         "idle_stop_in": {"type": ["number", "null"], "description": "seconds until an idle stop"},
         "lease_left": {"type": ["number", "null"], "description": "seconds until its lease ends"},
         "next_run": {"type": ["number", "null"], "description": "`schedule`: unix time of the next run"},

@@ -8,7 +8,9 @@ beside the services:
   the socket handed over, so that connection is served, not refused;
 - `idle_stop`: after that long without an established connection on its port (the
   kernel's socket table), the service is stopped gracefully;
-- `lease`: after that long without `stackvisor heartbeat SERVICE`, the same.
+- `lease`: after that long without `stackvisor heartbeat SERVICE`, the same;
+- `socket: proxy`: the public port's listener relays (`proxy`), and while the service
+  serves, the kernel carries new connections (`forwarding`).
 An on-demand service that stopped, for any of these reasons or by itself, is idle again.
 `Activating` is the supervisor's side: which services get one, also when a reload adds
 or removes them.
@@ -21,14 +23,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from stackvisor.config.schema import StackConfig
 from stackvisor.errors import ActionConflict
 from stackvisor.ports import tables
 from stackvisor.runtime.clock import Clock
 from stackvisor.runtime.command import listening_socket
 from stackvisor.runtime.deadman import Lease
 from stackvisor.runtime.events import Activated, EventBus, IdleStopped
+from stackvisor.runtime.forwarding import Forwarding, KernelPath
 from stackvisor.runtime.proxy import Proxy
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.states import ALIVE, State
@@ -37,6 +41,8 @@ from stackvisor.system import cgroups
 _MAX_TICK = 1.0  # the longest time between two looks at a running service
 # Idleness is counted from here: a service still starting has no clients yet.
 _SERVING = frozenset({State.RUNNING, State.HEALTHY, State.UNHEALTHY})
+# When a proxied service serves: healthy with a health check, else up.
+_HEALTHY, _UP = frozenset({State.HEALTHY}), frozenset({State.RUNNING, State.HEALTHY})
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Activation:
         start: Callable[[str], Awaitable[None]],
         stop: Callable[[str, str, bool], Awaitable[None]],
         proxy: Proxy | None = None,
+        forwarding: Forwarding | None = None,
     ) -> None:
         self.runner = runner
         self.bus = bus
@@ -82,6 +89,7 @@ class Activation:
         self.watch = Watch(None, clock.now())
         self.proxy = proxy  # with `socket: proxy`; given: the one a reload kept
         self.handed_over = False  # the proxy goes on with the next Activation (a reload)
+        self.forwarding = forwarding  # the kernel's path beside the proxy's
         self._wanted = asyncio.Event()  # a proxied connection waits for the service
         self._priming: asyncio.Task[None] | None = None
 
@@ -91,6 +99,15 @@ class Activation:
 
     def heartbeat(self) -> None:
         self.watch.renewed = self.clock.now()
+
+    def figures(self) -> dict[str, float | str | None]:
+        """What `status` shows of this: the deadlines, and what carries a proxied service's
+        new connections now."""
+        shown: dict[str, float | str | None] = {**self.deadlines()}
+        public = self.runner.config.port
+        if self.proxy is not None and self.forwarding is not None and isinstance(public, int):
+            shown["forwarding"] = self.forwarding.via(public)
+        return shown
 
     def deadlines(self) -> dict[str, float | None]:
         """Seconds until an idle stop and until the lease runs out, for `status`."""
@@ -112,6 +129,12 @@ class Activation:
             else:
                 self.proxy.rebind(up=self._up, alive=lambda: self.runner.running)
             self.proxy.start()
+        kernel = None
+        if self.proxy is not None and self.forwarding is not None:
+            public = self.runner.config.port
+            assert isinstance(public, int)
+            path = KernelPath(self.forwarding, self.bus, self.runner.name, public, self._serving)
+            kernel = asyncio.create_task(path.run(), name=f"forwarding:{self.runner.name}")
         try:
             while True:
                 if self.on_demand and self.runner.state is not State.PENDING and not self.runner.running:
@@ -120,14 +143,26 @@ class Activation:
                     await self.bus.wait_until(lambda: self.runner.running)
                 await self._watch_running()
         finally:
+            if kernel is not None:
+                kernel.cancel()
+                await asyncio.gather(kernel, return_exceptions=True)  # the redirect is off
             if self.proxy is not None and not self.handed_over:
                 self.proxy.close()
+
+    def _serving(self) -> int | None:
+        """The internal port while the service serves (healthy when it has a health
+        check, else running), else None: when new connections may skip the proxy."""
+        runner = self.runner
+        return runner.port if runner.state in self._ready() else None
+
+    def _ready(self) -> frozenset[State]:
+        return _HEALTHY if self.runner.config.healthcheck is not None else _UP
 
     async def _up(self) -> int | None:
         """For a proxied connection: the service's internal port once it serves (healthy
         when it has a health check, else running), None if it cannot come up."""
         runner = self.runner
-        ready = {State.HEALTHY} if runner.config.healthcheck is not None else {State.RUNNING, State.HEALTHY}
+        ready = self._ready()
         if not runner.running:
             self._wanted.set()
         await self.bus.wait_until(lambda: runner.state in ready or runner.state is State.FAILED)
@@ -183,11 +218,9 @@ class Activation:
             now = self.clock.now()
             port = self.runner.port
             if config.idle_stop is not None and port is not None and self.runner.state in _SERVING:
-                busy = (
-                    self.proxy.active
-                    if self.proxy is not None
-                    else await asyncio.to_thread(established, port)
-                )
+                # Proxied: the ones it holds, and the ones at the service (also by the kernel's path).
+                held = self.proxy.active if self.proxy is not None else 0
+                busy = held or await asyncio.to_thread(established, port)
                 self.watch.idle_since = None if busy else (self.watch.idle_since or now)
             why = due(self.watch, now, config.idle_stop, config.lease)
             if why and self.runner.state in ALIVE:
@@ -208,6 +241,16 @@ class Activating:
     bus: EventBus
     clock: Clock
     lease: Lease
+    config: StackConfig
+    logger: Any
+    _forwarding: Forwarding | None = None  # made with the first proxied service
+
+    @property
+    def forwarding(self) -> Forwarding:
+        if self._forwarding is None:
+            wanted = lambda: self.config.settings.proxy_forwarding != "relay"  # noqa: E731  (the latest reload's)
+            self._forwarding = Forwarding(wanted, self.logger)
+        return self._forwarding
 
     if TYPE_CHECKING:  # the supervisor's
 
@@ -241,6 +284,7 @@ class Activating:
                 start=self.start_service,
                 stop=self._idle_out,
                 proxy=self._kept_proxies.pop(name, None),
+                forwarding=self.forwarding if config.socket == "proxy" else None,
             )
             return self.activations[name]
         return None

@@ -341,6 +341,7 @@ class EventBus:
         self.record = record
         self.seq = 0
         self._changed: asyncio.Event | None = None
+        self._hooks: list[Callable[[Event], None]] = []
 
     def publish(self, payload: Payload, service: str | None = None) -> Event:
         self.seq += 1
@@ -348,6 +349,8 @@ class EventBus:
         self.backlog.append(event)
         if self.record is not None:
             self.record(event)
+        for hook in list(self._hooks):
+            hook(event)
         for sub in list(self.subscribers):
             sub.put(event)
         # Waiters (dependency gates, --wait) re-check their condition on every event.
@@ -355,6 +358,12 @@ class EventBus:
             self._changed.set()
             self._changed = None
         return event
+
+    def hook(self, call: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `call` with each event as it is published, before anything else runs
+        (what must follow a state at once: a redirect going off); returns the unhook."""
+        self._hooks.append(call)
+        return lambda: self._hooks.remove(call)
 
     def subscribe(self, maxsize: int = 1000) -> Subscription:
         sub = Subscription(self, maxsize)

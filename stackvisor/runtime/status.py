@@ -35,6 +35,7 @@ class ServiceStatus(TypedDict):
     idle_stop_in: NotRequired[float | None]  # with `idle_stop`: seconds until it is stopped
     lease_left: NotRequired[float | None]  # with `lease`: seconds until it is stopped
     internal_port: NotRequired[int | None]  # with `socket: proxy`: where the service listens
+    forwarding: NotRequired[str]  # with `socket: proxy`: "kernel" or "relay" (new connections)
     next_run: NotRequired[float | None]  # with `schedule`: unix time of its next tick (None: stopped)
     overlapping: NotRequired[list[int]]  # with `schedule`: pids of the runs beside its own (max_concurrent)
 

@@ -394,8 +394,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         if runner.config.socket == "proxy":  # the public port is the one to show
             entry["internal_port"], entry["port"] = self.ports.internal.get(name), self.ports.ports.get(name)
         if name in self.activations:
-            deadlines = self.activations[name].deadlines()
-            entry["idle_stop_in"], entry["lease_left"] = deadlines["idle_stop_in"], deadlines["lease_left"]
+            entry.update(self.activations[name].figures())  # type: ignore[typeddict-item]
         return entry
 
     def status(self, *, resources: bool = False) -> StackStatus:

@@ -1,0 +1,255 @@
+"""Connections to one local port sent to another by the kernel: nftables redirects, for
+`socket: proxy` while its service serves (see `runtime.forwarding`).
+
+One table per supervisor, `stackvisor-PID`, made with the owner flag: nobody else may
+change or delete it (`nft flush ruleset` leaves it), and the kernel deletes it when the
+netlink socket that made it closes, that is when the supervisor's process ends, however
+it ends (a SIGKILL leaves no rule behind). Its one chain sees locally made IPv4
+connections at the NAT stage of the output hook, and holds one rule per port:
+
+    ip daddr 127.0.0.1 tcp dport PUBLIC redirect to :INTERNAL
+
+Only new connections are redirected; one already open keeps its way. `apply` replaces
+every rule of the chain in one batch, which the kernel applies whole or not at all.
+
+The messages are netlink (nfnetlink) spoken directly, so no `nft` program is needed;
+they are built by pure functions. Anything refused (no CAP_NET_ADMIN, no nf_tables in
+the kernel, a table of that name already there) is `Unavailable`, with the reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator, Mapping
+
+_NETLINK_NETFILTER = 12
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE, _NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
+_NLMSG_ERROR = 2
+_NLA_F_NESTED = 0x8000
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
+
+_SUBSYS = 10  # NFNL_SUBSYS_NFTABLES
+_BATCH_BEGIN, _BATCH_END = 16, 17
+_NEWTABLE, _DELTABLE, _NEWCHAIN, _NEWRULE, _DELRULE = 0, 2, 3, 6, 8
+_IPV4 = 2  # NFPROTO_IPV4
+_TABLE_NAME, _TABLE_FLAGS, _TABLE_F_OWNER = 1, 2, 0x2
+_CHAIN_TABLE, _CHAIN_NAME, _CHAIN_HOOK, _CHAIN_TYPE = 1, 3, 4, 7
+_HOOK_NUM, _HOOK_PRIORITY = 1, 2
+_LOCAL_OUT = 3  # NF_INET_LOCAL_OUT
+_NAT_PRIORITY = -100  # NF_IP_PRI_NAT_DST: where `nft` puts a `type nat hook output` chain
+_RULE_TABLE, _RULE_CHAIN, _RULE_EXPRESSIONS = 1, 2, 4
+_LIST_ELEM, _EXPR_NAME, _EXPR_DATA, _DATA_VALUE = 1, 1, 2, 1
+_REG = 1  # NFT_REG_1: every expression below loads into and compares from it
+_DREG = _SREG = 1  # the register attribute of payload, meta, cmp and immediate
+_PAYLOAD_BASE, _PAYLOAD_OFFSET, _PAYLOAD_LEN = 2, 3, 4
+_NETWORK_HEADER, _TRANSPORT_HEADER = 1, 2
+_CMP_OP, _CMP_DATA, _CMP_EQ = 2, 3, 0
+_META_KEY, _META_L4PROTO = 2, 16
+_IMMEDIATE_DATA = 2
+_REDIR_REG_PROTO_MIN = 1
+
+CHAIN = "forward"
+_LOOPBACK = socket.inet_aton("127.0.0.1")
+
+
+class Unavailable(Exception):
+    """The kernel will not redirect for us here; the message says why."""
+
+
+# --- messages (pure) ---------------------------------------------------------------
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
+
+
+def _nest(kind: int, *attrs: bytes) -> bytes:
+    return _attr(kind | _NLA_F_NESTED, b"".join(attrs))
+
+
+def _u32(kind: int, value: int) -> bytes:
+    return _attr(kind, struct.pack("!i" if value < 0 else "!I", value))
+
+
+def _text(kind: int, value: str) -> bytes:
+    return _attr(kind, value.encode() + b"\0")
+
+
+def _message(kind: int, flags: int, seq: int, attrs: bytes = b"", *, family: int = _IPV4) -> bytes:
+    """An nfnetlink message: the netlink header, then family, version 0, resource id."""
+    res_id = _SUBSYS if kind in (_BATCH_BEGIN, _BATCH_END) else 0
+    body = struct.pack("=BB", family, 0) + struct.pack("!H", res_id) + attrs
+    return _HEADER.pack(_HEADER.size + len(body), kind, flags, seq, 0) + body
+
+
+def _expr(name: str, *attrs: bytes) -> bytes:
+    return _nest(_LIST_ELEM, _text(_EXPR_NAME, name), _nest(_EXPR_DATA, *attrs))
+
+
+def _equals(value: bytes) -> bytes:
+    return _expr(
+        "cmp", _u32(_SREG, _REG), _u32(_CMP_OP, _CMP_EQ), _nest(_CMP_DATA, _attr(_DATA_VALUE, value))
+    )
+
+
+def _load(base: int, offset: int, length: int) -> bytes:
+    """`length` bytes of the packet's header at `base` into the register."""
+    where = _u32(_PAYLOAD_BASE, base) + _u32(_PAYLOAD_OFFSET, offset) + _u32(_PAYLOAD_LEN, length)
+    return _expr("payload", _u32(_DREG, _REG), where)
+
+
+def redirect(public: int, internal: int) -> bytes:
+    """The expressions of `ip daddr 127.0.0.1 tcp dport PUBLIC redirect to :INTERNAL`."""
+    to_port = _nest(_IMMEDIATE_DATA, _attr(_DATA_VALUE, struct.pack("!H", internal)))
+    return b"".join(
+        [
+            _load(_NETWORK_HEADER, 16, 4),  # the destination address
+            _equals(_LOOPBACK),
+            _expr("meta", _u32(_DREG, _REG), _u32(_META_KEY, _META_L4PROTO)),
+            _equals(bytes([socket.IPPROTO_TCP])),
+            _load(_TRANSPORT_HEADER, 2, 2),  # the destination port
+            _equals(struct.pack("!H", public)),
+            _expr("immediate", _u32(_DREG, _REG), to_port),
+            _expr("redir", _u32(_REDIR_REG_PROTO_MIN, _REG)),
+        ]
+    )
+
+
+def batch(seq: int, table: str, rules: Mapping[int, int], *, create: bool) -> tuple[bytes, list[int]]:
+    """One transaction: (with `create`, the table and its chain,) the chain emptied, a
+    rule per public port. Its bytes, and the sequence numbers the kernel acknowledges."""
+    ack = _NLM_F_REQUEST | _NLM_F_ACK
+    names = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, CHAIN)
+    parts: list[tuple[int, int, bytes]] = []
+    if create:
+        hook = _nest(_CHAIN_HOOK, _u32(_HOOK_NUM, _LOCAL_OUT), _u32(_HOOK_PRIORITY, _NAT_PRIORITY))
+        parts += [
+            (
+                _NEWTABLE,
+                ack | _NLM_F_CREATE | _NLM_F_EXCL,
+                _text(_TABLE_NAME, table) + _u32(_TABLE_FLAGS, _TABLE_F_OWNER),
+            ),
+            (
+                _NEWCHAIN,
+                ack | _NLM_F_CREATE,
+                _text(_CHAIN_TABLE, table) + _text(_CHAIN_NAME, CHAIN) + hook + _text(_CHAIN_TYPE, "nat"),
+            ),
+        ]
+    parts.append((_DELRULE, ack, names))  # no handle: every rule of the chain
+    for public, internal in sorted(rules.items()):
+        expressions = _nest(_RULE_EXPRESSIONS, redirect(public, internal))
+        parts.append((_NEWRULE, ack | _NLM_F_CREATE | _NLM_F_APPEND, names + expressions))
+    return _framed(seq, parts)
+
+
+def drop_table(seq: int, table: str) -> tuple[bytes, list[int]]:
+    return _framed(seq, [(_DELTABLE, _NLM_F_REQUEST | _NLM_F_ACK, _text(_TABLE_NAME, table))])
+
+
+def _framed(seq: int, parts: list[tuple[int, int, bytes]]) -> tuple[bytes, list[int]]:
+    seqs = [seq + 1 + i for i in range(len(parts))]
+    messages = [
+        _message(_SUBSYS << 8 | kind, flags, s, attrs)
+        for s, (kind, flags, attrs) in zip(seqs, parts, strict=True)
+    ]
+    begin = _message(_BATCH_BEGIN, _NLM_F_REQUEST, seq, family=socket.AF_UNSPEC)
+    end = _message(_BATCH_END, _NLM_F_REQUEST, seq + len(parts) + 1, family=socket.AF_UNSPEC)
+    return begin + b"".join(messages) + end, seqs
+
+
+def replies(data: bytes) -> Iterator[tuple[int, int]]:
+    """(sequence number, error number: 0 for success) of each acknowledgement in `data`."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        size, kind, _, seq, _ = _HEADER.unpack_from(data, offset)
+        if size < _HEADER.size:
+            return
+        if kind == _NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", data, offset + _HEADER.size)
+            yield seq, -code
+        offset += (size + 3) & ~3
+
+
+# --- the kernel (effects) ------------------------------------------------------------
+
+
+class Redirects:
+    """The supervisor's table, made at the first `apply`; gone at `close` or at exit."""
+
+    def __init__(self, table: str | None = None) -> None:
+        self.table = table or f"stackvisor-{os.getpid()}"
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def apply(self, rules: Mapping[int, int]) -> None:
+        """Redirect each public port of `rules` to its internal port, and no other."""
+        create = self._sock is None
+        if create:
+            self._sock = _open()
+        data, seqs = batch(self._next(), self.table, rules, create=create)
+        try:
+            self._talk(data, seqs)
+        except Unavailable:
+            if create:
+                self.close()
+            raise
+
+    def close(self) -> None:
+        """Delete the table (the kernel would on its own once the socket is closed)."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        try:
+            data, seqs = drop_table(self._next(), self.table)
+            self._talk(data, seqs, sock)
+        except Unavailable:
+            pass  # never made, or gone: closing the socket is all that is left
+        finally:
+            sock.close()
+
+    def _next(self) -> int:
+        self._seq += 100  # past every number the previous batch used
+        return self._seq
+
+    def _talk(self, data: bytes, seqs: list[int], sock: socket.socket | None = None) -> None:
+        sock = sock or self._sock
+        assert sock is not None
+        waiting = set(seqs)
+        try:
+            sock.send(data)
+            while waiting:
+                for seq, code in replies(sock.recv(65536)):
+                    if code and seq == seqs[0] - 1:  # the batch as a whole: not allowed
+                        raise Unavailable(_explain(code))
+                    if code and seq in waiting:
+                        raise Unavailable(_explain(code, self.table))
+                    waiting.discard(seq)
+        except OSError as exc:
+            raise Unavailable(f"netlink: {exc.strerror or exc}") from None
+
+
+def _open() -> socket.socket:
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+    except (OSError, AttributeError) as exc:
+        raise Unavailable(f"no netfilter netlink here ({getattr(exc, 'strerror', None) or exc})") from None
+    sock.settimeout(5.0)
+    try:
+        sock.bind((0, 0))
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"netlink: {exc.strerror}") from None
+    return sock
+
+
+def _explain(code: int, table: str = "") -> str:
+    """Why a batch (no `table`) or one of its messages was refused."""
+    if table and code in (errno.EEXIST, errno.EPERM):  # EPERM: another socket's table
+        return f"an nftables table named {table} is already there"
+    if code == errno.EPERM:
+        return "the kernel refused nftables changes (it takes CAP_NET_ADMIN)"
+    return f"nftables: {os.strerror(code)}"
