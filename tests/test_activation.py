@@ -331,3 +331,29 @@ def test_the_proxy_polls_a_starting_service_at_a_tenth_of_the_wait() -> None:
         waited += retry_after(waited)
         attempts += 1
     assert attempts < 1600
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_reload_that_moves_or_removes_a_proxied_service_leaves_nothing_on_its_old_port(
+    tmp_path: Path, detached: Any
+) -> None:
+    """Started at `up` (not by a reload): its watcher goes when an edit moves or removes it."""
+    old, new = free_ports(2)
+    proxied(tmp_path, old)
+    assert detached(tmp_path).returncode == 0
+    first = ask_pid(old)
+    stack = tmp_path / "services.yaml"
+    stack.write_text(stack.read_text().replace(f"port: {old}", f"port: {new}"))
+    wait_for(lambda: service(tmp_path)["port"] == new, timeout=15)
+    wait_for(lambda: refused(old))
+    assert ask_pid(new) != first
+    stack.write_text("services:\n  other: {command: \"python3 -c 'import time; time.sleep(300)'\"}\n")
+    wait_for(lambda: refused(new), timeout=15)
+    assert refused(old)

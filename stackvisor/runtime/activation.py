@@ -268,9 +268,13 @@ class Activating:
         activation.heartbeat()
         return activation.deadlines()["lease_left"]
 
-    def _activations(self) -> list[Activation]:
-        """One per selected service started on demand, proxied, stopped when idle or held by a lease."""
-        return [a for name in sorted(self.selection) if (a := self._activation(name)) is not None]
+    def start_activations(self, tg: asyncio.TaskGroup) -> None:
+        """One per selected service started on demand, proxied, stopped when idle or held
+        by a lease; kept by service with those a reload adds, as a reload may end any."""
+        for name in sorted(self.selection):
+            activation = self._activation(name)
+            if activation is not None:
+                self._activation_tasks[name] = tg.create_task(activation.run(), name=f"activation:{name}")
 
     def _activation(self, name: str) -> Activation | None:
         config = self.runners[name].config

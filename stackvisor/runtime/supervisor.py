@@ -116,7 +116,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
         self.selection: set[str] = set(config.services)
         self.tg: asyncio.TaskGroup | None = None
         self.activations: dict[str, Activation] = {}  # on demand, idle_stop, lease (see activation)
-        self._activation_tasks: dict[str, asyncio.Task[None]] = {}  # those a reload added
+        self._activation_tasks: dict[str, asyncio.Task[None]] = {}  # by service: a reload ends some
         self._kept_proxies = {}
         self.schedules: dict[str, Scheduler] = {}  # services with `schedule` (see scheduling)
         self._stop_requested = asyncio.Event()
@@ -193,7 +193,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
                     if name in self.selection and self.started_by_up(name):
                         self.runners[name].start(tg)
                 watchers: list[asyncio.Task[None]] = [tg.create_task(c(self)) for c in companions]
-                watchers += [tg.create_task(a.run()) for a in self._activations()]
+                self.start_activations(tg)
                 self.start_schedules(tg)  # they end when the stack stops
                 if until_done:
                     watchers.append(tg.create_task(self._stop_when_done()))
@@ -206,7 +206,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
                     tg.create_task(follow(selected, self.bus, self.restart_services, self.logger))
                 )
                 await self._stop_requested.wait()
-                for watcher in [*watchers, *self._activation_tasks.values()]:  # and those reloads added
+                for watcher in [*watchers, *self._activation_tasks.values()]:
                     watcher.cancel()
                 await self.shutdown()
         finally:
