@@ -5,6 +5,8 @@ peer, through the relay the supervisor's."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from stackvisor.ports.closes import closed_ports
 from stackvisor.runtime.forwarding import Forwarding, listens, poll_after
 from stackvisor.system import nftables
 from tests.conftest import alive, client, free_ports, save, wait_for, write_stack
@@ -27,9 +30,9 @@ from tests.conftest import alive, client, free_ports, save, wait_for, write_stac
 
 def _kernel_redirects() -> str:
     """Why this machine's kernel will not redirect for us ("" when it will)."""
-    table = nftables.Redirects(f"stackvisor-probe-{os.getpid()}")
+    table = nftables.Redirects()
     try:
-        table.apply({})
+        table.set(1, 2)
     except nftables.Unavailable as exc:
         return str(exc)
     finally:
@@ -63,6 +66,14 @@ class Server:
         self.sock.close()
 
 
+class Log:
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def info(self, message: str, **fields: Any) -> None:
+        self.said.append(f"{message}: {fields['reason']}")
+
+
 @pytest.fixture
 def server() -> Iterator[Server]:
     srv = Server()
@@ -87,10 +98,10 @@ def test_a_redirect_sends_new_connections_to_the_other_port_until_it_is_taken_ba
     port = public.getsockname()[1]
     table = nftables.Redirects(f"stackvisor-test-{os.getpid()}")
     try:
-        table.apply({port: server.port})
+        table.set(port, server.port)
         who, peer, ours = answer(port)
         assert (who, peer) == (server.port, ours)  # the server itself, the client's own socket
-        table.apply({})
+        table.unset(port)
         with socket.create_connection(("127.0.0.1", port), timeout=10):
             conn, _ = public.accept()  # back at our listener
             conn.close()
@@ -109,8 +120,8 @@ def test_the_table_goes_with_the_process_that_made_it_even_killed(tmp_path: Path
             import sys, time
             sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
             from stackvisor.system import nftables
-            table = nftables.Redirects("stackvisor-killed-{os.getpid()}")
-            table.apply({{{port}: {server.port}}})
+            table = nftables.Redirects()
+            table.set({port}, {server.port})
             print("on", flush=True)
             time.sleep(300)
             """
@@ -142,9 +153,9 @@ def test_a_table_of_the_same_name_is_never_taken_over(server: Server) -> None:
     planted, ours = nftables.Redirects(name), nftables.Redirects(name)
     (port,) = free_ports(1)
     try:
-        planted.apply({port: server.port})
+        planted.set(port, server.port)
         with pytest.raises(nftables.Unavailable, match="already there"):
-            ours.apply({})
+            ours.set(port, server.port + 1)
         assert answer(port)[0] == server.port  # the planted rule is untouched
     finally:
         planted.close()
@@ -155,44 +166,50 @@ def test_a_table_of_the_same_name_is_never_taken_over(server: Server) -> None:
 def test_another_user_is_told_the_kernel_refused(open_tmp: Path) -> None:
     shutil.copy(nftables.__file__, open_tmp / "nft.py")  # it needs nothing but the standard library
     (open_tmp / "nft.py").chmod(0o644)
-    probe = "import nft\ntry: nft.Redirects().apply({1: 2})\nexcept nft.Unavailable as e: print(e)"
+    probe = "import nft\ntry: nft.Redirects().set(1, 2)\nexcept nft.Unavailable as e: print(e)"
     done = subprocess.run(["runuser", "-u", "nobody", "--", NOBODY_PYTHON, "-c", probe],
                           cwd=open_tmp, capture_output=True, text=True, timeout=30)  # fmt: skip
     assert done.stdout == "the kernel refused nftables changes (it takes CAP_NET_ADMIN)\n", done.stderr
 
 
+# Run as root without CAP_NET_ADMIN (a container's root, say): asks the kernel twice.
+WITHOUT_NET_ADMIN = """
+import asyncio, socket, sys
+sys.path.insert(0, sys.argv[1])
+from stackvisor.ports.closes import closed_ports
+from stackvisor.runtime.forwarding import Forwarding
 class Log:
-    def __init__(self) -> None:
-        self.said: list[str] = []
+    def info(self, message, **fields):
+        print("logged:", fields["reason"])
+async def main():
+    forwarding = Forwarding(lambda: True, Log())
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        internal = server.getsockname()[1]
+        print(forwarding.forward(internal + 1, internal, lambda: None), forwarding.via(internal + 1))
+        print(forwarding.forward(internal + 2, internal, lambda: None))
+asyncio.run(main())
+"""
 
-    def info(self, message: str, **fields: Any) -> None:
-        self.said.append(f"{message}: {fields['reason']}")
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_where_the_kernel_refuses_the_relay_carries_everything_said_once() -> None:
+    drop = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", "--"]
+    repo = str(Path(__file__).parent.parent)
+    done = subprocess.run([*drop, sys.executable, "-c", WITHOUT_NET_ADMIN, repo],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("logged: ") and "CAP_NET_ADMIN" in lines[0], lines
+    assert lines[1:] == ["False relay", "False"]  # said once; not asked again
 
 
 @needs_nftables
-def test_where_the_kernel_refuses_the_relay_carries_everything_said_once(server: Server) -> None:
-    planted = nftables.Redirects(f"stackvisor-{os.getpid()}")  # the name ours would take
-    (port,) = free_ports(1)
-    try:
-        planted.apply({})
-        log = Log()
-        forwarding = Forwarding(lambda: True, log)
-        assert not forwarding.forward(port, server.port) and forwarding.via(port) == "relay"
-        assert not forwarding.forward(port + 1, server.port)
-        assert log.said == [
-            f"proxied connections are relayed by the supervisor: an nftables table named"
-            f" stackvisor-{os.getpid()} is already there"
-        ]
-    finally:
-        planted.close()
-
-
-@needs_nftables
-def test_the_table_is_there_while_a_rule_is(server: Server) -> None:
+async def test_the_table_and_the_watch_are_there_while_a_rule_is(server: Server) -> None:
     forwarding = Forwarding(lambda: True, Log())
     (first, second) = free_ports(2)
     try:
-        assert forwarding.forward(first, server.port) and forwarding.forward(second, server.port)
+        assert forwarding.forward(first, server.port, lambda: None)
+        assert forwarding.forward(second, server.port, lambda: None)
         assert answer(first)[0] == answer(second)[0] == server.port
         forwarding.stop(first)
         assert forwarding.via(first) == "relay" and forwarding.via(second) == "kernel"
@@ -200,33 +217,73 @@ def test_the_table_is_there_while_a_rule_is(server: Server) -> None:
             answer(first)
         assert answer(second)[0] == server.port
         forwarding.stop(second)
-        # The last rule took the table along: the name is free again.
-        again = nftables.Redirects(f"stackvisor-{os.getpid()}")
-        again.apply({})
-        again.close()
+        assert forwarding._redirects is None and forwarding._closes is None
     finally:
         forwarding.stop(first)
         forwarding.stop(second)
 
 
+@needs_nftables
+async def test_a_redirect_goes_as_its_listener_goes_even_by_a_kill(tmp_path: Path) -> None:
+    """A process killed from outside (or a reloader's server started anew): the redirect
+    goes with its listener, before anyone is told the process exited."""
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import socket, time; s = socket.create_server(('127.0.0.1', 0));"
+        " print(s.getsockname()[1], flush=True); time.sleep(300)",
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    forwarding = Forwarding(lambda: True, Log())
+    (public,) = free_ports(1)
+    lost = asyncio.Event()
+    try:
+        assert listener.stdout is not None
+        internal = int(await listener.stdout.readline())
+        assert forwarding.forward(public, internal, lost.set)
+        listener.kill()
+        await asyncio.wait_for(lost.wait(), 10)
+        assert forwarding.via(public) == "relay" and forwarding.rules == {}
+        with pytest.raises(ConnectionRefusedError):  # nobody listens on the public port here
+            answer(public)
+        # One that is not listening by the time the redirect is on is not redirected to.
+        assert not forwarding.forward(public, internal, lost.set)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            listener.kill()
+        await listener.wait()
+        forwarding.stop(public)
+
+
 def test_the_messages_frame_a_batch_the_kernel_answers_per_message() -> None:
-    data, seqs = nftables.batch(100, "t", {8080: 8081, 8000: 8001}, create=True)
-    # begin, table, chain, flush, two rules, end: each with its own number
-    assert seqs == [101, 102, 103, 104, 105]
-    assert nftables.batch(100, "t", {}, create=False)[1] == [101]  # the flush alone
+    data, seqs = nftables.setting(100, "t", 8080, 8081, create=True)
+    assert seqs == [101, 102, 103, 104]  # table, chain, its flush, its rule; begin and end around
+    assert nftables.setting(100, "t", 8080, 8081, create=False)[1] == [101, 102, 103]
+    assert nftables.unsetting(100, "t", 8080)[1] == [101, 102]
     sizes, offset = [], 0
     while offset < len(data):
         size = int.from_bytes(data[offset : offset + 4], sys.byteorder)
         sizes.append(size)
         offset += size
-    assert offset == len(data) and len(sizes) == 7
+    assert offset == len(data) and len(sizes) == 6
     assert data.count((8080).to_bytes(2, "big")) == 1 and data.count((8081).to_bytes(2, "big")) == 1
+    assert data.count(b"port-8080\0") == 3  # the chain made, emptied, given the rule
     error = (36).to_bytes(4, sys.byteorder) + (2).to_bytes(2, sys.byteorder) + b"\0\0"
     ack = error + (7).to_bytes(4, sys.byteorder) + b"\0" * 4 + (0).to_bytes(4, sys.byteorder, signed=True)
     refused = (
         error + (8).to_bytes(4, sys.byteorder) + b"\0" * 4 + (-1).to_bytes(4, sys.byteorder, signed=True)
     )
     assert list(nftables.replies(ack + b"\0" * 16 + refused + b"\0" * 16)) == [(7, 0), (8, 1)]
+
+
+def test_a_destroyed_socket_without_a_peer_is_a_closed_listener() -> None:
+    def message(local: int, peer: int, kind: int = 20) -> bytes:
+        body = bytes([2, 7, 0, 0]) + local.to_bytes(2, "big") + peer.to_bytes(2, "big") + b"\0" * 64
+        return (
+            (16 + len(body)).to_bytes(4, sys.byteorder) + kind.to_bytes(2, sys.byteorder) + b"\0" * 10 + body
+        )
+
+    data = message(8081, 0) + message(8081, 45000) + message(9000, 0, kind=3) + message(9001, 0)
+    assert closed_ports(data) == {8081, 9001}
+    assert closed_ports(data[:30]) == set()  # a cut message is not read
 
 
 def test_a_listener_is_looked_for_often_at_first_then_less() -> None:
@@ -356,3 +413,41 @@ def test_proxy_forwarding_set_by_a_reload_applies_at_once(tmp_path: Path, detach
     wait_for(lambda: status(tmp_path)["forwarding"] == "kernel")
     who, peer, ours = answer(port)
     assert (who, peer) == (pid, ours)
+
+
+# A development server's reloader: it runs on while its server is started anew (SIGUSR1).
+RELOADER = """
+import signal, subprocess, sys, time
+server = subprocess.Popen([sys.executable, "peers.py"])
+def again(*_):
+    global server
+    server.kill()
+    server.wait()
+    time.sleep(1.0)
+    server = subprocess.Popen([sys.executable, "peers.py"])
+signal.signal(signal.SIGUSR1, again)
+while True:
+    signal.pause()
+"""
+
+
+@needs_nftables
+def test_a_server_started_anew_under_a_running_service_is_waited_for_not_refused(
+    tmp_path: Path, detached: Any
+) -> None:
+    (port,) = free_ports(1)
+    peers_stack(tmp_path, port)
+    (tmp_path / "reloader.py").write_text(RELOADER)
+    stack = tmp_path / "services.yaml"
+    stack.write_text(stack.read_text().replace("python3 peers.py", "python3 reloader.py"))
+    assert detached(tmp_path).returncode == 0
+    first = answer(port)[0]
+    wait_for(lambda: status(tmp_path)["forwarding"] == "kernel")
+    os.kill(status(tmp_path)["pid"], signal.SIGUSR1)
+    wait_for(lambda: status(tmp_path)["forwarding"] == "relay")  # its listener went
+    assert status(tmp_path)["state"] == "running"
+    served = [answer(port) for _ in range(5)]  # held by the relay until the new server listens
+    assert {who for who, _, _ in served} - {first} and all(peer != ours for _, peer, ours in served)
+    wait_for(lambda: status(tmp_path)["forwarding"] == "kernel")
+    who, peer, ours = answer(port)
+    assert who != first and peer == ours

@@ -10,10 +10,14 @@ takes over once it is safe and hands back the moment it is not:
   unhealthy, idle), synchronously with the change, before the process is even signalled.
   A connection that comes next reaches the listener again, waits there for the service
   as one during a start does, and is relayed;
+- off as its listener goes, even while the service runs on (a development server's
+  reloader that starts its server anew; a process killed from outside, before the
+  supervisor learns it exited): the kernel tells the supervisor within a millisecond or
+  two (`ports.closes`), and the redirect comes back once a listener is there again;
 - everywhere: when the kernel refuses (no CAP_NET_ADMIN, no nf_tables), said once in the
   supervisor's log, or with `settings.proxy_forwarding: relay`.
-Connections already open keep their way, whichever path is on. The table exists while a
-rule does: it is made with the first and deleted with the last.
+Connections already open keep their way, whichever path is on. The table and the watch
+exist while a rule does: made with the first, deleted with the last.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stackvisor.ports import tables
+from stackvisor.ports.closes import ListenerCloses
 from stackvisor.runtime.events import Event, EventBus, EventKind
 from stackvisor.system.nftables import Redirects, Unavailable
 
@@ -44,7 +49,8 @@ def poll_after(waited: float) -> float:
 
 
 class Forwarding:
-    """The supervisor's redirects, public port -> internal port, applied whole."""
+    """The supervisor's redirects, public port -> internal port, and the watch on the
+    internal ports' listeners that takes a redirect back the moment its listener goes."""
 
     def __init__(self, wanted: Callable[[], bool], logger: Any) -> None:
         self.wanted = wanted  # settings.proxy_forwarding is not `relay`
@@ -52,39 +58,99 @@ class Forwarding:
         self.unavailable = ""  # why the kernel will not, once it said so
         self._logger = logger
         self._redirects: Redirects | None = None
+        self._closes: ListenerCloses | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lost: dict[int, Callable[[], None]] = {}
 
     def via(self, public: int) -> str:
         return "kernel" if public in self.rules else "relay"
 
-    def forward(self, public: int, internal: int) -> bool:
+    def forward(self, public: int, internal: int, lost: Callable[[], None]) -> bool:
+        """New connections to `public` go to `internal` from now on, until `stop`, or until
+        the listener on `internal` goes: then the redirect goes first and `lost` is called."""
         if self.unavailable or not self.wanted():
             return False
-        return self._apply({**self.rules, public: internal})
+        try:
+            self._watch()
+            self._redirects = self._redirects or Redirects()
+            self._redirects.set(public, internal)
+        except (Unavailable, OSError) as exc:
+            self._give_up(getattr(exc, "strerror", None) or str(exc))
+            return False
+        self.rules[public], self._lost[public] = internal, lost
+        if not listens(internal):  # it went between the look and the watch: the watch missed it
+            self._gone(public)
+        return public in self.rules
 
     def stop(self, public: int) -> None:
-        if public in self.rules:
-            self._apply({p: i for p, i in self.rules.items() if p != public})
-
-    def _apply(self, rules: dict[int, int]) -> bool:
+        if public not in self.rules:
+            return
+        del self.rules[public]
+        self._lost.pop(public, None)
         try:
-            if rules:
-                self._redirects = self._redirects or Redirects()
-                self._redirects.apply(rules)
+            if self.rules and self._redirects is not None:
+                self._redirects.unset(public)
             else:
-                self._drop_table()
+                self._close()
         except Unavailable as exc:
-            self.unavailable = str(exc)
-            self._logger.info("proxied connections are relayed by the supervisor", reason=str(exc))
-            self._drop_table()  # a rule left on would be worse than none
-            self.rules = {}
-            return False
-        self.rules = rules
-        return True
+            self._give_up(str(exc))
 
-    def _drop_table(self) -> None:
-        if self._redirects is not None:
-            self._redirects.close()
-            self._redirects = None
+    def _gone(self, public: int) -> None:
+        lost = self._lost.get(public)
+        self.stop(public)
+        if lost is not None:
+            lost()
+
+    def _closed(self) -> None:
+        """The kernel says peerless sockets went (on the event loop, as it says so)."""
+        assert self._closes is not None
+        try:
+            ports = self._closes.read()
+        except OSError as exc:
+            self._give_up(f"watching listeners: {exc.strerror}")
+            return
+        for public, internal in list(self.rules.items()):
+            if ports is None or internal in ports:  # None: messages were lost, any may have gone
+                self._gone(public)
+
+    def _watch(self) -> None:
+        if self._closes is None:
+            self._closes = ListenerCloses()
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._closes.fileno(), self._closed)
+
+    def _close(self) -> None:
+        """No rule left: the table and the watch go."""
+        redirects, self._redirects = self._redirects, None
+        closes, self._closes = self._closes, None
+        try:
+            if redirects is not None:
+                redirects.close()
+        finally:
+            if closes is not None:
+                if self._loop is not None and not self._loop.is_closed():
+                    self._loop.remove_reader(closes.fileno())
+                closes.close()
+
+    def _give_up(self, reason: str) -> None:
+        """The kernel refused: the relay carries everything from now on."""
+        self.unavailable = reason
+        self._logger.info("proxied connections are relayed by the supervisor", reason=reason)
+        lost = list(self._lost.values())
+        self.rules.clear()
+        self._lost.clear()
+        self._close()  # a rule left on would be worse than none
+        for call in lost:
+            call()
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 class KernelPath:
@@ -112,15 +178,18 @@ class KernelPath:
             while True:
                 await self.bus.wait_until(lambda: self.serving() is not None and forwarding.wanted())
                 port = self.serving()
-                if port is not None and await self._listening(port):
-                    forwarding.forward(self.public, port)
-                await self.bus.wait_until(functools.partial(self._over, port))
+                if port is None:
+                    continue
+                lost = asyncio.Event()  # its listener went: look for one again
+                on = await self._listening(port) and forwarding.forward(self.public, port, lost.set)
+                over = self.bus.wait_until(functools.partial(self._over, port))
+                await (_first(over, lost.wait()) if on else over)
                 forwarding.stop(self.public)
         finally:
             unhook()
             forwarding.stop(self.public)
 
-    def _over(self, port: int | None) -> bool:
+    def _over(self, port: int) -> bool:
         return self.serving() != port or not self.forwarding.wanted()
 
     def _moved(self, event: Event) -> None:

@@ -1,16 +1,19 @@
 """Connections to one local port sent to another by the kernel: nftables redirects, for
 `socket: proxy` while its service serves (see `runtime.forwarding`).
 
-One table per supervisor, `stackvisor-PID`, made with the owner flag: nobody else may
+One table per supervisor, `stackvisor-PID-XXXXXX`, made with the owner flag: nobody else may
 change or delete it (`nft flush ruleset` leaves it), and the kernel deletes it when the
 netlink socket that made it closes, that is when the supervisor's process ends, however
-it ends (a SIGKILL leaves no rule behind). Its one chain sees locally made IPv4
-connections at the NAT stage of the output hook, and holds one rule per port:
+it ends (a SIGKILL leaves no rule behind). It holds a chain per public port, `port-N`,
+that sees locally made IPv4 connections at the NAT stage of the output hook, with one
+rule:
 
     ip daddr 127.0.0.1 tcp dport PUBLIC redirect to :INTERNAL
 
-Only new connections are redirected; one already open keeps its way. `apply` replaces
-every rule of the chain in one batch, which the kernel applies whole or not at all.
+Only new connections are redirected; one already open keeps its way. Setting or
+unsetting one port is one small batch, which the kernel applies whole or not at all
+(NAT chains see only a connection's first packet, so a chain per port costs nothing
+per byte).
 
 The messages are netlink (nfnetlink) spoken directly, so no `nft` program is needed;
 they are built by pure functions. Anything refused (no CAP_NET_ADMIN, no nf_tables in
@@ -21,9 +24,10 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import socket
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 _NETLINK_NETFILTER = 12
 _NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE, _NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
@@ -33,7 +37,7 @@ _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
 
 _SUBSYS = 10  # NFNL_SUBSYS_NFTABLES
 _BATCH_BEGIN, _BATCH_END = 16, 17
-_NEWTABLE, _DELTABLE, _NEWCHAIN, _NEWRULE, _DELRULE = 0, 2, 3, 6, 8
+_NEWTABLE, _DELTABLE, _NEWCHAIN, _DELCHAIN, _NEWRULE, _DELRULE = 0, 2, 3, 5, 6, 8
 _IPV4 = 2  # NFPROTO_IPV4
 _TABLE_NAME, _TABLE_FLAGS, _TABLE_F_OWNER = 1, 2, 0x2
 _CHAIN_TABLE, _CHAIN_NAME, _CHAIN_HOOK, _CHAIN_TYPE = 1, 3, 4, 7
@@ -51,7 +55,6 @@ _META_KEY, _META_L4PROTO = 2, 16
 _IMMEDIATE_DATA = 2
 _REDIR_REG_PROTO_MIN = 1
 
-CHAIN = "forward"
 _LOOPBACK = socket.inet_aton("127.0.0.1")
 
 
@@ -119,31 +122,37 @@ def redirect(public: int, internal: int) -> bytes:
     )
 
 
-def batch(seq: int, table: str, rules: Mapping[int, int], *, create: bool) -> tuple[bytes, list[int]]:
-    """One transaction: (with `create`, the table and its chain,) the chain emptied, a
-    rule per public port. Its bytes, and the sequence numbers the kernel acknowledges."""
+def chain_of(public: int) -> str:
+    return f"port-{public}"
+
+
+def setting(seq: int, table: str, public: int, internal: int, *, create: bool) -> tuple[bytes, list[int]]:
+    """One transaction: (with `create`, the table,) the public port's chain, emptied, and
+    its one rule. Its bytes, and the sequence numbers the kernel acknowledges."""
     ack = _NLM_F_REQUEST | _NLM_F_ACK
-    names = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, CHAIN)
+    chain = chain_of(public)
+    hook = _nest(_CHAIN_HOOK, _u32(_HOOK_NUM, _LOCAL_OUT), _u32(_HOOK_PRIORITY, _NAT_PRIORITY))
+    names = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, chain)
     parts: list[tuple[int, int, bytes]] = []
     if create:
-        hook = _nest(_CHAIN_HOOK, _u32(_HOOK_NUM, _LOCAL_OUT), _u32(_HOOK_PRIORITY, _NAT_PRIORITY))
-        parts += [
-            (
-                _NEWTABLE,
-                ack | _NLM_F_CREATE | _NLM_F_EXCL,
-                _text(_TABLE_NAME, table) + _u32(_TABLE_FLAGS, _TABLE_F_OWNER),
-            ),
-            (
-                _NEWCHAIN,
-                ack | _NLM_F_CREATE,
-                _text(_CHAIN_TABLE, table) + _text(_CHAIN_NAME, CHAIN) + hook + _text(_CHAIN_TYPE, "nat"),
-            ),
-        ]
-    parts.append((_DELRULE, ack, names))  # no handle: every rule of the chain
-    for public, internal in sorted(rules.items()):
-        expressions = _nest(_RULE_EXPRESSIONS, redirect(public, internal))
-        parts.append((_NEWRULE, ack | _NLM_F_CREATE | _NLM_F_APPEND, names + expressions))
+        table_attrs = _text(_TABLE_NAME, table) + _u32(_TABLE_FLAGS, _TABLE_F_OWNER)
+        parts.append((_NEWTABLE, ack | _NLM_F_CREATE | _NLM_F_EXCL, table_attrs))
+    chain_attrs = _text(_CHAIN_TABLE, table) + _text(_CHAIN_NAME, chain) + hook + _text(_CHAIN_TYPE, "nat")
+    expressions = _nest(_RULE_EXPRESSIONS, redirect(public, internal))
+    parts += [
+        (_NEWCHAIN, ack | _NLM_F_CREATE, chain_attrs),
+        (_DELRULE, ack, names),  # no handle: every rule of the chain (one, from before)
+        (_NEWRULE, ack | _NLM_F_CREATE | _NLM_F_APPEND, names + expressions),
+    ]
     return _framed(seq, parts)
+
+
+def unsetting(seq: int, table: str, public: int) -> tuple[bytes, list[int]]:
+    """One transaction: the public port's chain emptied and deleted."""
+    ack = _NLM_F_REQUEST | _NLM_F_ACK
+    rules = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, chain_of(public))
+    chain = _text(_CHAIN_TABLE, table) + _text(_CHAIN_NAME, chain_of(public))
+    return _framed(seq, [(_DELRULE, ack, rules), (_DELCHAIN, ack, chain)])
 
 
 def drop_table(seq: int, table: str) -> tuple[bytes, list[int]]:
@@ -178,25 +187,31 @@ def replies(data: bytes) -> Iterator[tuple[int, int]]:
 
 
 class Redirects:
-    """The supervisor's table, made at the first `apply`; gone at `close` or at exit."""
+    """The supervisor's table, made at the first `set`; gone at `close` or at exit."""
 
     def __init__(self, table: str | None = None) -> None:
-        self.table = table or f"stackvisor-{os.getpid()}"
+        # The pid says whose; the rest keeps two supervisors of one network namespace
+        # apart when they are in different pid namespaces (both pid 1, say).
+        self.table = table or f"stackvisor-{os.getpid()}-{secrets.token_hex(3)}"
         self._sock: socket.socket | None = None
         self._seq = 0
 
-    def apply(self, rules: Mapping[int, int]) -> None:
-        """Redirect each public port of `rules` to its internal port, and no other."""
+    def set(self, public: int, internal: int) -> None:
+        """New connections to 127.0.0.1:`public` go to `internal` from now on."""
         create = self._sock is None
         if create:
             self._sock = _open()
-        data, seqs = batch(self._next(), self.table, rules, create=create)
         try:
-            self._talk(data, seqs)
+            self._talk(*setting(self._next(), self.table, public, internal, create=create))
         except Unavailable:
             if create:
                 self.close()
             raise
+
+    def unset(self, public: int) -> None:
+        """New connections to `public` go where they are addressed again."""
+        if self._sock is not None:
+            self._talk(*unsetting(self._next(), self.table, public))
 
     def close(self) -> None:
         """Delete the table (the kernel would on its own once the socket is closed)."""
@@ -204,8 +219,7 @@ class Redirects:
         if sock is None:
             return
         try:
-            data, seqs = drop_table(self._next(), self.table)
-            self._talk(data, seqs, sock)
+            self._talk(*drop_table(self._next(), self.table), sock=sock)
         except Unavailable:
             pass  # never made, or gone: closing the socket is all that is left
         finally:
@@ -215,7 +229,7 @@ class Redirects:
         self._seq += 100  # past every number the previous batch used
         return self._seq
 
-    def _talk(self, data: bytes, seqs: list[int], sock: socket.socket | None = None) -> None:
+    def _talk(self, data: bytes, seqs: list[int], *, sock: socket.socket | None = None) -> None:
         sock = sock or self._sock
         assert sock is not None
         waiting = set(seqs)
