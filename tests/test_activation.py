@@ -3,6 +3,7 @@ real servers on inherited sockets, real connections. The stop decision (`due`) i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from stackvisor.errors import ApiError
 from stackvisor.runtime.activation import Watch, due
-from stackvisor.runtime.proxy import retry_after
+from stackvisor.runtime.proxy import Proxy, retry_after
 from tests.conftest import alive, cli, client, free_ports, wait_for, write_stack
 
 # Answers each connection with its pid, on the socket it inherits (fd 3).
@@ -357,3 +358,40 @@ def test_a_reload_that_moves_or_removes_a_proxied_service_leaves_nothing_on_its_
     stack.write_text("services:\n  other: {command: \"python3 -c 'import time; time.sleep(300)'\"}\n")
     wait_for(lambda: refused(new), timeout=15)
     assert refused(old)
+
+
+async def test_a_relayed_connection_follows_the_service_to_its_next_port() -> None:
+    """A connection that came as the service died (its listener gone, the exit not yet
+    known) waits for the next start, on its new internal port, not for the old one."""
+    dead, served = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    where = {"port": dead.getsockname()[1]}
+    dead.close()  # nothing listens there any more
+    ready = asyncio.Event()
+    asked = []
+
+    async def up() -> int:
+        asked.append(where["port"])
+        if len(asked) > 1:  # the first time: the port it had when the connection came
+            await ready.wait()
+        return where["port"]
+
+    proxy = Proxy(socket.create_server(("127.0.0.1", 0)), up=up, serves=lambda port: port == where["port"])
+    proxy.start()
+    loop = asyncio.get_running_loop()
+    try:
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, proxy.sock.getsockname())
+        await asyncio.sleep(0.05)  # it tries the old port meanwhile
+        where["port"] = served.getsockname()[1]  # restarted there
+        ready.set()
+        served.setblocking(False)
+        conn, _ = await asyncio.wait_for(loop.sock_accept(served), 5)
+        await loop.sock_sendall(conn, b"new")
+        assert await asyncio.wait_for(loop.sock_recv(client, 3), 5) == b"new"
+        assert len(asked) == 2
+        conn.close()
+        client.close()
+    finally:
+        proxy.close()
+        served.close()

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from stackvisor.ports.closes import closed_ports
+from stackvisor.ports.closes import ListenerCloses, closed_ports
+from stackvisor.ports.closes import program as closes_program
 from stackvisor.runtime.forwarding import Forwarding, listens, poll_after
 from stackvisor.system import nftables
 from tests.conftest import alive, client, free_ports, save, wait_for, write_stack
@@ -176,7 +177,8 @@ def test_another_user_is_told_the_kernel_refused(open_tmp: Path) -> None:
 WITHOUT_NET_ADMIN = """
 import asyncio, socket, sys
 sys.path.insert(0, sys.argv[1])
-from stackvisor.ports.closes import closed_ports
+from stackvisor.ports.closes import ListenerCloses, closed_ports
+from stackvisor.ports.closes import program as closes_program
 from stackvisor.runtime.forwarding import Forwarding
 class Log:
     def info(self, message, **fields):
@@ -204,7 +206,7 @@ def test_where_the_kernel_refuses_the_relay_carries_everything_said_once() -> No
 
 
 @needs_nftables
-async def test_the_table_and_the_watch_are_there_while_a_rule_is(server: Server) -> None:
+async def test_the_watch_is_there_while_a_rule_is_and_the_table_until_the_end(server: Server) -> None:
     forwarding = Forwarding(lambda: True, Log())
     (first, second) = free_ports(2)
     try:
@@ -217,7 +219,10 @@ async def test_the_table_and_the_watch_are_there_while_a_rule_is(server: Server)
             answer(first)
         assert answer(second)[0] == server.port
         forwarding.stop(second)
-        assert forwarding._redirects is None and forwarding._closes is None
+        # No rule, no watch; the table stays until the stack is down.
+        assert forwarding._closes is None and forwarding._redirects is not None
+        forwarding.close()
+        assert forwarding._redirects is None
     finally:
         forwarding.stop(first)
         forwarding.stop(second)
@@ -255,23 +260,63 @@ async def test_a_redirect_goes_as_its_listener_goes_even_by_a_kill(tmp_path: Pat
 
 def test_the_messages_frame_a_batch_the_kernel_answers_per_message() -> None:
     data, seqs = nftables.setting(100, "t", 8080, 8081, create=True)
-    assert seqs == [101, 102, 103, 104]  # table, chain, its flush, its rule; begin and end around
-    assert nftables.setting(100, "t", 8080, 8081, create=False)[1] == [101, 102, 103]
-    assert nftables.unsetting(100, "t", 8080)[1] == [101, 102]
+    assert seqs == [101, 102, 103]  # table, chain, rule; begin and end around them
+    assert nftables.setting(100, "t", 8080, 8081, create=False)[1] == [101]
+    assert nftables.setting(100, "t", 8080, 8081, create=False, replacing=7)[1] == [101, 102]
+    assert nftables.unsetting(100, "t", 7)[1] == [101]
     sizes, offset = [], 0
     while offset < len(data):
         size = int.from_bytes(data[offset : offset + 4], sys.byteorder)
         sizes.append(size)
         offset += size
-    assert offset == len(data) and len(sizes) == 6
+    assert offset == len(data) and len(sizes) == 5
     assert data.count((8080).to_bytes(2, "big")) == 1 and data.count((8081).to_bytes(2, "big")) == 1
-    assert data.count(b"port-8080\0") == 3  # the chain made, emptied, given the rule
-    error = (36).to_bytes(4, sys.byteorder) + (2).to_bytes(2, sys.byteorder) + b"\0\0"
-    ack = error + (7).to_bytes(4, sys.byteorder) + b"\0" * 4 + (0).to_bytes(4, sys.byteorder, signed=True)
-    refused = (
-        error + (8).to_bytes(4, sys.byteorder) + b"\0" * 4 + (-1).to_bytes(4, sys.byteorder, signed=True)
-    )
-    assert list(nftables.replies(ack + b"\0" * 16 + refused + b"\0" * 16)) == [(7, 0), (8, 1)]
+    assert data.count(b"redirects\0") == 2  # the chain made, given the rule
+
+    def message(kind: int, seq: int, body: bytes) -> bytes:
+        head = (16 + len(body)).to_bytes(4, sys.byteorder) + kind.to_bytes(2, sys.byteorder) + b"\0\0"
+        return head + seq.to_bytes(4, sys.byteorder) + b"\0" * 4 + body
+
+    def error(seq: int, code: int) -> bytes:
+        return message(2, seq, code.to_bytes(4, sys.byteorder, signed=True) + b"\0" * 16)
+
+    handle = (12).to_bytes(2, sys.byteorder) + (3).to_bytes(2, sys.byteorder) + (77).to_bytes(8, "big")
+    echoed = message(10 << 8 | 6, 9, b"\2\0\0\0" + handle)
+    answered = error(7, 0) + echoed + error(8, -1)
+    assert list(nftables.replies(answered)) == [(7, 0, None), (9, 0, 77), (8, 1, None)]
+    assert list(nftables.replies(answered[:-4])) == [(7, 0, None), (9, 0, 77)]  # a cut one is not read
+
+
+def test_the_listener_filter_lists_the_ports_while_they_fit() -> None:
+    assert len(nothing := closes_program(set())) == 5 * 8  # no port: nothing through
+    assert len(closes_program({80, 443})) == (5 + 4) * 8
+    assert len(closes_program(set(range(1, 3000)))) == 7 * 8  # too many: any bound port
+    assert nothing != closes_program(set(range(1, 3000)))
+
+
+async def test_only_the_watched_ports_listeners_are_told_of() -> None:
+    try:
+        closes = ListenerCloses()
+    except OSError as exc:
+        pytest.skip(f"no sock_diag destroy groups here: {exc}")
+    watched, other = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    port = watched.getsockname()[1]
+    try:
+        closes.watch({port})
+        other.close()
+        watched.close()
+        loop = asyncio.get_running_loop()
+        told = asyncio.Event()
+        loop.add_reader(closes.fileno(), told.set)
+        try:
+            await asyncio.wait_for(told.wait(), 10)
+        finally:
+            loop.remove_reader(closes.fileno())
+        assert closes.read() == {port}
+    finally:
+        watched.close()
+        other.close()
+        closes.close()
 
 
 def test_a_destroyed_socket_without_a_peer_is_a_closed_listener() -> None:

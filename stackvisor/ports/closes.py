@@ -2,11 +2,12 @@
 
 Every TCP socket of the network namespace that is destroyed is told to the members of
 `SKNLGRP_INET_TCP_DESTROY` (and its IPv6 twin), a millisecond or two after a process that
-held it is killed. A classic BPF filter on our socket lets through, in the kernel, only
-the ones with no peer (a listener; a socket that never connected), so the connections
-of a busy machine cost nothing here. Joining takes CAP_NET_ADMIN.
+held it is killed. A classic BPF program on our socket lets through, in the kernel, only
+the ones with no peer (a listener; a socket that never connected) on the ports we
+watch, so the connections and sockets of a busy machine cost nothing here.
 
-`closed_ports` (pure) reads the messages; `ListenerCloses` is the socket.
+`program` and `closed_ports` (pure) make the filter and read the messages;
+`ListenerCloses` is the socket.
 """
 
 from __future__ import annotations
@@ -19,22 +20,27 @@ import struct
 _NETLINK_SOCK_DIAG = 4
 _SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP = 270, 1
 _TCP_DESTROY_GROUPS = (1, 3)  # SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET6_TCP_DESTROY
-_SO_ATTACH_FILTER = 26
+_SO_ATTACH_FILTER, _SO_RCVBUFFORCE = 26, 33
+_ROOM = 1 << 20
 _HEADER = struct.Struct("=IH")  # nlmsghdr's length and type
 _PORTS = struct.Struct("!HH")  # inet_diag_msg.id: source port, destination port
 _PORTS_AT = 16 + 4  # after the netlink header and family, state, timer, retransmits
 _SOCK_DIAG_BY_FAMILY = 20
 
-# ldh [22]; jeq #0, accept, drop: a message whose socket has no peer port, else nothing.
-_FILTER = b"".join(
-    struct.pack("=HBBI", code, jt, jf, k)
-    for code, jt, jf, k in (
-        (0x28, 0, 0, _PORTS_AT + 2),  # BPF_LD | BPF_H | BPF_ABS: the destination port
-        (0x15, 0, 1, 0),  # BPF_JMP | BPF_JEQ | BPF_K: 0?
-        (0x06, 0, 0, 0xFFFFFFFF),  # BPF_RET: the whole message
-        (0x06, 0, 0, 0),  # BPF_RET: none of it
-    )
-)
+_LDH, _JEQ, _RET = 0x28, 0x15, 0x06  # BPF_LD|BPF_H|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+_ALL, _NONE = 0xFFFFFFFF, 0
+_MAX_INSTRUCTIONS = 4096  # BPF_MAXINSNS
+
+
+def program(ports: set[int]) -> bytes:
+    """A classic BPF program that lets through a message about a socket with no peer port
+    whose local port is one of `ports` (any bound one, when they are too many to list)."""
+    head = [(_LDH, 0, 0, _PORTS_AT + 2), (_JEQ, 1, 0, 0), (_RET, 0, 0, _NONE), (_LDH, 0, 0, _PORTS_AT)]
+    fits = 2 * len(ports) + len(head) + 1 <= _MAX_INSTRUCTIONS
+    # Each port: equal -> the next instruction (keep it), else skip it.
+    body = [step for port in sorted(ports) if fits for step in ((_JEQ, 0, 1, port), (_RET, 0, 0, _ALL))]
+    tail = [(_RET, 0, 0, _NONE)] if fits else [(_JEQ, 0, 1, 0), (_RET, 0, 0, _NONE), (_RET, 0, 0, _ALL)]
+    return b"".join(struct.pack("=HBBI", *step) for step in head + body + tail)
 
 
 def closed_ports(data: bytes) -> set[int]:
@@ -53,7 +59,7 @@ def closed_ports(data: bytes) -> set[int]:
 
 
 class ListenerCloses:
-    """Raises OSError where the kernel does not let us listen (no CAP_NET_ADMIN)."""
+    """Raises OSError where the kernel does not let us listen."""
 
     def __init__(self) -> None:
         self._sock = socket.socket(
@@ -61,14 +67,23 @@ class ListenerCloses:
         )
         try:
             self._sock.bind((0, 0))
-            program = ctypes.create_string_buffer(_FILTER, len(_FILTER))
-            fprog = struct.pack("HL", len(_FILTER) // 8, ctypes.addressof(program))  # struct sock_fprog
-            self._sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+            try:  # room for a burst of closes while the event loop is busy
+                self._sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _ROOM)
+            except OSError:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _ROOM)
+            self.watch(set())
             for group in _TCP_DESTROY_GROUPS:
                 self._sock.setsockopt(_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, group)
         except OSError:
             self._sock.close()
             raise
+
+    def watch(self, ports: set[int]) -> None:
+        """Be told of `ports` only (the kernel filters: others cost nothing here)."""
+        code = program(ports)
+        buffer = ctypes.create_string_buffer(code, len(code))
+        fprog = struct.pack("HL", len(code) // 8, ctypes.addressof(buffer))  # struct sock_fprog
+        self._sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
 
     def fileno(self) -> int:
         return self._sock.fileno()

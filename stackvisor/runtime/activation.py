@@ -125,9 +125,9 @@ class Activation:
             public = self.runner.config.port
             assert isinstance(public, int)
             if self.proxy is None:
-                self.proxy = Proxy(listening_socket(public), up=self._up, alive=lambda: self.runner.running)
+                self.proxy = Proxy(listening_socket(public), up=self._up, serves=self._serves)
             else:
-                self.proxy.rebind(up=self._up, alive=lambda: self.runner.running)
+                self.proxy.rebind(up=self._up, serves=self._serves)
             self.proxy.start()
         kernel = None
         if self.proxy is not None and self.forwarding is not None:
@@ -154,6 +154,9 @@ class Activation:
         check, else running), else None: when new connections may skip the proxy."""
         runner = self.runner
         return runner.port if runner.state in self._ready() else None
+
+    def _serves(self, port: int) -> bool:
+        return self._serving() == port
 
     def _ready(self) -> frozenset[State]:
         return _HEALTHY if self.runner.config.healthcheck is not None else _UP
@@ -251,6 +254,11 @@ class Activating:
             wanted = lambda: self.config.settings.proxy_forwarding != "relay"  # noqa: E731  (the latest reload's)
             self._forwarding = Forwarding(wanted, self.logger)
         return self._forwarding
+
+    def end_forwarding(self) -> None:
+        """The stack is down: the kernel's redirects and their table go."""
+        if self._forwarding is not None:
+            self._forwarding.close()
 
     if TYPE_CHECKING:  # the supervisor's
 

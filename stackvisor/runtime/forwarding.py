@@ -16,8 +16,9 @@ takes over once it is safe and hands back the moment it is not:
   two (`ports.closes`), and the redirect comes back once a listener is there again;
 - everywhere: when the kernel refuses (no CAP_NET_ADMIN, no nf_tables), said once in the
   supervisor's log, or with `settings.proxy_forwarding: relay`.
-Connections already open keep their way, whichever path is on. The table and the watch
-exist while a rule does: made with the first, deleted with the last.
+Connections already open keep their way, whichever path is on. The table is made with
+the first rule and kept until the stack is down (see `nftables.Redirects`); the watch
+exists while a rule does.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Forwarding:
         if self.unavailable or not self.wanted():
             return False
         try:
-            self._watch()
+            self._watch({*self.rules.values(), internal})  # before the look below
             self._redirects = self._redirects or Redirects()
             self._redirects.set(public, internal)
         except (Unavailable, OSError) as exc:
@@ -88,12 +89,20 @@ class Forwarding:
         del self.rules[public]
         self._lost.pop(public, None)
         try:
-            if self.rules and self._redirects is not None:
+            if self._redirects is not None:
                 self._redirects.unset(public)
-            else:
-                self._close()
-        except Unavailable as exc:
-            self._give_up(str(exc))
+            self._watch(set(self.rules.values()))
+        except (Unavailable, OSError) as exc:
+            self._give_up(getattr(exc, "strerror", None) or str(exc))
+
+    def close(self) -> None:
+        """The stack is down: the table and the watch go (the kernel would at our exit)."""
+        self.rules.clear()
+        self._lost.clear()
+        self._unwatch()
+        if self._redirects is not None:
+            self._redirects.close()
+            self._redirects = None
 
     def _gone(self, public: int) -> None:
         lost = self._lost.get(public)
@@ -102,44 +111,44 @@ class Forwarding:
             lost()
 
     def _closed(self) -> None:
-        """The kernel says peerless sockets went (on the event loop, as it says so)."""
+        """The kernel says watched listeners went (on the event loop, as it says so)."""
         assert self._closes is not None
         try:
             ports = self._closes.read()
+            if ports is None:  # messages were lost: look at what listens now
+                found, _ = tables.listeners(set(self.rules.values()), established=False)
+                ports = set(self.rules.values()) - {sock.port for sock in found}
         except OSError as exc:
             self._give_up(f"watching listeners: {exc.strerror}")
             return
         for public, internal in list(self.rules.items()):
-            if ports is None or internal in ports:  # None: messages were lost, any may have gone
+            if internal in ports:
                 self._gone(public)
 
-    def _watch(self) -> None:
+    def _watch(self, ports: set[int]) -> None:
+        """Be told when a listener on `ports` goes; no watch without a port."""
+        if not ports:
+            self._unwatch()
+            return
         if self._closes is None:
             self._closes = ListenerCloses()
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self._closes.fileno(), self._closed)
+        self._closes.watch(ports)
 
-    def _close(self) -> None:
-        """No rule left: the table and the watch go."""
-        redirects, self._redirects = self._redirects, None
+    def _unwatch(self) -> None:
         closes, self._closes = self._closes, None
-        try:
-            if redirects is not None:
-                redirects.close()
-        finally:
-            if closes is not None:
-                if self._loop is not None and not self._loop.is_closed():
-                    self._loop.remove_reader(closes.fileno())
-                closes.close()
+        if closes is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(closes.fileno())
+            closes.close()
 
     def _give_up(self, reason: str) -> None:
         """The kernel refused: the relay carries everything from now on."""
         self.unavailable = reason
         self._logger.info("proxied connections are relayed by the supervisor", reason=reason)
         lost = list(self._lost.values())
-        self.rules.clear()
-        self._lost.clear()
-        self._close()  # a rule left on would be worse than none
+        self.close()  # a rule left on would be worse than none
         for call in lost:
             call()
 

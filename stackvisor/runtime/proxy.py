@@ -66,13 +66,13 @@ def relay(a: socket.socket, b: socket.socket, finished: Callable[[], object]) ->
 
 
 async def connect_when_accepting(
-    port: int, deadline: float, alive: Callable[[], bool]
+    port: int, deadline: float, serves: Callable[[int], bool]
 ) -> socket.socket | None:
     """A connection to 127.0.0.1:`port`, retried until the service accepts (it may run
-    before it listens), it dies, or the deadline passes."""
+    before it listens), it no longer serves there, or the deadline passes."""
     loop = asyncio.get_running_loop()
     began = time.monotonic()
-    while time.monotonic() < deadline and alive():
+    while time.monotonic() < deadline and serves(port):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
@@ -110,14 +110,14 @@ class Proxy:
         sock: socket.socket,
         *,
         up: Callable[[], Awaitable[int | None]],
-        alive: Callable[[], bool],
+        serves: Callable[[int], bool],
     ) -> None:
         self.sock = sock
         self.active = 0
         self.connections = 0
         self.waiting = 0  # connections waiting for the service to come up
         self._up = up  # waits until the service serves; its internal port (None: it did not come up)
-        self._alive = alive
+        self._serves = serves  # whether the service still serves on an internal port
         self._tasks: set[asyncio.Task[None]] = set()
         self._serving: asyncio.Task[None] | None = None
 
@@ -126,10 +126,10 @@ class Proxy:
         if self._serving is None:
             self._serving = asyncio.create_task(self.serve(), name=f"proxy:{self.sock.getsockname()[1]}")
 
-    def rebind(self, *, up: Callable[[], Awaitable[int | None]], alive: Callable[[], bool]) -> None:
+    def rebind(self, *, up: Callable[[], Awaitable[int | None]], serves: Callable[[int], bool]) -> None:
         """Serve another watcher of the same service from now on (a reload that kept the
         port): connections accepted and waiting stay, and so do the ones being forwarded."""
-        self._up, self._alive = up, alive
+        self._up, self._serves = up, serves
 
     async def serve(self) -> None:
         """Accept until cancelled."""
@@ -145,15 +145,7 @@ class Proxy:
         self.active += 1
         self.connections += 1
         try:
-            self.waiting += 1
-            try:
-                port = await self._up()
-            finally:
-                self.waiting -= 1
-            if port is None:
-                client.close()
-                return
-            upstream = await connect_when_accepting(port, time.monotonic() + _CONNECT_WAIT, self._alive)
+            upstream = await self._upstream()
             if upstream is None:
                 client.close()
                 return
@@ -168,6 +160,22 @@ class Proxy:
             raise
         finally:
             self.active -= 1
+
+    async def _upstream(self) -> socket.socket | None:
+        """A connection to the service once it serves; None if it cannot come up, or
+        serves but does not accept. One that dies meanwhile (its listener gone, its exit
+        not yet known) is waited for again, on the port of its next start."""
+        while True:
+            self.waiting += 1
+            try:
+                port = await self._up()
+            finally:
+                self.waiting -= 1
+            if port is None:
+                return None
+            upstream = await connect_when_accepting(port, time.monotonic() + _CONNECT_WAIT, self._serves)
+            if upstream is not None or self._serves(port):
+                return upstream
 
     def close(self) -> None:
         if self._serving is not None:

@@ -213,6 +213,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             # Whatever ended the run (also an error), nothing of ours stays behind.
             kill_leftovers(self.instance, self.spawner, whole_tree=self.owns_process_tree)
             self.spawner.release()
+            self.end_forwarding()
             # Published while the socket still serves, so event streams see the end.
             self.bus.publish(StackChanged("down", reason=self._stop_reason))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):

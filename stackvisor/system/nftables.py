@@ -1,19 +1,17 @@
 """Connections to one local port sent to another by the kernel: nftables redirects, for
 `socket: proxy` while its service serves (see `runtime.forwarding`).
 
-One table per supervisor, `stackvisor-PID-XXXXXX`, made with the owner flag: nobody else may
-change or delete it (`nft flush ruleset` leaves it), and the kernel deletes it when the
-netlink socket that made it closes, that is when the supervisor's process ends, however
-it ends (a SIGKILL leaves no rule behind). It holds a chain per public port, `port-N`,
-that sees locally made IPv4 connections at the NAT stage of the output hook, with one
-rule:
+One table per supervisor, `stackvisor-PID-XXXXXX`, made with the owner flag: nobody
+else may change or delete it (`nft flush ruleset` leaves it), and the kernel deletes it
+when the netlink socket that made it closes, that is when the supervisor's process
+ends, however it ends (a SIGKILL leaves no rule behind). Its one chain sees locally made
+IPv4 connections at the NAT stage of the output hook, with a rule per public port:
 
     ip daddr 127.0.0.1 tcp dport PUBLIC redirect to :INTERNAL
 
 Only new connections are redirected; one already open keeps its way. Setting or
-unsetting one port is one small batch, which the kernel applies whole or not at all
-(NAT chains see only a connection's first packet, so a chain per port costs nothing
-per byte).
+unsetting one port is one small batch, which the kernel applies whole or not at all;
+the kernel echoes a rule it made back with its handle, by which it is deleted.
 
 The messages are netlink (nfnetlink) spoken directly, so no `nft` program is needed;
 they are built by pure functions. Anything refused (no CAP_NET_ADMIN, no nf_tables in
@@ -30,21 +28,23 @@ import struct
 from collections.abc import Iterator
 
 _NETLINK_NETFILTER = 12
-_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE, _NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_ECHO = 0x1, 0x4, 0x8
+_NLM_F_EXCL, _NLM_F_CREATE, _NLM_F_APPEND = 0x200, 0x400, 0x800
 _NLMSG_ERROR = 2
 _NLA_F_NESTED = 0x8000
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
 
 _SUBSYS = 10  # NFNL_SUBSYS_NFTABLES
 _BATCH_BEGIN, _BATCH_END = 16, 17
-_NEWTABLE, _DELTABLE, _NEWCHAIN, _DELCHAIN, _NEWRULE, _DELRULE = 0, 2, 3, 5, 6, 8
+_NEWTABLE, _DELTABLE, _NEWCHAIN, _NEWRULE, _DELRULE = 0, 2, 3, 6, 8
 _IPV4 = 2  # NFPROTO_IPV4
 _TABLE_NAME, _TABLE_FLAGS, _TABLE_F_OWNER = 1, 2, 0x2
 _CHAIN_TABLE, _CHAIN_NAME, _CHAIN_HOOK, _CHAIN_TYPE = 1, 3, 4, 7
 _HOOK_NUM, _HOOK_PRIORITY = 1, 2
 _LOCAL_OUT = 3  # NF_INET_LOCAL_OUT
 _NAT_PRIORITY = -100  # NF_IP_PRI_NAT_DST: where `nft` puts a `type nat hook output` chain
-_RULE_TABLE, _RULE_CHAIN, _RULE_EXPRESSIONS = 1, 2, 4
+_RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_EXPRESSIONS = 1, 2, 3, 4
+CHAIN = "redirects"
 _LIST_ELEM, _EXPR_NAME, _EXPR_DATA, _DATA_VALUE = 1, 1, 2, 1
 _REG = 1  # NFT_REG_1: every expression below loads into and compares from it
 _DREG = _SREG = 1  # the register attribute of payload, meta, cmp and immediate
@@ -122,37 +122,38 @@ def redirect(public: int, internal: int) -> bytes:
     )
 
 
-def chain_of(public: int) -> str:
-    return f"port-{public}"
-
-
-def setting(seq: int, table: str, public: int, internal: int, *, create: bool) -> tuple[bytes, list[int]]:
-    """One transaction: (with `create`, the table,) the public port's chain, emptied, and
-    its one rule. Its bytes, and the sequence numbers the kernel acknowledges."""
+def setting(
+    seq: int, table: str, public: int, internal: int, *, create: bool, replacing: int | None = None
+) -> tuple[bytes, list[int]]:
+    """One transaction: (with `create`, the table and its chain,) the rule of handle
+    `replacing` deleted, and the public port's rule added, echoed back with its handle.
+    Its bytes, and the sequence numbers the kernel answers (the rule's is the last)."""
     ack = _NLM_F_REQUEST | _NLM_F_ACK
-    chain = chain_of(public)
-    hook = _nest(_CHAIN_HOOK, _u32(_HOOK_NUM, _LOCAL_OUT), _u32(_HOOK_PRIORITY, _NAT_PRIORITY))
-    names = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, chain)
+    names = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, CHAIN)
     parts: list[tuple[int, int, bytes]] = []
     if create:
+        hook = _nest(_CHAIN_HOOK, _u32(_HOOK_NUM, _LOCAL_OUT), _u32(_HOOK_PRIORITY, _NAT_PRIORITY))
         table_attrs = _text(_TABLE_NAME, table) + _u32(_TABLE_FLAGS, _TABLE_F_OWNER)
-        parts.append((_NEWTABLE, ack | _NLM_F_CREATE | _NLM_F_EXCL, table_attrs))
-    chain_attrs = _text(_CHAIN_TABLE, table) + _text(_CHAIN_NAME, chain) + hook + _text(_CHAIN_TYPE, "nat")
+        chain_attrs = (
+            _text(_CHAIN_TABLE, table) + _text(_CHAIN_NAME, CHAIN) + hook + _text(_CHAIN_TYPE, "nat")
+        )
+        parts += [
+            (_NEWTABLE, ack | _NLM_F_CREATE | _NLM_F_EXCL, table_attrs),
+            (_NEWCHAIN, ack | _NLM_F_CREATE, chain_attrs),
+        ]
+    if replacing is not None:
+        parts.append((_DELRULE, ack, names + _attr(_RULE_HANDLE, struct.pack("!Q", replacing))))
     expressions = _nest(_RULE_EXPRESSIONS, redirect(public, internal))
-    parts += [
-        (_NEWCHAIN, ack | _NLM_F_CREATE, chain_attrs),
-        (_DELRULE, ack, names),  # no handle: every rule of the chain (one, from before)
-        (_NEWRULE, ack | _NLM_F_CREATE | _NLM_F_APPEND, names + expressions),
-    ]
+    parts.append((_NEWRULE, ack | _NLM_F_ECHO | _NLM_F_CREATE | _NLM_F_APPEND, names + expressions))
     return _framed(seq, parts)
 
 
-def unsetting(seq: int, table: str, public: int) -> tuple[bytes, list[int]]:
-    """One transaction: the public port's chain emptied and deleted."""
-    ack = _NLM_F_REQUEST | _NLM_F_ACK
-    rules = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, chain_of(public))
-    chain = _text(_CHAIN_TABLE, table) + _text(_CHAIN_NAME, chain_of(public))
-    return _framed(seq, [(_DELRULE, ack, rules), (_DELCHAIN, ack, chain)])
+def unsetting(seq: int, table: str, handle: int) -> tuple[bytes, list[int]]:
+    """One transaction: the rule of `handle` deleted."""
+    names = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, CHAIN)
+    return _framed(
+        seq, [(_DELRULE, _NLM_F_REQUEST | _NLM_F_ACK, names + _attr(_RULE_HANDLE, struct.pack("!Q", handle)))]
+    )
 
 
 def drop_table(seq: int, table: str) -> tuple[bytes, list[int]]:
@@ -170,29 +171,51 @@ def _framed(seq: int, parts: list[tuple[int, int, bytes]]) -> tuple[bytes, list[
     return begin + b"".join(messages) + end, seqs
 
 
-def replies(data: bytes) -> Iterator[tuple[int, int]]:
-    """(sequence number, error number: 0 for success) of each acknowledgement in `data`."""
+def replies(data: bytes) -> Iterator[tuple[int, int, int | None]]:
+    """What the kernel answered in `data`: (sequence number, error number, rule handle)
+    for each acknowledgement (error 0: done) and each echoed rule (its handle)."""
     offset = 0
     while offset + _HEADER.size <= len(data):
         size, kind, _, seq, _ = _HEADER.unpack_from(data, offset)
-        if size < _HEADER.size:
+        if size < _HEADER.size or offset + size > len(data):
             return
+        body = offset + _HEADER.size
         if kind == _NLMSG_ERROR:
-            (code,) = struct.unpack_from("=i", data, offset + _HEADER.size)
-            yield seq, -code
+            (code,) = struct.unpack_from("=i", data, body)
+            yield seq, -code, None
+        elif kind == _SUBSYS << 8 | _NEWRULE:
+            handle = _attribute(data[body + 4 : offset + size], _RULE_HANDLE)  # after nfgenmsg
+            if handle is not None and len(handle) == 8:
+                yield seq, 0, struct.unpack("!Q", handle)[0]
         offset += (size + 3) & ~3
+
+
+def _attribute(attrs: bytes, wanted: int) -> bytes | None:
+    offset = 0
+    while offset + 4 <= len(attrs):
+        size, kind = struct.unpack_from("=HH", attrs, offset)
+        if size < 4:
+            return None
+        if kind & ~_NLA_F_NESTED == wanted:
+            return attrs[offset + 4 : offset + size]
+        offset += (size + 3) & ~3
+    return None
 
 
 # --- the kernel (effects) ------------------------------------------------------------
 
 
 class Redirects:
-    """The supervisor's table, made at the first `set`; gone at `close` or at exit."""
+    """The supervisor's table, made at the first `set`; gone at `close` or at exit.
+
+    It stays while the supervisor runs, rules or not: a NAT chain of the network
+    namespace going and coming unhooks NAT under connections being made and open."""
 
     def __init__(self, table: str | None = None) -> None:
         # The pid says whose; the rest keeps two supervisors of one network namespace
         # apart when they are in different pid namespaces (both pid 1, say).
         self.table = table or f"stackvisor-{os.getpid()}-{secrets.token_hex(3)}"
+        self.handles: dict[int, int] = {}  # public port -> its rule's handle
         self._sock: socket.socket | None = None
         self._seq = 0
 
@@ -202,20 +225,28 @@ class Redirects:
         if create:
             self._sock = _open()
         try:
-            self._talk(*setting(self._next(), self.table, public, internal, create=create))
+            data, seqs = setting(
+                self._next(), self.table, public, internal, create=create, replacing=self.handles.get(public)
+            )
+            handle = self._talk(data, seqs)
         except Unavailable:
             if create:
                 self.close()
             raise
+        if handle is None:
+            raise Unavailable("nftables did not say which rule it made")
+        self.handles[public] = handle
 
     def unset(self, public: int) -> None:
         """New connections to `public` go where they are addressed again."""
-        if self._sock is not None:
-            self._talk(*unsetting(self._next(), self.table, public))
+        handle = self.handles.pop(public, None)
+        if self._sock is not None and handle is not None:
+            self._talk(*unsetting(self._next(), self.table, handle))
 
     def close(self) -> None:
         """Delete the table (the kernel would on its own once the socket is closed)."""
         sock, self._sock = self._sock, None
+        self.handles.clear()
         if sock is None:
             return
         try:
@@ -229,21 +260,26 @@ class Redirects:
         self._seq += 100  # past every number the previous batch used
         return self._seq
 
-    def _talk(self, data: bytes, seqs: list[int], *, sock: socket.socket | None = None) -> None:
+    def _talk(self, data: bytes, seqs: list[int], *, sock: socket.socket | None = None) -> int | None:
+        """Send a batch and wait for every answer; the handle of a rule it made."""
         sock = sock or self._sock
         assert sock is not None
-        waiting = set(seqs)
+        waiting, handle = set(seqs), None
         try:
             sock.send(data)
             while waiting:
-                for seq, code in replies(sock.recv(65536)):
+                for seq, code, made in replies(sock.recv(65536)):
                     if code and seq == seqs[0] - 1:  # the batch as a whole: not allowed
                         raise Unavailable(_explain(code))
                     if code and seq in waiting:
                         raise Unavailable(_explain(code, self.table))
-                    waiting.discard(seq)
+                    if made is not None and seq == seqs[-1]:
+                        handle = made
+                    elif made is None:
+                        waiting.discard(seq)
         except OSError as exc:
             raise Unavailable(f"netlink: {exc.strerror or exc}") from None
+        return handle
 
 
 def _open() -> socket.socket:
