@@ -8,9 +8,9 @@
    idle (`stop`) between runs.
 2. The proxy against a direct connection to the same server on loopback: a 1 GB
    transfer (goal: >= 80% of direct throughput) and 2,000 one-byte round trips (goal:
-   <= 0.2 ms added at p50), once as a stack runs it by default (the kernel carries a
+   <= 0.2 ms added at p50), once with `proxy_forwarding: kernel` (the kernel carries a
    serving service's connections where the supervisor may: `runtime/forwarding.py`) and
-   once with `proxy_forwarding: relay` (every byte through the supervisor). The relay's
+   once as a stack runs it by default, `relay` (every byte through the supervisor). The relay's
    transfer is measured twice: as the scheduler places everything, and with both ends on
    CPU 0 and the supervisor on CPU 1 (the ends get the same core either way; the proxy a
    core of its own, as on a machine with one to spare).
@@ -194,7 +194,7 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 
 def proxy_against_direct(folder: Path, size: int, runs: int, forwarding: str) -> None:
-    """`forwarding`: "auto" (the kernel carries the connections where it may) or "relay"."""
+    """`forwarding`: "kernel" (the kernel carries the connections where it may) or "relay"."""
     (public,) = free_ports(1)
     stack = folder / f"proxy-{forwarding}.yaml"
     stack.write_text(
@@ -207,7 +207,7 @@ def proxy_against_direct(folder: Path, size: int, runs: int, forwarding: str) ->
         api = Client(StackPaths.at(folder).socket, 30)
         first_answer(public)  # up, and its internal port known
         deadline = time.monotonic() + 10
-        while (status := api.get("/v1/services/api"))["forwarding"] != "kernel" and forwarding == "auto":
+        while (status := api.get("/v1/services/api"))["forwarding"] != "kernel" and forwarding == "kernel":
             if time.monotonic() > deadline:
                 print("\n(the kernel does not forward here: the relay carries everything)")
                 break
@@ -253,7 +253,7 @@ def main() -> None:
         folder = Path(tmp)
         (folder / "srv.py").write_text(SERVER)
         first_requests(folder, args.runs)
-        for forwarding in ("auto", "relay"):
+        for forwarding in ("kernel", "relay"):
             proxy_against_direct(folder, int(args.gigabytes * 1e9), max(3, args.runs // 3), forwarding)
 
 

@@ -361,7 +361,9 @@ while True:
 """
 
 
-def peers_stack(root: Path, port: int, extra: str = "", settings: str = "") -> None:
+def peers_stack(
+    root: Path, port: int, extra: str = "", settings: str = "settings: {proxy_forwarding: kernel}"
+) -> None:
     (root / "peers.py").write_text(PEERS)
     write_stack(
         root,
@@ -431,9 +433,12 @@ def test_a_connection_by_the_kernel_keeps_the_service_from_an_idle_stop(
     assert status(tmp_path)["forwarding"] == "relay"
 
 
-def test_relay_forwarding_copies_every_connection(tmp_path: Path, detached: Any) -> None:
+@pytest.mark.parametrize("settings", ["settings: {proxy_forwarding: relay}", ""])
+def test_the_relay_copies_every_connection_unless_told_otherwise(
+    tmp_path: Path, detached: Any, settings: str
+) -> None:
     (port,) = free_ports(1)
-    peers_stack(tmp_path, port, settings="settings: {proxy_forwarding: relay}")
+    peers_stack(tmp_path, port, settings=settings)
     assert detached(tmp_path).returncode == 0
     answer(port)
     for _ in range(3):
@@ -450,11 +455,11 @@ def test_proxy_forwarding_set_by_a_reload_applies_at_once(tmp_path: Path, detach
     pid = answer(port)[0]
     wait_for(lambda: status(tmp_path)["forwarding"] == "kernel")
     stack = tmp_path / "services.yaml"
-    save(stack, "settings: {proxy_forwarding: relay}\n" + stack.read_text())
+    save(stack, stack.read_text().replace("kernel", "relay"))
     wait_for(lambda: status(tmp_path)["forwarding"] == "relay")
     who, peer, ours = answer(port)
     assert who == pid and peer != ours  # the same process, relayed
-    save(stack, stack.read_text().replace("relay", "auto"))
+    save(stack, stack.read_text().replace("relay", "kernel"))
     wait_for(lambda: status(tmp_path)["forwarding"] == "kernel")
     who, peer, ours = answer(port)
     assert (who, peer) == (pid, ours)

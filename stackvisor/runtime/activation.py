@@ -251,7 +251,7 @@ class Activating:
     @property
     def forwarding(self) -> Forwarding:
         if self._forwarding is None:
-            wanted = lambda: self.config.settings.proxy_forwarding != "relay"  # noqa: E731  (the latest reload's)
+            wanted = lambda: self.config.settings.proxy_forwarding == "kernel"  # noqa: E731  (the latest reload's)
             self._forwarding = Forwarding(wanted, self.logger)
         return self._forwarding
 

@@ -1,6 +1,8 @@
-"""`socket: proxy` in the kernel: while a proxied service serves, new connections to its
-public port go straight to its internal port by an nftables redirect
-(`system.nftables`), so the bytes of a bulk transfer never pass through the supervisor.
+"""`socket: proxy` in the kernel, with `settings.proxy_forwarding: kernel`: while a
+proxied service serves, new connections to its public port go straight to its internal
+port by an nftables redirect (`system.nftables`), so the bytes of a bulk transfer never
+pass through the supervisor. Not the default: under heavy connection churn across
+restarts, a few connections in tens of thousands were seen to hang (README).
 
 The relay (`proxy`) is what the public port's listener does; the kernel path only
 takes over once it is safe and hands back the moment it is not:
@@ -15,7 +17,7 @@ takes over once it is safe and hands back the moment it is not:
   supervisor learns it exited): the kernel tells the supervisor within a millisecond or
   two (`ports.closes`), and the redirect comes back once a listener is there again;
 - everywhere: when the kernel refuses (no CAP_NET_ADMIN, no nf_tables), said once in the
-  supervisor's log, or with `settings.proxy_forwarding: relay`.
+  supervisor's log, or with `relay` (the default).
 Connections already open keep their way, whichever path is on. The table is made with
 the first rule and kept until the stack is down (see `nftables.Redirects`); the watch
 exists while a rule does.
@@ -91,7 +93,8 @@ class Forwarding:
         try:
             if self._redirects is not None:
                 self._redirects.unset(public)
-            self._watch(set(self.rules.values()))
+            if not self.rules:  # else the filter may still let its port through: it is ignored
+                self._unwatch()
         except (Unavailable, OSError) as exc:
             self._give_up(getattr(exc, "strerror", None) or str(exc))
 
