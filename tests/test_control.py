@@ -572,3 +572,33 @@ def test_logs_beyond_the_tail_in_memory_come_from_the_files(tmp_path: Path, deta
     numbers = [line.rpartition(" ")[2] for line in every if "| line " in line]
     # As much as the files kept (five backups of 20 kB), and nothing out of order.
     assert len(numbers) > 1000 and numbers == [f"{i:05}" for i in range(5000 - len(numbers), 5000)]
+
+
+def test_down_waits_for_a_supervisor_too_busy_to_say_it_holds_the_lock(tmp_path: Path) -> None:
+    """A supervisor past its event loop (exiting) or with its loop blocked does not drain
+    the lock socket: once its backlog is full, the lock answers "busy", and that is
+    still a supervisor holding the stack, not a gone one."""
+    from stackvisor.config import load_config
+    from stackvisor.control import ops
+    from stackvisor.control.sockets import StackLock
+    from stackvisor.paths import StackPaths
+
+    path = write_stack(tmp_path, f'services:\n  web: {{command: "{SLEEP}"}}\n')
+    name = StackLock(StackPaths.at(tmp_path).lock).name  # abstract: a NUL, then the rest
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import socket, sys, time; s = socket.socket(socket.AF_UNIX);"
+         " s.bind('\\0' + sys.argv[1]); s.listen(1); print('ready', flush=True); time.sleep(300)",
+         name.lstrip("\0")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        config = load_config(path)
+        wait_for(lambda: ops.supervisor_pid(config) == -1, timeout=30)  # its backlog filled up
+        assert not ops._wait_exit(config, holder.pid, 0.5)
+        holder.kill()
+        holder.wait()
+        assert ops._wait_exit(config, holder.pid, 10)
+    finally:
+        holder.kill()
+        holder.wait()

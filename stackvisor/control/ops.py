@@ -298,9 +298,11 @@ def _is_our_supervisor(pid: int, config: Stack) -> bool:
 
 
 def _wait_exit(config: Stack, pid: int, timeout: float) -> bool:
-    """Until the supervisor is gone: its lock is released when it exits, zombie or not."""
+    """Until the supervisor is gone: its lock is released when it exits, zombie or not.
+    A lock too busy to say by whom it is held (-1: a supervisor exiting, or with its
+    event loop blocked, drains no more) is still held."""
     deadline = time.monotonic() + timeout
-    while supervisor_pid(config) == pid:
+    while supervisor_pid(config) in (pid, -1):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
