@@ -8,10 +8,11 @@
    idle (`stop`) between runs.
 2. The proxy against a direct connection to the same server on loopback: a 1 GB
    transfer (goal: >= 80% of direct throughput) and 2,000 one-byte round trips (goal:
-   <= 0.2 ms added at p50), once with `proxy_forwarding: kernel` (the kernel carries a
-   serving service's connections where the supervisor may: `runtime/forwarding.py`) and
-   once as a stack runs it by default, `relay` (every byte through the supervisor). The relay's
-   transfer is measured twice: as the scheduler places everything, and with both ends on
+   <= 0.2 ms added at p50), once as a stack runs it by default, `proxy_forwarding: kernel`
+   (the kernel carries a serving service's connections where the supervisor may:
+   `runtime/forwarding.py`), and once with `relay` (every byte through the supervisor),
+   which is what a supervisor without CAP_NET_ADMIN does. The relay's transfer is
+   measured twice: as the scheduler places everything, and with both ends on
    CPU 0 and the supervisor on CPU 1 (the ends get the same core either way; the proxy a
    core of its own, as on a machine with one to spare).
 

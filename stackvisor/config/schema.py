@@ -368,9 +368,9 @@ class Settings(Model):
     log_backups: int = Field(default=3, ge=0)
     reload: bool = True
     reload_debounce: Duration = 0.1
-    # `socket: proxy`: `relay` copies every byte; `kernel` lets the kernel carry a serving
-    # service's new connections where the supervisor may (see `runtime.forwarding`).
-    proxy_forwarding: Literal["relay", "kernel"] = "relay"
+    # `socket: proxy`: the kernel carries a serving service's new connections where we may
+    # (`runtime.forwarding`), else the relay; `relay` copies every byte itself.
+    proxy_forwarding: Literal["relay", "kernel"] = "kernel"
     control: ControlSettings = ControlSettings()
     report: ReportSettings | None = None
     audit: AuditSettings = AuditSettings()

@@ -125,6 +125,8 @@ class Activation:
             public = self.runner.config.port
             assert isinstance(public, int)
             if self.proxy is None:
+                if self.forwarding is not None:
+                    self.forwarding.prepare()
                 self.proxy = Proxy(listening_socket(public), up=self._up, serves=self._serves)
             else:
                 self.proxy.rebind(up=self._up, serves=self._serves)

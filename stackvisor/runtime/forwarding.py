@@ -1,8 +1,7 @@
-"""`socket: proxy` in the kernel, with `settings.proxy_forwarding: kernel`: while a
-proxied service serves, new connections to its public port go straight to its internal
-port by an nftables redirect (`system.nftables`), so the bytes of a bulk transfer never
-pass through the supervisor. Not the default: under heavy connection churn across
-restarts, a few connections in tens of thousands were seen to hang (README).
+"""`socket: proxy` in the kernel (`settings.proxy_forwarding: kernel`, the default):
+while a proxied service serves, new connections to its public port go straight to its
+internal port by an nftables redirect (`system.nftables`), so the bytes of a bulk
+transfer never pass through the supervisor.
 
 The relay (`proxy`) is what the public port's listener does; the kernel path only
 takes over once it is safe and hands back the moment it is not:
@@ -17,10 +16,11 @@ takes over once it is safe and hands back the moment it is not:
   supervisor learns it exited): the kernel tells the supervisor within a millisecond or
   two (`ports.closes`), and the redirect comes back once a listener is there again;
 - everywhere: when the kernel refuses (no CAP_NET_ADMIN, no nf_tables), said once in the
-  supervisor's log, or with `relay` (the default).
-Connections already open keep their way, whichever path is on. The table is made with
-the first rule and kept until the stack is down (see `nftables.Redirects`); the watch
-exists while a rule does.
+  supervisor's log, or with `relay`.
+Connections already open keep their way, whichever path is on. The table is made before
+the first public port listens (`prepare`), so that the kernel tracks every connection
+from its first packet, and kept until the stack is down (see `nftables.Redirects`); the
+watch exists while a rule does.
 """
 
 from __future__ import annotations
@@ -67,6 +67,18 @@ class Forwarding:
 
     def via(self, public: int) -> str:
         return "kernel" if public in self.rules else "relay"
+
+    def prepare(self) -> None:
+        """Make the table now if the kernel's path is wanted: before a public port
+        listens, so that the kernel tracks every connection the relay takes from its
+        first packet (`nftables` says why that matters)."""
+        if self.unavailable or not self.wanted():
+            return
+        try:
+            self._redirects = self._redirects or Redirects()
+            self._redirects.open()
+        except (Unavailable, OSError) as exc:
+            self._give_up(getattr(exc, "strerror", None) or str(exc))
 
     def forward(self, public: int, internal: int, lost: Callable[[], None]) -> bool:
         """New connections to `public` go to `internal` from now on, until `stop`, or until

@@ -5,7 +5,18 @@ One table per supervisor, `stackvisor-PID-XXXXXX`, made with the owner flag: nob
 else may change or delete it (`nft flush ruleset` leaves it), and the kernel deletes it
 when the netlink socket that made it closes, that is when the supervisor's process
 ends, however it ends (a SIGKILL leaves no rule behind). Its one chain sees locally made
-IPv4 connections at the NAT stage of the output hook, with a rule per public port:
+IPv4 connections at the NAT stage of the output hook. Its first rule, made with it and
+kept as long as it is, does nothing to a packet:
+
+    ct state new
+
+It is there because the kernel tracks connections only while some rule needs it: with
+the redirects alone, tracking stopped whenever the last one went (a service restarting)
+and started again when one came back. A connection the relay took in between was then
+picked up half-way, and if an entry left by a redirected connection from the same
+client port was still there, NAT sent the relay's bytes to the client from another
+port, which the client drops: the connection hung with nothing behind it. Then comes
+a rule per public port:
 
     ip daddr 127.0.0.1 tcp dport PUBLIC redirect to :INTERNAL
 
@@ -54,6 +65,7 @@ _CMP_OP, _CMP_DATA, _CMP_EQ = 2, 3, 0
 _META_KEY, _META_L4PROTO = 2, 16
 _IMMEDIATE_DATA = 2
 _REDIR_REG_PROTO_MIN = 1
+_CT_DREG, _CT_KEY, _CT_STATE, _CT_STATE_NEW = 1, 2, 0, 8
 
 _LOOPBACK = socket.inet_aton("127.0.0.1")
 
@@ -122,25 +134,39 @@ def redirect(public: int, internal: int) -> bytes:
     )
 
 
+def tracking() -> bytes:
+    """The expressions of `ct state new`, with no verdict: the rule that keeps the kernel
+    tracking connections while the table is there (see above)."""
+    state = _expr("ct", _u32(_CT_DREG, _REG), _u32(_CT_KEY, _CT_STATE))
+    return state + _equals(struct.pack("=I", _CT_STATE_NEW))
+
+
+def making(seq: int, table: str) -> tuple[bytes, list[int]]:
+    """One transaction: the table, its chain and the tracking rule."""
+    ack = _NLM_F_REQUEST | _NLM_F_ACK
+    hook = _nest(_CHAIN_HOOK, _u32(_HOOK_NUM, _LOCAL_OUT), _u32(_HOOK_PRIORITY, _NAT_PRIORITY))
+    table_attrs = _text(_TABLE_NAME, table) + _u32(_TABLE_FLAGS, _TABLE_F_OWNER)
+    chain_attrs = _text(_CHAIN_TABLE, table) + _text(_CHAIN_NAME, CHAIN) + hook + _text(_CHAIN_TYPE, "nat")
+    rule_attrs = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, CHAIN) + _nest(_RULE_EXPRESSIONS, tracking())
+    return _framed(
+        seq,
+        [
+            (_NEWTABLE, ack | _NLM_F_CREATE | _NLM_F_EXCL, table_attrs),
+            (_NEWCHAIN, ack | _NLM_F_CREATE, chain_attrs),
+            (_NEWRULE, ack | _NLM_F_CREATE | _NLM_F_APPEND, rule_attrs),
+        ],
+    )
+
+
 def setting(
-    seq: int, table: str, public: int, internal: int, *, create: bool, replacing: int | None = None
+    seq: int, table: str, public: int, internal: int, *, replacing: int | None = None
 ) -> tuple[bytes, list[int]]:
-    """One transaction: (with `create`, the table and its chain,) the rule of handle
-    `replacing` deleted, and the public port's rule added, echoed back with its handle.
-    Its bytes, and the sequence numbers the kernel answers (the rule's is the last)."""
+    """One transaction: the rule of handle `replacing` deleted, and the public port's rule
+    added, echoed back with its handle. Its bytes, and the sequence numbers the kernel
+    answers (the rule's is the last)."""
     ack = _NLM_F_REQUEST | _NLM_F_ACK
     names = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, CHAIN)
     parts: list[tuple[int, int, bytes]] = []
-    if create:
-        hook = _nest(_CHAIN_HOOK, _u32(_HOOK_NUM, _LOCAL_OUT), _u32(_HOOK_PRIORITY, _NAT_PRIORITY))
-        table_attrs = _text(_TABLE_NAME, table) + _u32(_TABLE_FLAGS, _TABLE_F_OWNER)
-        chain_attrs = (
-            _text(_CHAIN_TABLE, table) + _text(_CHAIN_NAME, CHAIN) + hook + _text(_CHAIN_TYPE, "nat")
-        )
-        parts += [
-            (_NEWTABLE, ack | _NLM_F_CREATE | _NLM_F_EXCL, table_attrs),
-            (_NEWCHAIN, ack | _NLM_F_CREATE, chain_attrs),
-        ]
     if replacing is not None:
         parts.append((_DELRULE, ack, names + _attr(_RULE_HANDLE, struct.pack("!Q", replacing))))
     expressions = _nest(_RULE_EXPRESSIONS, redirect(public, internal))
@@ -206,10 +232,12 @@ def _attribute(attrs: bytes, wanted: int) -> bytes | None:
 
 
 class Redirects:
-    """The supervisor's table, made at the first `set`; gone at `close` or at exit.
+    """The supervisor's table, made at `open` or the first `set`; gone at `close` or at
+    exit.
 
     It stays while the supervisor runs, rules or not: a NAT chain of the network
-    namespace going and coming unhooks NAT under connections being made and open."""
+    namespace going and coming unhooks NAT under connections being made and open, and
+    tracking has to go on (see above)."""
 
     def __init__(self, table: str | None = None) -> None:
         # The pid says whose; the rest keeps two supervisors of one network namespace
@@ -219,20 +247,22 @@ class Redirects:
         self._sock: socket.socket | None = None
         self._seq = 0
 
+    def open(self) -> None:
+        """Make the table, with its chain and tracking rule, unless it is made."""
+        if self._sock is not None:
+            return
+        self._sock = _open()
+        try:
+            self._talk(*making(self._next(), self.table))
+        except Unavailable:
+            self.close()
+            raise
+
     def set(self, public: int, internal: int) -> None:
         """New connections to 127.0.0.1:`public` go to `internal` from now on."""
-        create = self._sock is None
-        if create:
-            self._sock = _open()
-        try:
-            data, seqs = setting(
-                self._next(), self.table, public, internal, create=create, replacing=self.handles.get(public)
-            )
-            handle = self._talk(data, seqs)
-        except Unavailable:
-            if create:
-                self.close()
-            raise
+        self.open()
+        data, seqs = setting(self._next(), self.table, public, internal, replacing=self.handles.get(public))
+        handle = self._talk(data, seqs)
         if handle is None:
             raise Unavailable("nftables did not say which rule it made")
         self.handles[public] = handle
