@@ -577,10 +577,10 @@ def test_logs_beyond_the_tail_in_memory_come_from_the_files(tmp_path: Path, deta
 def test_down_waits_for_a_supervisor_too_busy_to_say_it_holds_the_lock(tmp_path: Path) -> None:
     """A supervisor past its event loop (exiting) or with its loop blocked does not drain
     the lock socket: once its backlog is full, the lock answers "busy", and that is
-    still a supervisor holding the stack, not a gone one."""
+    still a supervisor holding the stack (the one the kernel shows bound), not a gone one."""
     from stackvisor.config import load_config
     from stackvisor.control import ops
-    from stackvisor.control.sockets import StackLock
+    from stackvisor.control.sockets import StackLock, _ask
     from stackvisor.paths import StackPaths
 
     path = write_stack(tmp_path, f'services:\n  web: {{command: "{SLEEP}"}}\n')
@@ -594,7 +594,8 @@ def test_down_waits_for_a_supervisor_too_busy_to_say_it_holds_the_lock(tmp_path:
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
         config = load_config(path)
-        wait_for(lambda: ops.supervisor_pid(config) == -1, timeout=30)  # its backlog filled up
+        wait_for(lambda: _ask(name)[0] == "busy", timeout=30)  # its backlog filled up
+        assert ops.supervisor_pid(config) == holder.pid
         assert not ops._wait_exit(config, holder.pid, 0.5)
         holder.kill()
         holder.wait()

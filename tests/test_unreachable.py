@@ -3,15 +3,18 @@ at once, and `down` still stops the stack gracefully."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
-from conftest import SLEEP, cli, supervisor_pid, wait_for, write_stack
+from conftest import SLEEP, alive, cli, client, supervisor_pid, wait_for, write_stack
 
 from stackvisor.config import load_config
 from stackvisor.control import ops
+from stackvisor.control.sockets import StackLock
 from stackvisor.paths import StackPaths
 from stackvisor.runtime.state import StateDB
 
@@ -50,3 +53,46 @@ def test_down_stops_gracefully_when_the_socket_is_gone(tmp_path: Path, detached)
     finally:
         db.close()
     assert stops and stops[-1]["data"]["reason"].startswith("stopped (exit code")
+
+
+def test_down_ends_a_stopped_supervisor_even_once_its_lock_is_too_busy_to_say_whose(
+    tmp_path: Path, detached
+) -> None:
+    """A stuck supervisor drains its lock socket no more: once questions fill its backlog,
+    asking the lock says "held" but not by whom. `down` still ends that supervisor (and,
+    with it, its services), by the pid of the process the kernel shows bound to it."""
+    path = write_stack(tmp_path, f'services:\n  a: {{command: "{SLEEP}"}}\n', programs=False)
+    assert detached(tmp_path, wait=False).returncode == 0
+    config = load_config(path)
+    pid = supervisor_pid(tmp_path)
+    wait_for(lambda: client(tmp_path).get("/v1/services/a")["pid"] is not None)
+    service = client(tmp_path).get("/v1/services/a")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: ops.is_stopped(pid))
+    held = []  # questions nobody answers, as many as its backlog takes
+    try:
+        lock = StackLock(StackPaths.at(tmp_path).lock)
+        while _ask_nowait(lock.name, held):
+            pass
+        assert lock.holder() == pid  # the kernel says who is bound, not the full backlog
+        result = ops.down(config, timeout=2)
+        assert result.killed and result.pid == pid
+        assert not alive(pid) and not alive(service)
+    finally:
+        for sock in held:
+            sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _ask_nowait(name: str, held: list[socket.socket]) -> bool:
+    """Connect once more to the abstract `name`; False when its backlog is full."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(name)
+    except BlockingIOError:
+        sock.close()
+        return False
+    held.append(sock)
+    return True

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stackvisor.errors import AlreadyRunning, UnsafePath
+from stackvisor.ports.fdwalk import SocketSightings, socket_holders
 from stackvisor.system.files import secure_dir
 
 _MAX_PATH = 100
@@ -116,6 +117,9 @@ def lock_key(*, create: bool) -> str:
         return fh.read().strip()
 
 
+_ACCEPTING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix's flags: a listening socket
+
+
 def _bound(name: str) -> socket.socket | None:
     """A listening socket bound to the abstract `name`; None when it is taken."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -147,6 +151,31 @@ def _ask(name: str) -> tuple[str, str | int]:
     if uid != os.geteuid():
         return "theirs", f"{_user(uid)}'s pid {pid}"
     return "ours", int(pid)
+
+
+def _bound_by(name: str, hint: int | None) -> int | None:
+    """The process of our user that listens on the abstract `name`, as the kernel shows
+    it (/proc/net/unix, then whose fd it is); `hint`, a pid to look at first."""
+    path = "@" + name[1:]
+    try:
+        with open("/proc/net/unix", "rb") as table:
+            lines = table.read().decode("utf-8", "surrogateescape").splitlines()[1:]
+    except OSError:
+        return None
+    inodes = [
+        int(fields[6])
+        for fields in (line.split(None, 7) for line in lines)
+        if len(fields) == 8 and fields[7] == path and int(fields[3], 16) & _ACCEPTING
+    ]
+    me = os.geteuid()
+    found = socket_holders(dict.fromkeys(inodes, me), [hint] if hint and hint > 0 else [], SocketSightings())
+    for pid in found.values():
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == me:
+                return pid
+        except OSError:
+            continue
+    return None
 
 
 class StackLock:
@@ -253,15 +282,16 @@ class StackLock:
 
     def holder(self) -> int | None:
         """The pid of the supervisor holding the lock, or None when nobody does (-1: held,
-        but not telling by whom: its backlog is full)."""
-        kind, who = _ask(self.name)
-        if kind in ("ours", "busy"):
-            return int(who)
-        secret = self._secret_name(create=False)
-        if secret is not None:
-            kind_there, who_there = _ask(secret)
-            if kind_there in ("ours", "busy"):
-                return int(who_there)
+        but not telling by whom: its backlog is full, and no process of ours is seen
+        bound to it)."""
+        for name in (self.name, self._secret_name(create=False)):
+            if name is None:
+                continue
+            kind, who = _ask(name)
+            if kind == "ours":
+                return int(who)
+            if kind == "busy":  # a stuck or exiting holder drains its questions no more
+                return _bound_by(name, self._file_holder()) or -1
         return self._file_holder()
 
     def _file_holder(self) -> int | None:
