@@ -253,6 +253,47 @@ def test_a_burst_through_the_proxy_is_all_served_and_idle_stop_counts_its_connec
     assert ask_pid(port) != pids[0]
 
 
+@pytest.mark.parametrize("settings", ["{proxy_forwarding: relay}", "{}"])
+def test_a_connection_to_a_proxied_service_stopped_for_good_is_closed_not_kept(
+    tmp_path: Path, detached: Any, settings: str
+) -> None:
+    """Stopped by hand, or exited with `restart: "no"`, it starts again only when
+    somebody asks: a connection is closed after a moment (a stop on its way to a start
+    passes through `stopped`), as a server that is not there refuses it."""
+    port, other = free_ports(2)
+    (tmp_path / "proxied.py").write_text(PROXIED)
+    write_stack(
+        tmp_path,
+        f"""
+        settings: {settings}
+        services:
+          api: {{command: python3 proxied.py, port: {port}, socket: proxy}}
+          once:
+            command: python3 -c 'import time; time.sleep(0.3)'
+            port: {other}
+            socket: proxy
+            restart: "no"
+        """,
+    )
+    assert detached(tmp_path).returncode == 0
+    pid = ask_pid(port)
+    assert cli("stop", "api", cwd=tmp_path).returncode == 0
+    assert not alive(pid)
+    wait_for(lambda: service_named(tmp_path, "once")["state"] in ("exited", "completed"))
+    for public in (port, other):
+        with socket.create_connection(("127.0.0.1", public), timeout=15) as conn:
+            began = time.monotonic()
+            conn.settimeout(15)
+            assert conn.recv(32) == b""
+            assert time.monotonic() - began < 5
+    assert cli("start", "api", cwd=tmp_path).returncode == 0
+    assert ask_pid(port) != pid
+
+
+def service_named(root: Path, name: str) -> dict[str, Any]:
+    return client(root).get(f"/v1/services/{name}")
+
+
 def reload_in_an_on_demand_api(root: Path, detached: Any) -> tuple[Path, int]:
     """A stack of one service, then `api` (on demand) added by an edit of the file."""
     (port,) = free_ports(1)

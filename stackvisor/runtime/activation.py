@@ -43,6 +43,10 @@ _MAX_TICK = 1.0  # the longest time between two looks at a running service
 _SERVING = frozenset({State.RUNNING, State.HEALTHY, State.UNHEALTHY})
 # When a proxied service serves: healthy with a health check, else up.
 _HEALTHY, _UP = frozenset({State.HEALTHY}), frozenset({State.RUNNING, State.HEALTHY})
+# Down until somebody asks (not on demand): a proxied connection is closed then, after a
+# moment, since a stop on its way to a start (a restart, a reload) passes through them.
+_DOWN = frozenset({State.STOPPED, State.EXITED, State.COMPLETED})
+_DOWN_GRACE = 1.0
 
 
 @dataclass
@@ -165,13 +169,25 @@ class Activation:
 
     async def _up(self) -> int | None:
         """For a proxied connection: the service's internal port once it serves (healthy
-        when it has a health check, else running), None if it cannot come up."""
+        when it has a health check, else running); None if it cannot come up, or stays
+        down until somebody asks (stopped by hand, exited without a restart)."""
         runner = self.runner
         ready = self._ready()
         if not runner.running:
             self._wanted.set()
-        await self.bus.wait_until(lambda: runner.state in ready or runner.state is State.FAILED)
-        return runner.port if runner.state in ready else None
+        while True:
+            await self.bus.wait_until(
+                lambda: runner.state in ready or runner.state is State.FAILED or self._down()
+            )
+            if not self._down():
+                return runner.port if runner.state in ready else None
+            try:
+                await asyncio.wait_for(self.bus.wait_until(lambda: not self._down()), _DOWN_GRACE)
+            except TimeoutError:
+                return None
+
+    def _down(self) -> bool:
+        return not self.on_demand and self.runner.state in _DOWN
 
     async def _serve_first_connection(self) -> None:
         port = self.runner.config.port if isinstance(self.runner.config.port, int) else None
