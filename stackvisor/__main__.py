@@ -1,8 +1,14 @@
-"""`python -m stackvisor` is the same as the `stackvisor` command."""
+"""`python -m stackvisor` and the `stackvisor` command: the CLI, loaded in here so that a
+Ctrl-C while it loads (nothing started yet) ends with 130, not a traceback."""
 
-try:
-    from stackvisor.cli import main
-except KeyboardInterrupt:  # Ctrl-C while it loads: nothing started yet
-    raise SystemExit(130) from None
 
-raise SystemExit(main())
+def main() -> int:
+    try:
+        from stackvisor.cli import main as run
+    except KeyboardInterrupt:
+        return 130
+    return run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,24 @@ def test_ctrl_c_while_the_command_loads_is_130_without_a_traceback(
     monkeypatch.setattr(parser, "build_parser", interrupted)
     assert cli.main(["status"]) == 130
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_console_script_imports_the_cli_is_130_without_a_traceback() -> None:
+    """The `stackvisor` command as installed: a Ctrl-C while it imports the CLI (the
+    first tenths of a second) ends it with 130 and no traceback."""
+    code = textwrap.dedent(
+        """
+        import importlib.abc, importlib.metadata, sys
+
+        class Interrupted(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "stackvisor.cli":
+                    raise KeyboardInterrupt
+
+        sys.meta_path.insert(0, Interrupted())
+        (script,) = importlib.metadata.entry_points(group="console_scripts", name="stackvisor")
+        sys.exit(script.load()())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "")
