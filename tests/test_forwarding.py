@@ -112,6 +112,29 @@ def test_a_redirect_sends_new_connections_to_the_other_port_until_it_is_taken_ba
         public.close()
 
 
+@needs_nftables
+def test_a_connection_open_before_the_table_is_made_keeps_its_way(server: Server) -> None:
+    """Made while the kernel tracked nothing (a reload that turns the kernel's way on
+    finds relayed connections open), it is picked up half-way once the table is made:
+    as new to the kernel, but not a new connection, so it is not redirected."""
+    relay = socket.create_server(("127.0.0.1", 0))  # ours, as the proxy's listener is
+    port = relay.getsockname()[1]
+    table = nftables.Redirects(f"stackvisor-test-{os.getpid()}")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            held, _ = relay.accept()
+            with held:
+                table.set(port, server.port)
+                conn.sendall(b"still the relay's")
+                held.settimeout(5)
+                assert held.recv(64) == b"still the relay's"
+                held.sendall(b"and back")
+                assert conn.recv(64) == b"and back"
+    finally:
+        table.close()
+        relay.close()
+
+
 def _untracked_or_a_second(listener: socket.socket) -> None:
     """Until a new connection to `listener` is not tracked by the kernel, or a second."""
     deadline = time.monotonic() + 1

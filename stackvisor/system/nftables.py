@@ -18,11 +18,12 @@ client port was still there, NAT sent the relay's bytes to the client from anoth
 port, which the client drops: the connection hung with nothing behind it. Then comes
 a rule per public port:
 
-    ip daddr 127.0.0.1 tcp dport PUBLIC redirect to :INTERNAL
+    ip daddr 127.0.0.1 tcp dport PUBLIC tcp flags syn / fin,syn,rst,ack redirect to :INTERNAL
 
-Only new connections are redirected; one already open keeps its way. Setting or
-unsetting one port is one small batch, which the kernel applies whole or not at all;
-the kernel echoes a rule it made back with its handle, by which it is deleted.
+Only new connections are redirected, by their first packet; one already open keeps its
+way, even one the kernel picks up half-way. Setting or unsetting one port is one small
+batch, which the kernel applies whole or not at all; the kernel echoes a rule it made
+back with its handle, by which it is deleted.
 
 The messages are netlink (nfnetlink) spoken directly, so no `nft` program is needed;
 they are built by pure functions. Anything refused (no CAP_NET_ADMIN, no nf_tables in
@@ -66,6 +67,8 @@ _META_KEY, _META_L4PROTO = 2, 16
 _IMMEDIATE_DATA = 2
 _REDIR_REG_PROTO_MIN = 1
 _CT_DREG, _CT_KEY, _CT_STATE, _CT_STATE_NEW = 1, 2, 0, 8
+_BITWISE_SREG, _BITWISE_DREG, _BITWISE_LEN, _BITWISE_MASK, _BITWISE_XOR = 1, 2, 3, 4, 5
+_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 
 _LOOPBACK = socket.inet_aton("127.0.0.1")
 
@@ -118,8 +121,15 @@ def _load(base: int, offset: int, length: int) -> bytes:
 
 
 def redirect(public: int, internal: int) -> bytes:
-    """The expressions of `ip daddr 127.0.0.1 tcp dport PUBLIC redirect to :INTERNAL`."""
+    """The expressions of `ip daddr 127.0.0.1 tcp dport PUBLIC tcp flags syn /
+    fin,syn,rst,ack redirect to :INTERNAL`: only a connection's first packet. The
+    kernel also shows NAT, as new, a connection it picks up half-way (one made while it
+    tracked nothing): that one is not redirected, or its packets would reach a port
+    that never heard of it."""
     to_port = _nest(_IMMEDIATE_DATA, _attr(_DATA_VALUE, struct.pack("!H", internal)))
+    flags = bytes([_FIN | _SYN | _RST | _ACK])
+    only = _u32(_BITWISE_SREG, _REG) + _u32(_BITWISE_DREG, _REG) + _u32(_BITWISE_LEN, 1)
+    mask = _nest(_BITWISE_MASK, _attr(_DATA_VALUE, flags)) + _nest(_BITWISE_XOR, _attr(_DATA_VALUE, b"\0"))
     return b"".join(
         [
             _load(_NETWORK_HEADER, 16, 4),  # the destination address
@@ -128,6 +138,9 @@ def redirect(public: int, internal: int) -> bytes:
             _equals(bytes([socket.IPPROTO_TCP])),
             _load(_TRANSPORT_HEADER, 2, 2),  # the destination port
             _equals(struct.pack("!H", public)),
+            _load(_TRANSPORT_HEADER, 13, 1),  # the flags
+            _expr("bitwise", only, mask),
+            _equals(bytes([_SYN])),
             _expr("immediate", _u32(_DREG, _REG), to_port),
             _expr("redir", _u32(_REDIR_REG_PROTO_MIN, _REG)),
         ]
