@@ -68,7 +68,7 @@ until http_ok "$NGINX_PORT" /api/health 2>/dev/null; do sleep 0.02; done
 echo ready
 """
 
-PORTS = {"POSTGRES_PORT": "55442", "REDIS_PORT": "56379", "API_PORT": "58000", "NGINX_PORT": "58080"}
+PORTS = {"POSTGRES_PORT": "15442", "REDIS_PORT": "16379", "API_PORT": "18000", "NGINX_PORT": "18080"}
 
 
 def pg_bin() -> str:

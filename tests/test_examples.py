@@ -210,7 +210,7 @@ def test_the_real_stack_survives_an_outage_reloads_without_restarts_and_leaves_n
     # api moves: the rendering follows, nginx reloads, and the front never answers 502.
     (moved,) = free_ports(1)
     stack = real / "services.yaml"
-    save(stack, stack.read_text().replace("port: 58000", f"port: {moved}"))
+    save(stack, stack.read_text().replace("port: 18000", f"port: {moved}"))
     until(real, lambda: f"127.0.0.1:{moved}/api/" in (real / "run" / "nginx.conf").read_text(), 20)
     until(real, lambda: get(front)[0] == 200, 10)
     assert by_name(real)["nginx"]["pid"] == nginx
