@@ -284,6 +284,7 @@ class StackLock:
         """The pid of the supervisor holding the lock, or None when nobody does (-1: held,
         but not telling by whom: its backlog is full, and no process of ours is seen
         bound to it)."""
+        busy = False
         for name in (self.name, self._secret_name(create=False)):
             if name is None:
                 continue
@@ -291,8 +292,11 @@ class StackLock:
             if kind == "ours":
                 return int(who)
             if kind == "busy":  # a stuck or exiting holder drains its questions no more
-                return _bound_by(name, self._file_holder()) or -1
-        return self._file_holder()
+                pid = _bound_by(name, self._file_holder())
+                if pid is not None:
+                    return pid
+                busy = True  # or somebody else's holds it: ours may be on the other name
+        return -1 if busy else self._file_holder()
 
     def _file_holder(self) -> int | None:
         """The pid in a flocked lock file, believed only from a file of our own user in a
