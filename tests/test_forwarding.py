@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -26,8 +27,8 @@ import pytest
 from stackvisor.ports.closes import ListenerCloses, closed_ports
 from stackvisor.ports.closes import program as closes_program
 from stackvisor.runtime.forwarding import Forwarding, listens, poll_after
-from stackvisor.system import nftables
-from tests.conftest import alive, client, free_ports, save, wait_for, write_stack
+from stackvisor.system import conntrack, nftables
+from tests.conftest import alive, cli, client, free_ports, save, supervisor_pid, wait_for, write_stack
 
 
 def _kernel_redirects() -> str:
@@ -135,6 +136,63 @@ def test_a_connection_open_before_the_table_is_made_keeps_its_way(server: Server
         relay.close()
 
 
+class Resetting:
+    """Answers a connection with its port, then resets it (SO_LINGER 0), as servers do
+    that close with input unread."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def answer(self) -> None:
+        conn, _ = self.sock.accept()
+        conn.sendall(str(self.port).encode())
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+
+@needs_nftables
+def test_a_client_port_used_again_reaches_the_new_instance_once_the_old_ones_entries_go(
+    server: Server,
+) -> None:
+    """An entry left by a connection its server reset keeps that connection's redirect:
+    a SYN from the same client port finds it and goes to the old internal port, refused
+    there (or served by whoever listens there now): without `forget` below, this
+    machine's kernel refuses it. Deleting the entries of the instance that is gone sends
+    it where the rule says."""
+    relay = socket.create_server(("127.0.0.1", 0))
+    port = relay.getsockname()[1]
+    old = Resetting()
+    table = nftables.Redirects(f"stackvisor-test-{os.getpid()}")
+    first = socket.socket()
+    again = socket.socket()
+    try:
+        table.set(port, old.port)
+        first.bind(("127.0.0.1", 0))
+        ours = first.getsockname()
+        first.connect(("127.0.0.1", port))
+        old.answer()
+        assert first.recv(64) == str(old.port).encode()
+        with contextlib.suppress(ConnectionResetError):
+            first.recv(64)
+        first.close()
+        old.sock.close()  # the old instance is gone; the new one serves on another port
+        table.set(port, server.port)
+        assert conntrack.forget(port, old.port) == 1
+        assert conntrack.forget(port, old.port) == 0
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(ours)
+        again.settimeout(5)
+        again.connect(("127.0.0.1", port))
+        assert again.recv(64).split()[0] == str(server.port).encode()
+    finally:
+        table.close()
+        relay.close()
+        old.sock.close()
+        first.close()
+        again.close()
+
+
 def _untracked_or_a_second(listener: socket.socket) -> None:
     """Until a new connection to `listener` is not tracked by the kernel, or a second."""
     deadline = time.monotonic() + 1
@@ -193,7 +251,7 @@ def test_the_table_goes_with_the_process_that_made_it_even_killed(tmp_path: Path
             f"""
             import sys, time
             sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
-            from stackvisor.system import nftables
+            from stackvisor.system import conntrack, nftables
             table = nftables.Redirects()
             table.set({port}, {server.port})
             print("on", flush=True)
@@ -362,6 +420,35 @@ def test_the_messages_frame_a_batch_the_kernel_answers_per_message() -> None:
     assert list(nftables.replies(answered[:-4])) == [(7, 0, None), (9, 0, 77)]  # a cut one is not read
 
 
+def test_the_tracking_entries_are_read_and_deleted_by_their_tuple_and_id() -> None:
+    redirected = conntrack.Entry(6, "127.0.0.1", "127.0.0.1", 40000, 8080, answered_from=41000, id=7)
+    relayed = conntrack.Entry(6, "127.0.0.1", "127.0.0.1", 40001, 8080, answered_from=8080, id=8)
+    elsewhere = conntrack.Entry(6, "127.0.0.1", "10.0.0.1", 40002, 8080, answered_from=41000, id=9)
+    udp = conntrack.Entry(17, "127.0.0.1", "127.0.0.1", 40003, 8080, answered_from=41000, id=10)
+    every = [redirected, relayed, elsewhere, udp]
+    assert conntrack.stale(every, 8080, 41000) == [redirected]
+    assert conntrack.stale(every, 8080, None) == [redirected, relayed]
+    assert conntrack.stale(every, 8081, None) == []
+
+    def as_told(entry: conntrack.Entry) -> bytes:
+        """The kernel's message for `entry`: the tuples of delete requests, the reply's
+        the other way round, from where it was answered."""
+        request = conntrack.deleting(5, entry)
+        orig = request[20:-8]  # after nlmsghdr and nfgenmsg, before the id
+        back = conntrack.Entry(
+            6, entry.destination, entry.source, entry.answered_from, entry.source_port, 0, 0
+        )
+        reply = bytearray(conntrack.deleting(5, back)[20:-8])
+        reply[2:4] = (2 | 0x8000).to_bytes(2, sys.byteorder)  # CTA_TUPLE_REPLY
+        body = b"\2\0\0\0" + orig + bytes(reply) + request[-8:]
+        head = (16 + len(body)).to_bytes(4, sys.byteorder) + (1 << 8).to_bytes(2, sys.byteorder)
+        return head + b"\2\0" + b"\0" * 8 + body
+
+    done = (16).to_bytes(4, sys.byteorder) + (3).to_bytes(2, sys.byteorder) + b"\0" * 10
+    assert list(conntrack.replies(as_told(redirected) + as_told(relayed) + done)) == [redirected, relayed, 0]
+    assert list(conntrack.replies(as_told(redirected)[:-4])) == []  # a cut one is not read
+
+
 def test_the_listener_filter_lists_the_ports_while_they_fit() -> None:
     assert len(nothing := closes_program(set())) == 5 * 8  # no port: nothing through
     assert len(closes_program({80, 443})) == (5 + 4) * 8
@@ -428,7 +515,10 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen(128)
 def answer(c):
     c.sendall(f"{os.getpid()} {c.getpeername()[1]}".encode())
-    c.recv(1)
+    if os.environ.get("RESET"):  # as a server that closes with input unread
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\1\\0\\0\\0\\0\\0\\0\\0")
+    else:
+        c.recv(1)
     c.close()
 while True:
     c, _ = s.accept()
@@ -506,6 +596,70 @@ def test_a_connection_by_the_kernel_keeps_the_service_from_an_idle_stop(
     wait_for(lambda: status(tmp_path)["state"] == "idle", timeout=10)
     assert not alive(pid)
     assert status(tmp_path)["forwarding"] == "relay"
+
+
+@needs_nftables
+def test_a_client_port_used_again_after_a_restart_reaches_the_new_process(
+    tmp_path: Path, detached: Any
+) -> None:
+    """The old process reset its connections: the kernel's entries of them, left with
+    their redirect to its internal port, go with it, and a client that uses the same
+    port again reaches the new process, not the old port (refused)."""
+    (port,) = free_ports(1)
+    peers_stack(tmp_path, port, "environment: {RESET: '1'}")
+    assert detached(tmp_path).returncode == 0
+    first = answer(port)[0]
+    wait_for(lambda: status(tmp_path)["forwarding"] == "kernel")
+    old = status(tmp_path)["internal_port"]
+    with socket.socket() as conn:
+        conn.bind(("127.0.0.1", 0))
+        ours = conn.getsockname()
+        conn.connect(("127.0.0.1", port))
+        assert conn.recv(64).split() == [str(first).encode(), str(ours[1]).encode()]  # the kernel's way
+    assert conntrack.stale(conntrack.entries(), port, old)
+    assert cli("restart", "api", cwd=tmp_path).returncode == 0
+    wait_for(lambda: status(tmp_path)["forwarding"] == "kernel")
+    wait_for(lambda: not conntrack.stale(conntrack.entries(), port, old), timeout=5)  # theirs: 10 s
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(ours)
+        again.settimeout(10)
+        again.connect(("127.0.0.1", port))
+        assert int(again.recv(64).split()[0]) not in (first, 0)
+
+
+@needs_nftables
+def test_a_client_port_used_again_after_the_supervisor_was_killed_reaches_the_new_stack(
+    tmp_path: Path, detached: Any
+) -> None:
+    """A SIGKILL takes the table, and with it the kernel's tracking, before the service
+    dies: its connections' entries stay as they were, redirected to a port nobody
+    serves. The next supervisor deletes them before its public port listens."""
+    (port,) = free_ports(1)
+    peers_stack(tmp_path, port)
+    assert detached(tmp_path).returncode == 0
+    service = answer(port)[0]
+    wait_for(lambda: status(tmp_path)["forwarding"] == "kernel")
+    old = status(tmp_path)["internal_port"]
+    held = socket.socket()
+    try:
+        held.bind(("127.0.0.1", 0))
+        ours = held.getsockname()
+        held.connect(("127.0.0.1", port))
+        held.recv(64)  # the service holds it open
+        os.kill(supervisor_pid(tmp_path), signal.SIGKILL)
+        wait_for(lambda: not alive(service))  # PDEATHSIG
+    finally:
+        held.close()
+    assert conntrack.stale(conntrack.entries(), port, old)
+    assert detached(tmp_path).returncode == 0
+    assert not conntrack.stale(conntrack.entries(), port, None)
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(ours)
+        again.settimeout(10)
+        again.connect(("127.0.0.1", port))
+        assert again.recv(64)
 
 
 def test_the_relay_copies_every_connection_when_told_to(tmp_path: Path, detached: Any) -> None:

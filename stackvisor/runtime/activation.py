@@ -130,7 +130,7 @@ class Activation:
             assert isinstance(public, int)
             if self.proxy is None:
                 if self.forwarding is not None:
-                    self.forwarding.prepare()
+                    self.forwarding.prepare(public)
                 self.proxy = Proxy(listening_socket(public), up=self._up, serves=self._serves)
             else:
                 self.proxy.rebind(up=self._up, serves=self._serves)
@@ -139,7 +139,9 @@ class Activation:
         if self.proxy is not None and self.forwarding is not None:
             public = self.runner.config.port
             assert isinstance(public, int)
-            path = KernelPath(self.forwarding, self.bus, self.runner.name, public, self._serving)
+            path = KernelPath(
+                self.forwarding, self.bus, self.runner.name, public, self._serving, self._runs_on
+            )
             kernel = asyncio.create_task(path.run(), name=f"forwarding:{self.runner.name}")
         try:
             while True:
@@ -160,6 +162,9 @@ class Activation:
         check, else running), else None: when new connections may skip the proxy."""
         runner = self.runner
         return runner.port if runner.state in self._ready() else None
+
+    def _runs_on(self, port: int) -> bool:
+        return self.runner.running and self.runner.port == port
 
     def _serves(self, port: int) -> bool:
         return self._serving() == port

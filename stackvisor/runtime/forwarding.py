@@ -34,6 +34,7 @@ from typing import Any
 from stackvisor.ports import tables
 from stackvisor.ports.closes import ListenerCloses
 from stackvisor.runtime.events import Event, EventBus, EventKind
+from stackvisor.system import conntrack
 from stackvisor.system.nftables import Redirects, Unavailable
 
 _IPV4_REACHABLE = {(4, "127.0.0.1"), (4, "0.0.0.0"), (6, "::")}  # what 127.0.0.1:port reaches
@@ -64,14 +65,16 @@ class Forwarding:
         self._closes: ListenerCloses | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lost: dict[int, Callable[[], None]] = {}
+        self.forgetting: dict[tuple[int, int], asyncio.Task[None]] = {}  # (public, internal)
 
     def via(self, public: int) -> str:
         return "kernel" if public in self.rules else "relay"
 
-    def prepare(self) -> None:
-        """Make the table now if the kernel's path is wanted: before a public port
-        listens, so that the kernel tracks every connection the relay takes from its
-        first packet (`nftables` says why that matters)."""
+    def prepare(self, public: int) -> None:
+        """Make the table now if the kernel's path is wanted: before `public` listens,
+        so that the kernel tracks every connection the relay takes from its first packet
+        (`nftables` says why that matters). The kernel's entries of connections to it
+        that are left from before (a supervisor killed) go."""
         if self.unavailable or not self.wanted():
             return
         try:
@@ -79,6 +82,18 @@ class Forwarding:
             self._redirects.open()
         except (Unavailable, OSError) as exc:
             self._give_up(getattr(exc, "strerror", None) or str(exc))
+            return
+        self.forget(public, None)
+
+    def forget(self, public: int, internal: int | None, still: Callable[[], bool] = lambda: True) -> None:
+        """Delete the kernel's entries of connections to `public` redirected to
+        `internal` (None: all), which nobody serves any more (`system.conntrack`)."""
+        try:
+            conntrack.forget(public, internal, still=still)
+        except OSError as exc:
+            self._logger.info(
+                "connection tracking entries left", port=public, reason=exc.strerror or str(exc)
+            )
 
     def forward(self, public: int, internal: int, lost: Callable[[], None]) -> bool:
         """New connections to `public` go to `internal` from now on, until `stop`, or until
@@ -112,6 +127,8 @@ class Forwarding:
 
     def close(self) -> None:
         """The stack is down: the table and the watch go (the kernel would at our exit)."""
+        for task in list(self.forgetting.values()):
+            task.cancel()
         self.rules.clear()
         self._lost.clear()
         self._unwatch()
@@ -168,6 +185,10 @@ class Forwarding:
             call()
 
 
+def _gone(alive: Callable[[int], bool], port: int) -> bool:
+    return not alive(port)
+
+
 async def _first(*waits: Awaitable[object]) -> None:
     tasks = [asyncio.ensure_future(w) for w in waits]
     try:
@@ -187,17 +208,20 @@ class KernelPath:
         service: str,
         public: int,
         serving: Callable[[], int | None],
+        alive: Callable[[int], bool],
     ) -> None:
         self.forwarding = forwarding
         self.bus = bus
         self.service = service
         self.public = public
         self.serving = serving  # the internal port while the service serves, else None
+        self.alive = alive  # whether a process of the service runs on that internal port
 
     async def run(self) -> None:
         """Until cancelled; the redirect is off when it returns."""
         forwarding = self.forwarding
         unhook = self.bus.hook(self._moved)
+        served: int | None = None  # where the rule sent connections last
         try:
             while True:
                 await self.bus.wait_until(lambda: self.serving() is not None and forwarding.wanted())
@@ -206,12 +230,31 @@ class KernelPath:
                     continue
                 lost = asyncio.Event()  # its listener went: look for one again
                 on = await self._listening(port) and forwarding.forward(self.public, port, lost.set)
+                served = port if on else served
                 over = self.bus.wait_until(functools.partial(self._over, port))
                 await (_first(over, lost.wait()) if on else over)
                 forwarding.stop(self.public)
+                if on:
+                    self._forget_later(port)
         finally:
             unhook()
             forwarding.stop(self.public)
+            if served is not None:
+                self._forget_later(served)
+
+    def _forget_later(self, port: int) -> None:
+        """Once the process that served `port` is gone, so are the kernel's entries of
+        the connections redirected to it (`system.conntrack` says why). The task is the
+        stack's, not this watcher's, which a reload may end first."""
+        key, tasks = (self.public, port), self.forwarding.forgetting
+        if key not in tasks:
+            tasks[key] = asyncio.create_task(self._forget_when_gone(port))
+            tasks[key].add_done_callback(lambda _: tasks.pop(key, None))
+
+    async def _forget_when_gone(self, port: int) -> None:
+        gone = functools.partial(_gone, self.alive, port)
+        await self.bus.wait_until(gone)
+        await asyncio.to_thread(self.forwarding.forget, self.public, port, gone)
 
     def _over(self, port: int) -> bool:
         return self.serving() != port or not self.forwarding.wanted()

@@ -80,21 +80,21 @@ class Unavailable(Exception):
 # --- messages (pure) ---------------------------------------------------------------
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
+def attr(kind: int, payload: bytes) -> bytes:
     size = 4 + len(payload)
     return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
 
 
-def _nest(kind: int, *attrs: bytes) -> bytes:
-    return _attr(kind | _NLA_F_NESTED, b"".join(attrs))
+def nest(kind: int, *attrs: bytes) -> bytes:
+    return attr(kind | _NLA_F_NESTED, b"".join(attrs))
 
 
 def _u32(kind: int, value: int) -> bytes:
-    return _attr(kind, struct.pack("!i" if value < 0 else "!I", value))
+    return attr(kind, struct.pack("!i" if value < 0 else "!I", value))
 
 
 def _text(kind: int, value: str) -> bytes:
-    return _attr(kind, value.encode() + b"\0")
+    return attr(kind, value.encode() + b"\0")
 
 
 def _message(kind: int, flags: int, seq: int, attrs: bytes = b"", *, family: int = _IPV4) -> bytes:
@@ -105,12 +105,12 @@ def _message(kind: int, flags: int, seq: int, attrs: bytes = b"", *, family: int
 
 
 def _expr(name: str, *attrs: bytes) -> bytes:
-    return _nest(_LIST_ELEM, _text(_EXPR_NAME, name), _nest(_EXPR_DATA, *attrs))
+    return nest(_LIST_ELEM, _text(_EXPR_NAME, name), nest(_EXPR_DATA, *attrs))
 
 
 def _equals(value: bytes) -> bytes:
     return _expr(
-        "cmp", _u32(_SREG, _REG), _u32(_CMP_OP, _CMP_EQ), _nest(_CMP_DATA, _attr(_DATA_VALUE, value))
+        "cmp", _u32(_SREG, _REG), _u32(_CMP_OP, _CMP_EQ), nest(_CMP_DATA, attr(_DATA_VALUE, value))
     )
 
 
@@ -126,10 +126,10 @@ def redirect(public: int, internal: int) -> bytes:
     kernel also shows NAT, as new, a connection it picks up half-way (one made while it
     tracked nothing): that one is not redirected, or its packets would reach a port
     that never heard of it."""
-    to_port = _nest(_IMMEDIATE_DATA, _attr(_DATA_VALUE, struct.pack("!H", internal)))
+    to_port = nest(_IMMEDIATE_DATA, attr(_DATA_VALUE, struct.pack("!H", internal)))
     flags = bytes([_FIN | _SYN | _RST | _ACK])
     only = _u32(_BITWISE_SREG, _REG) + _u32(_BITWISE_DREG, _REG) + _u32(_BITWISE_LEN, 1)
-    mask = _nest(_BITWISE_MASK, _attr(_DATA_VALUE, flags)) + _nest(_BITWISE_XOR, _attr(_DATA_VALUE, b"\0"))
+    mask = nest(_BITWISE_MASK, attr(_DATA_VALUE, flags)) + nest(_BITWISE_XOR, attr(_DATA_VALUE, b"\0"))
     return b"".join(
         [
             _load(_NETWORK_HEADER, 16, 4),  # the destination address
@@ -157,10 +157,10 @@ def tracking() -> bytes:
 def making(seq: int, table: str) -> tuple[bytes, list[int]]:
     """One transaction: the table, its chain and the tracking rule."""
     ack = _NLM_F_REQUEST | _NLM_F_ACK
-    hook = _nest(_CHAIN_HOOK, _u32(_HOOK_NUM, _LOCAL_OUT), _u32(_HOOK_PRIORITY, _NAT_PRIORITY))
+    hook = nest(_CHAIN_HOOK, _u32(_HOOK_NUM, _LOCAL_OUT), _u32(_HOOK_PRIORITY, _NAT_PRIORITY))
     table_attrs = _text(_TABLE_NAME, table) + _u32(_TABLE_FLAGS, _TABLE_F_OWNER)
     chain_attrs = _text(_CHAIN_TABLE, table) + _text(_CHAIN_NAME, CHAIN) + hook + _text(_CHAIN_TYPE, "nat")
-    rule_attrs = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, CHAIN) + _nest(_RULE_EXPRESSIONS, tracking())
+    rule_attrs = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, CHAIN) + nest(_RULE_EXPRESSIONS, tracking())
     return _framed(
         seq,
         [
@@ -181,8 +181,8 @@ def setting(
     names = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, CHAIN)
     parts: list[tuple[int, int, bytes]] = []
     if replacing is not None:
-        parts.append((_DELRULE, ack, names + _attr(_RULE_HANDLE, struct.pack("!Q", replacing))))
-    expressions = _nest(_RULE_EXPRESSIONS, redirect(public, internal))
+        parts.append((_DELRULE, ack, names + attr(_RULE_HANDLE, struct.pack("!Q", replacing))))
+    expressions = nest(_RULE_EXPRESSIONS, redirect(public, internal))
     parts.append((_NEWRULE, ack | _NLM_F_ECHO | _NLM_F_CREATE | _NLM_F_APPEND, names + expressions))
     return _framed(seq, parts)
 
@@ -191,7 +191,7 @@ def unsetting(seq: int, table: str, handle: int) -> tuple[bytes, list[int]]:
     """One transaction: the rule of `handle` deleted."""
     names = _text(_RULE_TABLE, table) + _text(_RULE_CHAIN, CHAIN)
     return _framed(
-        seq, [(_DELRULE, _NLM_F_REQUEST | _NLM_F_ACK, names + _attr(_RULE_HANDLE, struct.pack("!Q", handle)))]
+        seq, [(_DELRULE, _NLM_F_REQUEST | _NLM_F_ACK, names + attr(_RULE_HANDLE, struct.pack("!Q", handle)))]
     )
 
 
@@ -223,13 +223,13 @@ def replies(data: bytes) -> Iterator[tuple[int, int, int | None]]:
             (code,) = struct.unpack_from("=i", data, body)
             yield seq, -code, None
         elif kind == _SUBSYS << 8 | _NEWRULE:
-            handle = _attribute(data[body + 4 : offset + size], _RULE_HANDLE)  # after nfgenmsg
+            handle = attribute(data[body + 4 : offset + size], _RULE_HANDLE)  # after nfgenmsg
             if handle is not None and len(handle) == 8:
                 yield seq, 0, struct.unpack("!Q", handle)[0]
         offset += (size + 3) & ~3
 
 
-def _attribute(attrs: bytes, wanted: int) -> bytes | None:
+def attribute(attrs: bytes, wanted: int) -> bytes | None:
     offset = 0
     while offset + 4 <= len(attrs):
         size, kind = struct.unpack_from("=HH", attrs, offset)
