@@ -109,9 +109,7 @@ def _expr(name: str, *attrs: bytes) -> bytes:
 
 
 def _equals(value: bytes) -> bytes:
-    return _expr(
-        "cmp", _u32(_SREG, _REG), _u32(_CMP_OP, _CMP_EQ), nest(_CMP_DATA, attr(_DATA_VALUE, value))
-    )
+    return _expr("cmp", _u32(_SREG, _REG), _u32(_CMP_OP, _CMP_EQ), nest(_CMP_DATA, attr(_DATA_VALUE, value)))
 
 
 def _load(base: int, offset: int, length: int) -> bytes:
