@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,8 @@ from collections.abc import Awaitable, Callable
 _FIRST_CHUNK = 64 * 1024
 _LAST_CHUNK = 1024 * 1024
 _CONNECT_WAIT = 30.0  # how long a connection waits for a started service to accept
+
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with a RST
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -146,7 +149,8 @@ class Proxy:
         self.connections += 1
         try:
             upstream = await self._upstream()
-            if upstream is None:
+            if upstream is None:  # reset, as a port nobody listens on answers
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
                 client.close()
                 return
             for end in (client, upstream):
