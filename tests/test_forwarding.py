@@ -616,16 +616,34 @@ def test_a_client_port_used_again_after_a_restart_reaches_the_new_process(
         ours = conn.getsockname()
         conn.connect(("127.0.0.1", port))
         assert conn.recv(64).split() == [str(first).encode(), str(ours[1]).encode()]  # the kernel's way
-    assert conntrack.stale(conntrack.entries(), port, old)
-    assert cli("restart", "api", cwd=tmp_path).returncode == 0
-    wait_for(lambda: status(tmp_path)["forwarding"] == "kernel")
-    wait_for(lambda: not conntrack.stale(conntrack.entries(), port, old), timeout=5)  # theirs: 10 s
-    with socket.socket() as again:
-        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        again.bind(ours)
-        again.settimeout(10)
+    with _bound_again(ours) as again:  # before anybody's connection takes the port
+        assert conntrack.stale(conntrack.entries(), port, old)
+        assert cli("restart", "api", cwd=tmp_path).returncode == 0
+        wait_for(lambda: status(tmp_path)["forwarding"] == "kernel")
+        wait_for(lambda: not conntrack.stale(conntrack.entries(), port, old), timeout=5)  # theirs: 10 s
         again.connect(("127.0.0.1", port))
         assert int(again.recv(64).split()[0]) not in (first, 0)
+
+
+def _bound_again(address: tuple[str, int]) -> socket.socket:
+    """A socket bound to `address` again, once its last user lets it go (10 s at most)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.settimeout(10)
+
+    def bound() -> bool:
+        try:
+            sock.bind(address)
+        except OSError:
+            return False
+        return True
+
+    try:
+        wait_for(bound, timeout=10)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @needs_nftables
@@ -651,13 +669,10 @@ def test_a_client_port_used_again_after_the_supervisor_was_killed_reaches_the_ne
         wait_for(lambda: not alive(service))  # PDEATHSIG
     finally:
         held.close()
-    assert conntrack.stale(conntrack.entries(), port, old)
-    assert detached(tmp_path).returncode == 0
-    assert not conntrack.stale(conntrack.entries(), port, None)
-    with socket.socket() as again:
-        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        again.bind(ours)
-        again.settimeout(10)
+    with _bound_again(ours) as again:  # before anybody's connection takes the port
+        assert conntrack.stale(conntrack.entries(), port, old)
+        assert detached(tmp_path).returncode == 0
+        assert not conntrack.stale(conntrack.entries(), port, None)
         again.connect(("127.0.0.1", port))
         assert again.recv(64)
 
