@@ -450,10 +450,41 @@ def test_the_tracking_entries_are_read_and_deleted_by_their_tuple_and_id() -> No
 
 
 def test_the_listener_filter_lists_the_ports_while_they_fit() -> None:
-    assert len(nothing := closes_program(set())) == 5 * 8  # no port: nothing through
-    assert len(closes_program({80, 443})) == (5 + 4) * 8
-    assert len(closes_program(set(range(1, 3000)))) == 7 * 8  # too many: any bound port
+    assert len(nothing := closes_program(set())) == 13 * 8  # no port: nothing through
+    assert len(closes_program({80, 443})) == (13 + 4) * 8
+    assert len(closes_program(set(range(1, 3000)))) == 15 * 8  # too many: any bound port
     assert nothing != closes_program(set(range(1, 3000)))
+
+
+async def test_a_connection_its_server_resets_is_not_its_listener_going() -> None:
+    """A server's close with SO_LINGER 0 disconnects the socket first: the kernel tells
+    of it with no peer port, as of a listener. Its peer's address is still there."""
+    try:
+        closes = ListenerCloses()
+    except OSError as exc:
+        pytest.skip(f"no sock_diag destroy groups here: {exc}")
+    server, later = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    try:
+        port, other = server.getsockname()[1], later.getsockname()[1]
+        closes.watch({port, other})
+        with socket.create_connection(server.getsockname()), socket.create_connection(server.getsockname()):
+            accepted, _ = server.accept()
+            accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            accepted.close()  # a reset
+            later.close()  # told after the reset
+            loop = asyncio.get_running_loop()
+            told = asyncio.Event()
+            loop.add_reader(closes.fileno(), told.set)
+            try:
+                await asyncio.wait_for(told.wait(), 10)
+            finally:
+                loop.remove_reader(closes.fileno())
+            assert closes.read() == {other}  # not `port`: its listener listens on
+            assert server.accept()
+    finally:
+        server.close()
+        later.close()
+        closes.close()
 
 
 async def test_only_the_watched_ports_listeners_are_told_of() -> None:
@@ -482,13 +513,16 @@ async def test_only_the_watched_ports_listeners_are_told_of() -> None:
 
 
 def test_a_destroyed_socket_without_a_peer_is_a_closed_listener() -> None:
-    def message(local: int, peer: int, kind: int = 20) -> bytes:
-        body = bytes([2, 7, 0, 0]) + local.to_bytes(2, "big") + peer.to_bytes(2, "big") + b"\0" * 64
+    def message(local: int, peer: int, kind: int = 20, address: bytes = b"") -> bytes:
+        ends = local.to_bytes(2, "big") + peer.to_bytes(2, "big") + b"\x7f\0\0\1" + b"\0" * 12
+        body = bytes([2, 7, 0, 0]) + ends + address.ljust(16, b"\0") + b"\0" * 32
         return (
             (16 + len(body)).to_bytes(4, sys.byteorder) + kind.to_bytes(2, sys.byteorder) + b"\0" * 10 + body
         )
 
     data = message(8081, 0) + message(8081, 45000) + message(9000, 0, kind=3) + message(9001, 0)
+    # A connection reset by SO_LINGER 0 loses its peer's port, not its peer's address.
+    data += message(9002, 0, address=b"\x7f\0\0\1") + message(9003, 0, address=b"\0" * 15 + b"\1")
     assert closed_ports(data) == {8081, 9001}
     assert closed_ports(data[:30]) == set()  # a cut message is not read
 

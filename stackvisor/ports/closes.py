@@ -4,7 +4,9 @@ Every TCP socket of the network namespace that is destroyed is told to the membe
 `SKNLGRP_INET_TCP_DESTROY` (and its IPv6 twin), a millisecond or two after a process that
 held it is killed. A classic BPF program on our socket lets through, in the kernel, only
 the ones with no peer (a listener; a socket that never connected) on the ports we
-watch, so the connections and sockets of a busy machine cost nothing here.
+watch, so the connections and sockets of a busy machine cost nothing here. A connection
+its server ends with a reset (SO_LINGER 0) is told with its peer's port cleared, as a
+listener's: its peer's address, which is kept, tells them apart.
 
 `program` and `closed_ports` (pure) make the filter and read the messages;
 `ListenerCloses` is the socket.
@@ -25,17 +27,25 @@ _ROOM = 1 << 20
 _HEADER = struct.Struct("=IH")  # nlmsghdr's length and type
 _PORTS = struct.Struct("!HH")  # inet_diag_msg.id: source port, destination port
 _PORTS_AT = 16 + 4  # after the netlink header and family, state, timer, retransmits
+_PEER_AT = _PORTS_AT + 4 + 16  # the peer's address, after the ports and our own address
 _SOCK_DIAG_BY_FAMILY = 20
 
-_LDH, _JEQ, _RET = 0x28, 0x15, 0x06  # BPF_LD|BPF_H|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+_LDH, _LDW = 0x28, 0x20  # BPF_LD|BPF_H|BPF_ABS, BPF_LD|BPF_W|BPF_ABS
+_JEQ, _RET = 0x15, 0x06  # BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
 _ALL, _NONE = 0xFFFFFFFF, 0
 _MAX_INSTRUCTIONS = 4096  # BPF_MAXINSNS
 
 
 def program(ports: set[int]) -> bytes:
-    """A classic BPF program that lets through a message about a socket with no peer port
-    whose local port is one of `ports` (any bound one, when they are too many to list)."""
-    head = [(_LDH, 0, 0, _PORTS_AT + 2), (_JEQ, 1, 0, 0), (_RET, 0, 0, _NONE), (_LDH, 0, 0, _PORTS_AT)]
+    """A classic BPF program that lets through a message about a socket with no peer
+    (port and address) whose local port is one of `ports` (any bound one, when they are
+    too many to list)."""
+    # Peer port 0, then each word of the peer's address 0, else to the `_RET _NONE`.
+    peerless = [(_LDH, 0, 0, _PORTS_AT + 2), (_JEQ, 0, 8, 0)]
+    for word in range(4):
+        last = word == 3
+        peerless += [(_LDW, 0, 0, _PEER_AT + 4 * word), (_JEQ, int(last), 6 - 2 * word, 0)]
+    head = [*peerless, (_RET, 0, 0, _NONE), (_LDH, 0, 0, _PORTS_AT)]
     fits = 2 * len(ports) + len(head) + 1 <= _MAX_INSTRUCTIONS
     # Each port: equal -> the next instruction (keep it), else skip it.
     body = [step for port in sorted(ports) if fits for step in ((_JEQ, 0, 1, port), (_RET, 0, 0, _ALL))]
@@ -47,12 +57,13 @@ def closed_ports(data: bytes) -> set[int]:
     """The local ports of the peerless sockets that `data`'s messages say were destroyed."""
     found: set[int] = set()
     offset = 0
-    while offset + _PORTS_AT + _PORTS.size <= len(data):
+    while offset + _PEER_AT + 16 <= len(data):
         size, kind = _HEADER.unpack_from(data, offset)
-        if size < _PORTS_AT + _PORTS.size or offset + size > len(data):
+        if size < _PEER_AT + 16 or offset + size > len(data):
             break
         local, peer = _PORTS.unpack_from(data, offset + _PORTS_AT)
-        if kind == _SOCK_DIAG_BY_FAMILY and peer == 0:
+        address = data[offset + _PEER_AT : offset + _PEER_AT + 16]
+        if kind == _SOCK_DIAG_BY_FAMILY and peer == 0 and address == bytes(16):
             found.add(local)
         offset += (size + 3) & ~3
     return found
