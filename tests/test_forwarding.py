@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from stackvisor.ports import tables
 from stackvisor.ports.closes import ListenerCloses, closed_ports
 from stackvisor.ports.closes import program as closes_program
 from stackvisor.runtime.forwarding import Forwarding, listens, poll_after
@@ -549,10 +550,9 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen(128)
 def answer(c):
     c.sendall(f"{os.getpid()} {c.getpeername()[1]}".encode())
-    if os.environ.get("RESET"):  # as a server that closes with input unread
+    c.recv(1)  # the client's end (or a byte): a reset any sooner could beat its connect()
+    if os.environ.get("RESET"):  # as a server that ends its connections with a reset
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\1\\0\\0\\0\\0\\0\\0\\0")
-    else:
-        c.recv(1)
     c.close()
 while True:
     c, _ = s.accept()
@@ -701,6 +701,9 @@ def test_a_client_port_used_again_after_the_supervisor_was_killed_reaches_the_ne
         held.recv(64)  # the service holds it open
         os.kill(supervisor_pid(tmp_path), signal.SIGKILL)
         wait_for(lambda: not alive(service))  # PDEATHSIG
+        # Its main thread is a zombie before the one holding the connection has ended:
+        # closed any sooner, ours would close first and wait (TIME_WAIT, 60 s) on the port.
+        wait_for(lambda: not tables.listeners([old])[1].get(old))
     finally:
         held.close()
     with _bound_again(ours) as again:  # before anybody's connection takes the port
