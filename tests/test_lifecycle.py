@@ -21,6 +21,7 @@ from stackvisor.runtime.lifecycle import (
     Exited,
     HealthVerdict,
     Life,
+    ListenFailed,
     Restart,
     Rules,
     Spawn,
@@ -183,6 +184,14 @@ def test_events_that_mean_nothing_in_a_state_change_nothing() -> None:
 def test_a_crash_of_the_runner_fails_the_service() -> None:
     assert states(step(Life(State.RUNNING), Crashed("bug"), 0.0, RULES)) == ["failed"]
     assert step(Life(State.FAILED), Crashed("bug"), 0.0, RULES).transitions == ()
+
+
+def test_a_port_the_supervisor_cannot_listen_on_fails_a_waiting_service() -> None:
+    """Idle or stopped, it passes through `pending` (it was to start), as a start that
+    cannot bind does; nothing alive is failed so (the activation stops it first)."""
+    assert states(step(Life(State.IDLE), ListenFailed("port 80 taken"), 0.0, RULES)) == ["pending", "failed"]
+    assert states(step(Life(State.PENDING), ListenFailed("port 80 taken"), 0.0, RULES)) == ["failed"]
+    assert step(Life(State.RUNNING), ListenFailed("port 80 taken"), 0.0, RULES).transitions == ()
 
 
 def test_may_have_lost_port_only_for_an_early_failure() -> None:

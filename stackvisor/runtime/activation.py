@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from stackvisor.config.schema import StackConfig
-from stackvisor.errors import ActionConflict
+from stackvisor.errors import ActionConflict, StartError
 from stackvisor.ports import tables
 from stackvisor.runtime.clock import Clock
 from stackvisor.runtime.command import listening_socket
@@ -35,7 +35,7 @@ from stackvisor.runtime.events import Activated, EventBus, IdleStopped
 from stackvisor.runtime.forwarding import Forwarding, KernelPath
 from stackvisor.runtime.proxy import Proxy
 from stackvisor.runtime.service import ServiceRunner
-from stackvisor.runtime.states import ALIVE, State
+from stackvisor.runtime.states import ALIVE, SETTLED, State
 from stackvisor.system import cgroups
 
 _MAX_TICK = 1.0  # the longest time between two looks at a running service
@@ -129,9 +129,7 @@ class Activation:
             public = self.runner.config.port
             assert isinstance(public, int)
             if self.proxy is None:
-                if self.forwarding is not None:
-                    self.forwarding.prepare(public)
-                self.proxy = Proxy(listening_socket(public), up=self._up, serves=self._serves)
+                self.proxy = await self._public_listener(public)
             else:
                 self.proxy.rebind(up=self._up, serves=self._serves)
             self.proxy.start()
@@ -156,6 +154,24 @@ class Activation:
                 await asyncio.gather(kernel, return_exceptions=True)  # the redirect is off
             if self.proxy is not None and not self.handed_over:
                 self.proxy.close()
+
+    async def _public_listener(self, public: int) -> Proxy:
+        """The proxy's listener on the public port, once it is ours to listen on."""
+        while True:
+            try:
+                if self.forwarding is not None:
+                    self.forwarding.prepare(public)
+                return Proxy(listening_socket(public), up=self._up, serves=self._serves)
+            except StartError as exc:
+                await self._cannot_listen(str(exc))
+
+    async def _cannot_listen(self, reason: str) -> None:
+        """Somebody else listens on the port (a reload moved the service there): the
+        service fails, not the stack, until somebody starts it again."""
+        if self.runner.state not in SETTLED:  # started meanwhile, without its port
+            await self._stop(self.runner.name, reason, False)
+        self.runner.listen_failed(reason)
+        await self.bus.wait_until(lambda: self.runner.state is not State.FAILED)
 
     def _serving(self) -> int | None:
         """The internal port while the service serves (healthy when it has a health
@@ -197,7 +213,11 @@ class Activation:
     async def _serve_first_connection(self) -> None:
         port = self.runner.config.port if isinstance(self.runner.config.port, int) else None
         reason = f"waiting for a connection on port {port}"
-        woke = await (self._proxied_wake(reason) if self.proxy is not None else self._socket_wake(reason))
+        try:
+            woke = await (self._proxied_wake(reason) if self.proxy is not None else self._socket_wake(reason))
+        except StartError as exc:
+            await self._cannot_listen(str(exc))
+            return
         spawner = self.runner.ctx.spawner
         base = spawner.tracking.base
         # A child that joins its cgroup (not born there) does so in a few ms: see `cgroups.prime`.
@@ -337,9 +357,12 @@ class Activating:
         """A service a reload removed or changed: its activation ends. With `keep_proxy`
         (the port stays, see `plans.keeps_socket`) its proxy goes on, for the next."""
         activation = self.activations.pop(name, None)
-        if keep_proxy and activation is not None and activation.proxy is not None:
-            activation.handed_over = True
-            self._kept_proxies[name] = activation.proxy
+        if activation is not None and activation.proxy is not None:
+            if keep_proxy:
+                activation.handed_over = True
+                self._kept_proxies[name] = activation.proxy
+            else:  # now, not as its task ends: what comes next may listen on the port
+                activation.proxy.close()
         task = self._activation_tasks.pop(name, None)
         if task is not None:
             task.cancel()

@@ -154,6 +154,15 @@ class Idle:
 
 
 @dataclass(frozen=True)
+class ListenFailed:
+    """The supervisor cannot listen on the port it holds for the service (`start:
+    on_demand`, `socket: proxy`): somebody else has it. The service fails, as a start
+    that cannot bind does, until somebody starts it again."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Crashed:
     """The runner itself failed (a bug): the service fails rather than the stack."""
 
@@ -172,6 +181,7 @@ LifeEvent = (
     | Exited
     | BackoffOver
     | Idle
+    | ListenFailed
     | Crashed
 )
 
@@ -267,6 +277,10 @@ def step(life: Life, event: LifeEvent, now: float, rules: Rules) -> Step:
         case Idle(reason) if state in SETTLED and state is not rules.waits_in:
             waiting = rules.waits_in
             return _step(life, replace(life, state=waiting), [Transition(waiting, reason)])
+        case ListenFailed(reason) if state in SETTLED or state is State.PENDING:
+            moves = [] if state is State.PENDING else [Transition(State.PENDING, "listening on its port")]
+            moves.append(Transition(State.FAILED, reason))
+            return _step(life, replace(life, state=State.FAILED, ending=None), moves)
         case Crashed(reason) if State.FAILED in ALLOWED[state]:
             return _step(
                 life, replace(life, state=State.FAILED, ending=None), [Transition(State.FAILED, reason)]

@@ -40,6 +40,7 @@ from stackvisor.runtime.lifecycle import (
     Idle,
     Life,
     LifeEvent,
+    ListenFailed,
     Restart,
     Rules,
     Spawn,
@@ -156,6 +157,11 @@ class ServiceRunner(ServiceFacts):
         fd = self._listener.fileno(self._port or 0) if hold else None
         self._feed(Idle(reason))
         return fd
+
+    def listen_failed(self, reason: str) -> None:
+        """The supervisor could not listen on the service's port for it: it fails."""
+        self.close_socket()
+        self._feed(ListenFailed(reason))
 
     def open(self) -> None:
         """Create the service's log file, so it is there to follow before any output."""

@@ -1,0 +1,100 @@
+"""Edits of an on-demand service's listening (its `socket` mode, its name, its port) by a
+hot reload: the stack stays up, whatever the edit and whoever holds the new port. Real
+supervisors (`up -d`), real servers, real connections."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import alive, cli, client, free_ports, wait_for, write_stack
+
+# Serves on the socket it inherits (fd 3) or binds $PORT; answers each connection with
+# its pid.
+EITHER = """
+import os, socket, threading
+if os.environ.get("LISTEN_FDS"):
+    s = socket.socket(fileno=3)
+else:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen(64)
+def answer(c):
+    c.sendall(str(os.getpid()).encode())
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=answer, args=(c,)).start()
+"""
+
+OTHER = "  other: {command: \"python3 -c 'import time; time.sleep(300)'\"}\n"
+
+
+def stack_of(root: Path, port: int, mode: str, name: str = "api") -> Path:
+    (root / "either.py").write_text(EITHER)
+    return write_stack(
+        root,
+        f"services:\n  {name}:\n    command: python3 either.py\n    port: {port}\n"
+        f"    socket: {mode}\n    start: on_demand\n" + OTHER,
+    )
+
+
+def ask(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+        return int(conn.recv(32))
+
+
+def services(root: Path) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in client(root).get("/v1/status")["services"]}
+
+
+def test_a_reload_between_inherit_and_proxy_keeps_the_stack_and_serves_on_the_port(
+    tmp_path: Path, detached: Any
+) -> None:
+    (port,) = free_ports(1)
+    stack = stack_of(tmp_path, port, "proxy")
+    assert detached(tmp_path).returncode == 0
+    other = services(tmp_path)["other"]["pid"]
+    first = ask(port)
+    for mode in ("inherit", "proxy", "inherit"):
+        stack_of(tmp_path, port, mode)
+        wait_for(
+            lambda old=first: services(tmp_path)["api"]["state"] == "idle" and not alive(old), timeout=15
+        )
+        first = ask(port)
+        assert services(tmp_path)["api"]["pid"] == first
+    assert services(tmp_path)["other"]["pid"] == other  # untouched, and the supervisor is up
+    assert stack.exists()
+
+
+def test_a_renamed_proxied_service_keeps_its_port_and_the_stack(tmp_path: Path, detached: Any) -> None:
+    (port,) = free_ports(1)
+    stack_of(tmp_path, port, "proxy")
+    assert detached(tmp_path).returncode == 0
+    first = ask(port)
+    stack_of(tmp_path, port, "proxy", name="web")
+    wait_for(lambda: "api" not in services(tmp_path) and not alive(first), timeout=15)
+    assert ask(port) == services(tmp_path)["web"]["pid"]
+    assert services(tmp_path)["other"]["state"] == "running"
+
+
+@pytest.mark.parametrize("mode", ["inherit", "proxy"])
+def test_a_port_somebody_else_listens_on_fails_the_service_not_the_stack(
+    tmp_path: Path, detached: Any, mode: str
+) -> None:
+    """The edit moves an idle service to a port another process holds: it fails, says
+    why, and starts there once the port is free and somebody asks."""
+    port, taken = free_ports(2)
+    stack_of(tmp_path, port, mode)
+    assert detached(tmp_path).returncode == 0
+    with socket.create_server(("127.0.0.1", taken)):
+        stack_of(tmp_path, taken, mode)
+        wait_for(lambda: services(tmp_path)["api"]["state"] == "failed", timeout=15)
+        assert f"port {taken}" in services(tmp_path)["api"]["reason"]
+        assert services(tmp_path)["other"]["state"] == "running"
+    started = cli("start", "api", cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    wait_for(lambda: services(tmp_path)["api"]["state"] in ("idle", "running"), timeout=15)
+    assert ask(taken) == services(tmp_path)["api"]["pid"]
