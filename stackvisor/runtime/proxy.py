@@ -32,10 +32,12 @@ _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with a RST
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
-    """Copy `src` to `dst` until `src` ends, then end `dst`'s writing side. Blocking
-    calls in a thread of its own: the GIL is released while the kernel copies."""
+    """Copy `src` to `dst` until `src` ends, then end `dst`'s writing side; when `src`
+    was reset, `dst` will be too, as it closes. Blocking calls in a thread of its own:
+    the GIL is released while the kernel copies."""
     buf = bytearray(_FIRST_CHUNK)
     view = memoryview(buf)
+    was_reset = False
     try:
         while moved := src.recv_into(buf):
             dst.sendall(view[:moved])
@@ -43,11 +45,17 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
                 view.release()
                 buf = bytearray(len(buf) * 4)
                 view = memoryview(buf)
+    except ConnectionResetError:
+        was_reset = True
     except OSError:
-        pass  # a side reset the connection: the other pump ends too
+        pass  # `dst` failed: its own pump ends with it
     finally:
         with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+            if was_reset:  # not an end its peer could take for a whole answer
+                dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                dst.shutdown(socket.SHUT_RD)  # wakes the other pump, says nothing on the wire
+            else:
+                dst.shutdown(socket.SHUT_WR)
 
 
 def relay(a: socket.socket, b: socket.socket, finished: Callable[[], object]) -> None:
