@@ -100,6 +100,37 @@ def test_idle_stop_returns_it_to_idle_and_the_next_connection_starts_it(
     assert kinds.count("activated") >= 1 and "idle_stop" in kinds
 
 
+# Reads each request to its end, then answers it seconds later (a slow upload handler).
+SLOW = """
+import os, socket, threading, time
+s = socket.socket(fileno=3)
+def answer(c):
+    while c.recv(65536):
+        pass
+    time.sleep(2.5)
+    c.sendall(str(os.getpid()).encode())
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=answer, args=(c,)).start()
+"""
+
+
+def test_a_request_its_client_half_closed_keeps_the_service_from_an_idle_stop(
+    tmp_path: Path, detached: Any
+) -> None:
+    (port,) = free_ports(1)
+    on_demand(tmp_path, port, "idle_stop: 1s")
+    (tmp_path / "inherit.py").write_text(SLOW)
+    assert detached(tmp_path).returncode == 0
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+        conn.sendall(b"the whole request")
+        conn.shutdown(socket.SHUT_WR)  # the server reads to the end, then answers
+        pid = int(conn.recv(32))
+    assert alive(pid)
+    wait_for(lambda: service(tmp_path)["state"] == "idle", timeout=10)
+
+
 def test_a_lease_without_heartbeats_stops_the_service(tmp_path: Path, detached: Any) -> None:
     write_stack(
         tmp_path,

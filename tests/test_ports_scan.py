@@ -132,6 +132,21 @@ def test_the_three_sources_agree(spawn) -> None:
     assert sorted((s.inode, s.uid) for s in netlink) == sorted((s.inode, s.uid) for s in proc)
 
 
+def test_a_connection_its_client_half_closed_counts_until_the_server_ends_it(spawn) -> None:
+    """The server has yet to answer it (CLOSE_WAIT): a request in progress, for an idle
+    stop as for a strategy, in each of the three sources."""
+    holder = spawn("127.0.0.1")
+    sources = (tables._netlink_sockets, tables._proc_sockets, tables._psutil_sockets)
+    with (
+        socket.create_connection(("127.0.0.1", holder.port)),
+        socket.create_connection(("127.0.0.1", holder.port)) as asked,
+    ):
+        asked.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        asked.shutdown(socket.SHUT_WR)
+        for source in sources:
+            wait_for(lambda source=source: source({holder.port}, True)[1] == {holder.port: 2})
+
+
 def test_the_owner_carries_the_listeners_process_group(spawn) -> None:
     holder = spawn("127.0.0.1", shell_parent=True)
     leader = holder.proc.pid

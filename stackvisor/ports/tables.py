@@ -27,6 +27,7 @@ _TABLES = (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6))
 _HAVE_PROC_NET = all(os.path.exists(path) for path, _ in _TABLES)
 
 _STATE_ESTABLISHED = b"01"
+_STATE_CLOSE_WAIT = b"08"
 
 _UDP_TABLES = (("/proc/net/udp", 4), ("/proc/net/udp6", 6))
 _UDP_UNCONNECTED = b"07"  # TCP_CLOSE: bound, no peer (a connect()ed socket shows 01)
@@ -69,6 +70,7 @@ _BC_OP = struct.Struct("=BBH")  # struct inet_diag_bc_op: code, yes, no
 _BC_JMP, _BC_S_GE, _BC_S_LE = 1, 2, 3
 _BC_MAX_RANGES = 1000  # keeps the filter well under the 64 KiB attribute limit
 _TCP_ESTABLISHED = 1
+_TCP_CLOSE_WAIT = 8  # its client half-closed it; the server has yet to answer and close
 _TCP_LISTEN = 10
 
 
@@ -184,7 +186,7 @@ def _netlink_dump(
 def _netlink_sockets(wanted: set[int] | None, established: bool) -> tuple[list[Listener], dict[int, int]]:
     states = 1 << _TCP_LISTEN
     if established:
-        states |= 1 << _TCP_ESTABLISHED
+        states |= 1 << _TCP_ESTABLISHED | 1 << _TCP_CLOSE_WAIT
     found: list[Listener] = []
     counts: dict[int, int] = {}
     for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
@@ -192,7 +194,7 @@ def _netlink_sockets(wanted: set[int] | None, established: bool) -> tuple[list[L
             # The kernel filter may be coarser than the set (or absent): check again.
             if wanted is not None and port not in wanted:
                 continue
-            if state == _TCP_ESTABLISHED:
+            if state in (_TCP_ESTABLISHED, _TCP_CLOSE_WAIT):
                 counts[port] = counts.get(port, 0) + 1
             elif state == _TCP_LISTEN:
                 found.append(Listener(port, socket.inet_ntop(family, raw), version, uid, inode))
@@ -220,7 +222,7 @@ def _decode_address(hexaddr: bytes) -> str:
 def _proc_sockets(wanted: set[int] | None, established: bool) -> tuple[list[Listener], dict[int, int]]:
     found: list[Listener] = []
     counts: dict[int, int] = {}
-    states = b"0A|01" if established else b"0A"
+    states = b"0A|01|08" if established else b"0A"
     if wanted is not None and len(wanted) <= 8:
         # Naming the ports in the pattern lets the regex engine skip other lines fast.
         ports = b"|".join(b"%04X" % p for p in sorted(wanted))
@@ -234,7 +236,7 @@ def _proc_sockets(wanted: set[int] | None, established: bool) -> tuple[list[List
             port = int(match.group(2), 16)
             if wanted is not None and port not in wanted:
                 continue
-            if match.group(3) == _STATE_ESTABLISHED:
+            if match.group(3) in (_STATE_ESTABLISHED, _STATE_CLOSE_WAIT):
                 counts[port] = counts.get(port, 0) + 1
                 continue
             # Fields: sl, local, remote, st, tx:rx, tr:when, retrnsmt, uid, timeout, inode.
@@ -258,7 +260,7 @@ def _psutil_sockets(wanted: set[int] | None, established: bool) -> tuple[list[Li
         port = local.port
         if wanted is not None and port not in wanted:
             continue
-        if conn.status == psutil.CONN_ESTABLISHED and established:
+        if conn.status in (psutil.CONN_ESTABLISHED, psutil.CONN_CLOSE_WAIT) and established:
             counts[port] = counts.get(port, 0) + 1
         elif conn.status == psutil.CONN_LISTEN:
             version = 6 if conn.family == socket.AF_INET6 else 4
@@ -269,7 +271,8 @@ def _psutil_sockets(wanted: set[int] | None, established: bool) -> tuple[list[Li
 def listeners(
     ports: Iterable[int] | None = None, established: bool = True
 ) -> tuple[list[Listener], dict[int, int]]:
-    """Listening sockets (on `ports`, or on all ports) and ESTABLISHED counts per port.
+    """Listening sockets (on `ports`, or on all ports) and counts of open connections
+    per port (ESTABLISHED, and CLOSE_WAIT: half-closed by the client, not yet answered).
 
     The counts are per local port, so they are a server's accepted connections; they
     are left out (empty) with `established=False`, which is cheaper.

@@ -68,7 +68,8 @@ def due(watch: Watch, now: float, idle_stop: float | None, lease: float | None) 
 
 
 def established(port: int) -> int:
-    """Established connections whose local port is `port`: the service's clients."""
+    """Open connections whose local port is `port` (established, or half-closed by a
+    client that waits for its answer): the service's clients."""
     _, counts = tables.listeners([port], established=True)
     return counts.get(port, 0)
 
