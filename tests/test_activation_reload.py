@@ -80,6 +80,17 @@ def test_a_renamed_proxied_service_keeps_its_port_and_the_stack(tmp_path: Path, 
     assert services(tmp_path)["other"]["state"] == "running"
 
 
+def test_an_idle_service_moved_by_a_reload_says_its_new_port(tmp_path: Path, detached: Any) -> None:
+    old, new = free_ports(2)
+    stack_of(tmp_path, old, "inherit")
+    assert detached(tmp_path).returncode == 0
+    assert services(tmp_path)["api"]["reason"] == f"waiting for a connection on port {old}"
+    stack_of(tmp_path, new, "inherit")
+    wait_for(lambda: services(tmp_path)["api"]["port"] == new, timeout=15)
+    wait_for(lambda: services(tmp_path)["api"]["reason"] == f"waiting for a connection on port {new}")
+    assert services(tmp_path)["api"]["state"] == "idle" and ask(new)
+
+
 @pytest.mark.parametrize("mode", ["inherit", "proxy"])
 def test_a_port_somebody_else_listens_on_fails_the_service_not_the_stack(
     tmp_path: Path, detached: Any, mode: str

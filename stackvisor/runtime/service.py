@@ -155,6 +155,8 @@ class ServiceRunner(ServiceFacts):
         """`start: on_demand`: wait in `idle` (`schedule`: in `scheduled`); with `hold`, holding
         the port's listening socket (its fd, for the supervisor to watch for a connection)."""
         fd = self._listener.fileno(self._port or 0) if hold else None
+        if self.state is self._rules.waits_in:  # waiting already (a reload moved its port)
+            self._reason = reason
         self._feed(Idle(reason))
         return fd
 
