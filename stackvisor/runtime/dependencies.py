@@ -23,7 +23,7 @@ class DependencyFacts:
     spawned: bool  # a process was started since the last start request
     restart: RestartPolicy
     reason: str = ""
-    runs: int = 0  # processes started so far: a new one means it ran again
+    runs: int = 0  # processes started so far, but out of `idle`: a new one means it ran again
 
 
 def condition_met(facts: DependencyFacts, condition: Condition) -> bool | None:

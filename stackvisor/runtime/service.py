@@ -83,6 +83,8 @@ class ServiceRunner(ServiceFacts):
         self._stop = asyncio.Event()
         self._terminate = asyncio.Event()  # the step asked to end the process (unhealthy)
         self._spawn_count = 0
+        self._runs = 0  # processes started but out of `idle`: what `restart: true` follows
+        self._waking = False  # started out of `idle` (a connection, `start`): not "again"
         self._db_row: int | None = None
         self._listener = HeldSocket()  # with socket: inherit
         self._keep_socket = False  # set while a restart stops the service
@@ -183,6 +185,8 @@ class ServiceRunner(ServiceFacts):
         self._life = result.life
         for move in result.transitions:
             self._reason = move.reason
+            if move.state is State.PENDING:
+                self._waking = old is State.IDLE
             data = dict(move.data or {})
             self.ctx.bus.publish(
                 StateChanged(
@@ -287,6 +291,8 @@ class ServiceRunner(ServiceFacts):
         inherit = cfg.socket == "inherit"
         listener = self._listener.fileno(self._port) if inherit and self._port else None
         self._spawn_count += 1
+        self._runs += 0 if self._waking else 1
+        self._waking = False
         self._exit_code = None
         self._health = None
         launched = await launch(self.ctx, cfg, self._port, listener, self._spawn_count)

@@ -34,6 +34,7 @@ class ServiceFacts:
     _spawned: bool  # since the last start request: for `service_started`
     _task: asyncio.Task[None] | None
     _spawn_count: int
+    _runs: int
     _basis: Basis | None  # what the current run was started against
 
     @property
@@ -61,9 +62,7 @@ class ServiceFacts:
         return self.state in SETTLED
 
     def facts(self) -> DependencyFacts:
-        return DependencyFacts(
-            self.state, self._spawned, self._config.restart, self._reason, self._spawn_count
-        )
+        return DependencyFacts(self.state, self._spawned, self._config.restart, self._reason, self._runs)
 
     def outdated(self) -> str:
         """Why this run (or completed one-shot) is outdated ("": it is not; see `freshness`)."""
