@@ -177,9 +177,17 @@ class PortAssignments:
     def forget(self, name: str) -> None:
         self.ports.pop(name, None)
         self.release(name)
+        self._no_internal(name)
+
+    def _no_internal(self, name: str) -> None:
+        """`name` is not proxied (any more: a reload): no internal port, nor its `PORT`."""
+        if self.internal.pop(name, None) is not None:
+            self.release(f"{name}.internal")
 
     async def secure(self, svc: Service) -> int | None:
         """The port the service will use, after any conflict on it is resolved."""
+        if svc.socket != "proxy":
+            self._no_internal(svc.name)
         if svc.port is None:
             return None
         if svc.socket == "proxy":  # the public port is the supervisor's (see `proxy`)

@@ -107,7 +107,8 @@ class HeldSocket:
 
 
 def listening_socket(port: int) -> socket.socket:
-    """The socket a `socket: inherit` service receives, listening on 127.0.0.1:`port`."""
+    """A listening socket on 127.0.0.1:`port`: the one a `socket: inherit` service
+    receives, or a proxy's public one."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -115,5 +116,5 @@ def listening_socket(port: int) -> socket.socket:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise StartError(f"cannot bind port {port} to hand it over: {exc.strerror}") from None
+        raise StartError(f"cannot listen on port {port}: {exc.strerror}") from None
     return sock

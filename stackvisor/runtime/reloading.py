@@ -170,6 +170,8 @@ class Reloading:
                     runner.retarget(new.services[name])
             self.selection = set(plan.selection)
             watched = [*plan.diff.changed, *plan.diff.added]
+            # Their ports are the stack's now, also for one that waits (on demand) to start.
+            self.ports.reserve(sorted(n for n in watched if n in self.selection))
             waiting = {n for n in watched if n in self.selection and self.watch_added(n, tg)}  # on demand
         finally:  # a proxy kept for a service not watched again (or a failure) closes
             self.close_kept_proxies()
