@@ -1,9 +1,12 @@
-"""Edits of an on-demand service's listening (its `socket` mode, its name, its port) by a
-hot reload: the stack stays up, whatever the edit and whoever holds the new port. Real
-supervisors (`up -d`), real servers, real connections."""
+"""Edits of an on-demand or proxied service's listening (its `socket` mode, its name,
+its port) by a hot reload: the stack stays up, whatever the edit and whoever holds the
+new port, the service listens where the file says and the registry knows it; and its
+dependents follow its runs, not its wakes. Real supervisors (`up -d`), real servers,
+real connections."""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -109,3 +112,65 @@ def test_a_port_somebody_else_listens_on_fails_the_service_not_the_stack(
     assert started.returncode == 0, started.stderr
     wait_for(lambda: services(tmp_path)["api"]["state"] in ("idle", "running"), timeout=15)
     assert ask(taken) == services(tmp_path)["api"]["pid"]
+
+
+def test_a_service_no_longer_proxied_listens_on_its_own_port(tmp_path: Path, detached: Any) -> None:
+    """Its `PORT` was the internal one behind the proxy: it is its port again."""
+    (port,) = free_ports(1)
+    (tmp_path / "either.py").write_text(EITHER)
+    plain = f"services:\n  api:\n    command: python3 either.py\n    port: {port}\n"
+    stack = write_stack(tmp_path, plain + "    socket: proxy\n")
+    assert detached(tmp_path).returncode == 0
+    first = ask(port)
+    stack.write_text(plain)
+    wait_for(lambda: services(tmp_path)["api"]["pid"] not in (None, first), timeout=15)
+    assert wait_for(lambda: answered(port)) == services(tmp_path)["api"]["pid"]
+    assert services(tmp_path)["api"].get("internal_port") is None
+
+
+def answered(port: int) -> int | None:
+    """Who answers on `port`; None while nobody listens there."""
+    try:
+        return ask(port)
+    except ConnectionRefusedError:
+        return None
+
+
+def test_a_moved_on_demand_service_holds_its_new_port_in_the_registry(tmp_path: Path, detached: Any) -> None:
+    """Another stack must not be handed the port it waits on (nor keep away from the old)."""
+    old, new = free_ports(2)
+    stack_of(tmp_path, old, "proxy")
+    assert detached(tmp_path).returncode == 0
+
+    def allocated() -> set[int]:
+        listed = json.loads(cli("ports", "list", "--json", cwd=tmp_path).stdout)
+        return {r["port"] for r in listed if r["name"] == "api"}
+
+    assert allocated() == {old}
+    stack_of(tmp_path, new, "proxy")
+    wait_for(lambda: services(tmp_path)["api"]["port"] == new, timeout=15)
+    assert allocated() == {new}
+
+
+def test_a_dependent_follows_the_runs_of_an_on_demand_service_not_its_wakes(
+    tmp_path: Path, detached: Any
+) -> None:
+    """`restart: true`: woken by a connection, the dependency did not run again (an idle
+    one meets `service_started` already); restarted, it did."""
+    (port,) = free_ports(1)
+    stack_of(tmp_path, port, "inherit")
+    stack = tmp_path / "services.yaml"
+    stack.write_text(
+        stack.read_text()
+        + "  user:\n    command: python3 -c 'import time; time.sleep(300)'\n"
+        + "    depends_on: {api: {condition: service_started, restart: true}}\n"
+    )
+    assert detached(tmp_path).returncode == 0
+    user = services(tmp_path)["user"]["pid"]
+    woken = ask(port)
+    wait_for(lambda: services(tmp_path)["api"]["state"] == "running")
+    assert services(tmp_path)["user"]["pid"] == user
+    assert services(tmp_path)["user"]["state"] == "running"
+    assert cli("restart", "api", cwd=tmp_path).returncode == 0
+    wait_for(lambda: services(tmp_path)["user"]["pid"] not in (None, user), timeout=15)
+    assert not alive(woken)
