@@ -174,3 +174,27 @@ def test_a_dependent_follows_the_runs_of_an_on_demand_service_not_its_wakes(
     assert cli("restart", "api", cwd=tmp_path).returncode == 0
     wait_for(lambda: services(tmp_path)["user"]["pid"] not in (None, user), timeout=15)
     assert not alive(woken)
+
+
+@pytest.mark.parametrize("mode", ["inherit", "proxy"])
+@pytest.mark.parametrize("edit", ["rename", "copies"])
+def test_a_connection_waiting_on_a_port_another_name_takes_over_is_served(
+    tmp_path: Path, detached: Any, mode: str, edit: str
+) -> None:
+    """The edit removes the service that listens and adds one with the same port and
+    mode (renamed; one service made a group of copies, whose first has the port): the
+    listener goes over with the connections in its backlog, as across a restart."""
+    (port,) = free_ports(1)
+    (tmp_path / "either.py").write_text(EITHER)
+    slow = f"    command: sh -c 'sleep 1; exec python3 either.py'\n    port: {port}\n"
+    slow += f"    socket: {mode}\n    start: on_demand\n"
+    stack = write_stack(tmp_path, "services:\n  api:\n" + slow)
+    assert detached(tmp_path).returncode == 0
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as waiting:
+        wait_for(lambda: services(tmp_path)["api"]["state"] in ("starting", "running"))
+        heir = "web" if edit == "rename" else "api.0"
+        stack.write_text(
+            "services:\n  " + ("web:\n" if edit == "rename" else "api:\n    replicas: 2\n") + slow
+        )
+        answer = int(waiting.recv(32))
+    assert answer == services(tmp_path)[heir]["pid"]

@@ -342,6 +342,34 @@ def test_a_reload_keeps_a_held_socket_only_for_the_same_port_and_a_new_start(tmp
     assert dropped.keep_sockets == {"web", "proxied"}
 
 
+def test_a_removed_service_hands_its_socket_to_the_added_one_on_its_port_and_mode(tmp_path: Path) -> None:
+    old = load(
+        tmp_path,
+        "services:\n"
+        "  api: {command: x, port: 8001, socket: inherit, start: on_demand}\n"
+        "  pool: {command: x, port: 8101, socket: proxy, replicas: 2}\n"
+        "  gone: {command: x, port: 8201, socket: inherit}\n"
+        "  plain: {command: x, port: 8301}\n",
+    )
+    new = load(
+        tmp_path,
+        "services:\n"
+        "  web: {command: x, port: 8001, socket: inherit, start: on_demand}\n"  # renamed
+        "  pool: {command: x, port: 8101, socket: proxy}\n"  # two copies made one
+        "  other: {command: x, port: 8201, socket: proxy}\n"  # another mode: a new socket
+        "  plain2: {command: x, port: 8301}\n",  # no socket of ours to hand
+    )
+    plan = plans.plan_reload(
+        old, new, diff_configs(old, new), requested=[], running={"pool.0", "pool.1"}, stopped_by_hand=set()
+    )
+    assert dict(plan.heirs) == {"api": "web", "pool.0": "pool"}
+    assert {"api", "pool.0"} <= plan.keep_sockets and "gone" not in plan.keep_sockets
+    only_pool = plans.plan_reload(
+        old, new, diff_configs(old, new), requested=["pool"], running=set(), stopped_by_hand=set()
+    )
+    assert dict(only_pool.heirs) == {"pool.0": "pool"}  # web is not selected: nobody takes 8001
+
+
 @pytest.mark.parametrize(("code", "what"), [(127, "command not found"), (126, "command cannot be executed")])
 def test_a_program_the_shell_cannot_run_fails_at_once(code: int, what: str) -> None:
     life = Life(State.RUNNING, started_at=0.0)

@@ -33,7 +33,7 @@ from stackvisor.runtime.command import listening_socket
 from stackvisor.runtime.deadman import Lease
 from stackvisor.runtime.events import Activated, EventBus, IdleStopped
 from stackvisor.runtime.forwarding import Forwarding, KernelPath
-from stackvisor.runtime.proxy import Proxy
+from stackvisor.runtime.proxy import Proxy, Rebound
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.states import ALIVE, SETTLED, State
 from stackvisor.system import cgroups
@@ -199,12 +199,18 @@ class Activation:
             self._wanted.set()
         while True:
             await self.bus.wait_until(
-                lambda: runner.state in ready or runner.state is State.FAILED or self._down()
+                lambda: (
+                    runner.state in ready or runner.state is State.FAILED or self._down() or self.handed_over
+                )
             )
+            if self.handed_over:  # a reload: the next watcher of the port says
+                raise Rebound
             if not self._down():
                 return runner.port if runner.state in ready else None
             try:
-                await asyncio.wait_for(self.bus.wait_until(lambda: not self._down()), _DOWN_GRACE)
+                await asyncio.wait_for(
+                    self.bus.wait_until(lambda: not self._down() or self.handed_over), _DOWN_GRACE
+                )
             except TimeoutError:
                 return None
 
@@ -354,14 +360,15 @@ class Activating:
         self._activation_tasks[name] = tg.create_task(activation.run(), name=f"activation:{name}")
         return activation.on_demand
 
-    def unwatch(self, name: str, *, keep_proxy: bool = False) -> None:
+    def unwatch(self, name: str, *, keep_proxy: bool = False, heir: str | None = None) -> None:
         """A service a reload removed or changed: its activation ends. With `keep_proxy`
-        (the port stays, see `plans.keeps_socket`) its proxy goes on, for the next."""
+        (the port stays, see `plans.keeps_socket`) its proxy goes on, for the next one
+        of the service, or of its `heir` (`plans.heirs`)."""
         activation = self.activations.pop(name, None)
         if activation is not None and activation.proxy is not None:
             if keep_proxy:
                 activation.handed_over = True
-                self._kept_proxies[name] = activation.proxy
+                self._kept_proxies[heir or name] = activation.proxy
             else:  # now, not as its task ends: what comes next may listen on the port
                 activation.proxy.close()
         task = self._activation_tasks.pop(name, None)

@@ -6,8 +6,8 @@ plans out (stops, starts, swaps configurations); tests check them without a proc
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from stackvisor import graph
 from stackvisor.config import ReloadDiff, restart_set
@@ -49,7 +49,8 @@ class ReloadPlan:
     First `stop` (running services that are removed or restart), then drop `removed`,
     give `changed` their new configuration, create `added`, and `start` (in start
     order) within the new `selection`. The services in `keep_sockets` hold their
-    listening socket throughout, as a restart does (see `keeps_socket`).
+    listening socket throughout, as a restart does (see `keeps_socket`); a removed one
+    among them hands it to its heir (`heirs`).
     """
 
     diff: ReloadDiff
@@ -58,6 +59,7 @@ class ReloadPlan:
     start: tuple[str, ...]
     selection: frozenset[str]
     keep_sockets: frozenset[str] = frozenset()
+    heirs: Mapping[str, str] = field(default_factory=dict)  # removed -> added (see `heirs`)
 
     @property
     def restarted(self) -> list[str]:
@@ -87,7 +89,20 @@ def plan_reload(
     starting = set(diff.added) | (set(restarts) - by_hand)
     start = tuple(n for n in graph.start_order(new.graph()) if n in starting and n in chosen)
     keep = frozenset(n for n in start if n in restarts and keeps_socket(old.services[n], new.services[n]))
-    return ReloadPlan(diff, tuple(restarts), stop, start, frozenset(chosen), keep)
+    handed = heirs(old, new, diff.removed, [n for n in diff.added if n in chosen])
+    return ReloadPlan(diff, tuple(restarts), stop, start, frozenset(chosen), keep | set(handed), handed)
+
+
+def heirs(old: StackConfig, new: StackConfig, removed: Sequence[str], added: Sequence[str]) -> dict[str, str]:
+    """The removed services whose listening socket an added one takes over, as a kept
+    socket (`keeps_socket`): the same mode and fixed port. A rename; a service made a
+    group of copies, or a group made one service, where the first copy has the port."""
+    takers = {(svc.socket, svc.port): n for n in added if (svc := new.services[n]).socket is not None}
+    return {
+        name: takers[key]
+        for name in removed
+        if isinstance((svc := old.services[name]).port, int) and (key := (svc.socket, svc.port)) in takers
+    }
 
 
 def keeps_socket(old: Service, new: Service) -> bool:

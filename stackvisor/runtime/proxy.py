@@ -113,6 +113,10 @@ def _from_thread(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) 
         loop.call_soon_threadsafe(_settle, future)
 
 
+class Rebound(Exception):
+    """What a connection waited on handed the proxy over (a reload): wait on the next."""
+
+
 class Proxy:
     """The public side: a listening socket of ours and the connections it forwards."""
 
@@ -131,6 +135,7 @@ class Proxy:
         self._serves = serves  # whether the service still serves on an internal port
         self._tasks: set[asyncio.Task[None]] = set()
         self._serving: asyncio.Task[None] | None = None
+        self._rebound = asyncio.Event()  # set (and made anew) by each `rebind`
 
     def start(self) -> None:
         """Accept from now on, until `close`."""
@@ -141,6 +146,8 @@ class Proxy:
         """Serve another watcher of the same service from now on (a reload that kept the
         port): connections accepted and waiting stay, and so do the ones being forwarded."""
         self._up, self._serves = up, serves
+        self._rebound.set()
+        self._rebound = asyncio.Event()
 
     async def serve(self) -> None:
         """Accept until cancelled."""
@@ -179,8 +186,12 @@ class Proxy:
         not yet known) is waited for again, on the port of its next start."""
         while True:
             self.waiting += 1
+            rebound = self._rebound
             try:
                 port = await self._up()
+            except Rebound:  # once the next watcher has the proxy, wait on it
+                await rebound.wait()
+                continue
             finally:
                 self.waiting -= 1
             if port is None:

@@ -18,6 +18,7 @@ from stackvisor.config.schema import Service, StackConfig
 from stackvisor.errors import ActionConflict
 from stackvisor.runtime import plans
 from stackvisor.runtime.assignments import PortAssignments, fixed
+from stackvisor.runtime.command import HeldSocket
 from stackvisor.runtime.events import EventBus, Reloaded, ReloadFailed
 from stackvisor.runtime.service import ServiceRunner
 from stackvisor.runtime.states import State
@@ -51,7 +52,7 @@ class Reloading:
 
         def watch_added(self, name: str, tg: asyncio.TaskGroup) -> bool: ...
 
-        def unwatch(self, name: str, *, keep_proxy: bool = False) -> None: ...
+        def unwatch(self, name: str, *, keep_proxy: bool = False, heir: str | None = None) -> None: ...
 
         def close_kept_proxies(self) -> None: ...
 
@@ -144,10 +145,15 @@ class Reloading:
         tg = self._check_not_stopping()
         # Stopping needs the old graph (removed services are only there).
         await self.stop_services(plan.stop, keep_sockets=plan.keep_sockets)
+        handed: dict[str, HeldSocket] = {}  # by heir: the listener a removed service left
         for name in plan.diff.removed:
-            self.unwatch(name)
+            heir = plan.heirs.get(name)
+            self.unwatch(name, keep_proxy=heir is not None, heir=heir)
             self.unschedule(name)
-            self.runners.pop(name).close()
+            runner = self.runners.pop(name)
+            if heir is not None:
+                handed[heir] = runner.hand_socket()
+            runner.close()
             self.ports.forget(name)
         self.config = self.ports.config = new
         self.record()
@@ -164,6 +170,8 @@ class Reloading:
                 svc = new.services[name]
                 self.runners[name] = self._runner(svc)
                 self.runners[name].open()
+                if name in handed:
+                    self.runners[name].take_socket(handed.pop(name))
                 self.ports.set(name, fixed(svc))
             for name, runner in self.runners.items():  # a dependency on a group names its copies now
                 if name not in plan.diff.changed and runner.config != new.services[name]:
@@ -173,8 +181,10 @@ class Reloading:
             # Their ports are the stack's now, also for one that waits (on demand) to start.
             self.ports.reserve(sorted(n for n in watched if n in self.selection))
             waiting = {n for n in watched if n in self.selection and self.watch_added(n, tg)}  # on demand
-        finally:  # a proxy kept for a service not watched again (or a failure) closes
+        finally:  # a proxy or a socket kept for a service not watched again (or a failure) closes
             self.close_kept_proxies()
+            for held in handed.values():
+                held.close()
         # A scheduled one waits for its tick, also after an edit; one stopped by hand stays so.
         waiting |= {
             n

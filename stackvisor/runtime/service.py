@@ -153,6 +153,15 @@ class ServiceRunner(ServiceFacts):
     def close_socket(self) -> None:
         self._listener.close()
 
+    def hand_socket(self) -> HeldSocket:
+        """Its listening socket, for the service that takes its port over (`plans.heirs`)."""
+        held, self._listener = self._listener, HeldSocket()
+        return held
+
+    def take_socket(self, held: HeldSocket) -> None:
+        self._listener.close()
+        self._listener = held
+
     def go_idle(self, reason: str, *, hold: bool = True) -> int | None:
         """`start: on_demand`: wait in `idle` (`schedule`: in `scheduled`); with `hold`, holding
         the port's listening socket (its fd, for the supervisor to watch for a connection)."""
