@@ -111,25 +111,22 @@ def _open_state(path: Path) -> StateDB:
 
 
 def _children(config: StackConfig) -> tuple[set[tuple[int, float]], list[tuple[int, float, str]]]:
-    """Every child the stack ever recorded (pid, start time), and the live ones of its
+    """Every child the stack ever recorded (pid, start time), and while no supervisor
+    runs what a killed one left (which the next ends first); the live children of its
     running supervisor (pid, start time, service)."""
     from stackvisor.control import ops
+    from stackvisor.runtime.orphans import left_behind
 
-    path = stack_paths(config).state_db
-    if not path.exists():
+    paths = stack_paths(config)
+    if not paths.state_db.exists():
         return set(), []
     supervisor = ops.supervisor_pid(config)
-    db = _open_state(path)
+    db = _open_state(paths.state_db)
     try:
-        running = [
-            (r.pid, r.started, r.service)
-            for r in db.live_children()
-            if supervisor is not None
-            and r.supervisor_pid == supervisor
-            and not r.is_instance
-            and r.started is not None
-        ]
-        return db.known_children(), running
+        if supervisor is None:
+            return db.known_children() | left_behind(db, paths.cgroup_name), []
+        live = [r for r in db.live_children() if r.supervisor_pid == supervisor and not r.is_instance]
+        return db.known_children(), [(r.pid, r.started, r.service) for r in live if r.started is not None]
     finally:
         db.close()
 

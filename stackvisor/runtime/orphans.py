@@ -122,6 +122,17 @@ def leftover_cgroups(db: StateDB, stack: str | None) -> dict[Path, list[psutil.P
     return {folder: _members(folder) for folder in sorted(folders)}
 
 
+def left_behind(db: StateDB, stack: str) -> set[tuple[int, float]]:
+    """(pid, start since boot) of every process in the cgroups a killed supervisor left:
+    its children's children too, which no record names."""
+    return {
+        (proc.pid, began)
+        for procs in leftover_cgroups(db, stack).values()
+        for proc in procs
+        if (began := procfs.started(proc.pid)) is not None
+    }
+
+
 def _members(folder: Path) -> list[psutil.Process]:
     procs = []
     for pid in cgroups.pids(folder):
