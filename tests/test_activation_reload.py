@@ -198,3 +198,21 @@ def test_a_connection_waiting_on_a_port_another_name_takes_over_is_served(
         )
         answer = int(waiting.recv(32))
     assert answer == services(tmp_path)[heir]["pid"]
+
+
+def test_a_proxied_service_out_of_the_profiles_started_by_hand_gets_its_proxy(
+    tmp_path: Path, detached: Any
+) -> None:
+    (port,) = free_ports(1)
+    (tmp_path / "either.py").write_text(EITHER)
+    write_stack(
+        tmp_path,
+        f"services:\n  api:\n    command: python3 either.py\n    port: {port}\n"
+        "    socket: proxy\n    profiles: [extra]\n" + OTHER,
+    )
+    assert detached(tmp_path).returncode == 0
+    assert "api" not in services(tmp_path) or services(tmp_path)["api"]["pid"] is None
+    started = cli("start", "api", cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    assert wait_for(lambda: answered(port)) == services(tmp_path)["api"]["pid"]
+    assert services(tmp_path)["api"]["internal_port"] not in (None, port)

@@ -256,8 +256,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             self.logger.warning(f"cannot write {self.paths.record}: {exc}")
 
     def close(self) -> None:
-        """Release the files (the services' logs and state.db) and the spawn helper.
-        Idempotent."""
+        """Release the files (services' logs, state.db) and the spawn helper. Idempotent."""
         self.spawner.end_births()
         for runner in self.runners.values():
             runner.close()
@@ -332,7 +331,9 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             if runner.running:
                 raise ActionConflict(f"{name} is already {runner.state}")
             needed = graph.closure(self.config.graph(), [name])
-            self.selection |= needed
+            for added in sorted(needed - self.selection):  # out of the profiles until now
+                self.selection.add(added)
+                self.watch_added(added, tg)  # its proxy, idle stop, lease
             if self.requested and name not in self.requested:  # a later reload keeps it
                 self.requested.append(name)
             for dep in graph.start_order({n: list(self.config.services[n].depends_on) for n in needed}):
