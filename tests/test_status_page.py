@@ -235,12 +235,17 @@ def test_the_restart_button_restarts_the_service_and_keys_reach_it(ui: Ui, brows
         "(document.querySelector('tr[data-service=worker] td.pid'))",
         timeout=15_000,
     )
-    assert restart.is_enabled()
-    # The new pid shows from `starting` on; `running` follows.
+    # The new pid shows from `starting` on; `running` follows. The button waits for the
+    # restart's answer, which may come after the page has drawn the new pid.
     page.wait_for_function(
         "() => document.querySelector('tr[data-service=worker] .badge').textContent === 'running'",
         timeout=15_000,
     )
+    page.wait_for_function(
+        "() => !document.querySelector('tr[data-service=worker] button[data-action=restart]').disabled",
+        timeout=15_000,
+    )
+    assert restart.is_enabled()
 
 
 def test_the_keyboard_focus_stays_on_a_button_while_the_page_redraws(ui: Ui, browser: Any) -> None:
