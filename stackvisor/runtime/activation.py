@@ -109,9 +109,8 @@ class Activation:
         """What `status` shows of this: the deadlines, and what carries a proxied service's
         new connections now."""
         shown: dict[str, float | str | None] = {**self.deadlines()}
-        public = self.runner.config.port
-        if self.proxy is not None and self.forwarding is not None and isinstance(public, int):
-            shown["forwarding"] = self.forwarding.via(public)
+        if self.proxy is not None and self.forwarding is not None:
+            shown["forwarding"] = self.forwarding.via(self.proxy.port)
         return shown
 
     def deadlines(self) -> dict[str, float | None]:
@@ -127,19 +126,16 @@ class Activation:
     async def run(self) -> None:
         """Until the stack stops (cancelled)."""
         if self.runner.config.socket == "proxy":
-            public = self.runner.config.port
-            assert isinstance(public, int)
             if self.proxy is None:
-                self.proxy = await self._public_listener(public)
-            else:
+                self.proxy = await self._public_listener()
+            else:  # kept by a reload: the service's port is where it listens
+                await self.runner.ctx.reached_on(self.runner.config, self.proxy.port)
                 self.proxy.rebind(up=self._up, serves=self._serves)
             self.proxy.start()
         kernel = None
         if self.proxy is not None and self.forwarding is not None:
-            public = self.runner.config.port
-            assert isinstance(public, int)
             path = KernelPath(
-                self.forwarding, self.bus, self.runner.name, public, self._serving, self._runs_on
+                self.forwarding, self.bus, self.runner.name, self.proxy.port, self._serving, self._runs_on
             )
             kernel = asyncio.create_task(path.run(), name=f"forwarding:{self.runner.name}")
         try:
@@ -156,10 +152,13 @@ class Activation:
             if self.proxy is not None and not self.handed_over:
                 self.proxy.close()
 
-    async def _public_listener(self, public: int) -> Proxy:
-        """The proxy's listener on the public port, once it is ours to listen on."""
+    async def _public_listener(self) -> Proxy:
+        """The proxy's listener on the public port (a conflict on it resolved as for any
+        service's port), once it is ours to listen on."""
         while True:
             try:
+                public = await self.runner.ctx.reached_on(self.runner.config, None)
+                assert public is not None  # `socket` needs a fixed port
                 if self.forwarding is not None:
                     self.forwarding.prepare(public)
                 return Proxy(listening_socket(public), up=self._up, serves=self._serves)
@@ -218,10 +217,12 @@ class Activation:
         return not self.on_demand and self.runner.state in _DOWN
 
     async def _serve_first_connection(self) -> None:
-        port = self.runner.config.port if isinstance(self.runner.config.port, int) else None
-        reason = f"waiting for a connection on port {port}"
         try:
-            woke = await (self._proxied_wake(reason) if self.proxy is not None else self._socket_wake(reason))
+            port = self.proxy.port if self.proxy is not None else await self._listen()
+            reason = f"waiting for a connection on port {port}"
+            woke = await (
+                self._proxied_wake(reason) if self.proxy is not None else self._socket_wake(reason, port)
+            )
         except StartError as exc:
             await self._cannot_listen(str(exc))
             return
@@ -241,8 +242,16 @@ class Activation:
         if self.runner.state in (State.RUNNING, State.HEALTHY):
             self.bus.publish(Activated(port, round(self.clock.now() - woke, 4)), self.runner.name)
 
-    async def _socket_wake(self, reason: str) -> float:
-        fd = self.runner.go_idle(reason)
+    async def _listen(self) -> int:
+        """`socket: inherit`: the port its listening socket is on (held since its last
+        stop or handed over by a reload), else the one it will be on, resolved now."""
+        runner = self.runner
+        port = await runner.ctx.reached_on(runner.config, runner.listening_on)
+        assert port is not None  # `socket` needs a fixed port
+        return port
+
+    async def _socket_wake(self, reason: str, port: int) -> float:
+        fd = self.runner.go_idle(reason, port=port)
         assert fd is not None
         loop = asyncio.get_running_loop()
         waiting = asyncio.Event()
@@ -255,7 +264,7 @@ class Activation:
 
     async def _proxied_wake(self, reason: str) -> float:
         self._wanted.clear()
-        self.runner.go_idle(reason, hold=False)
+        self.runner.go_idle(reason)
         assert self.proxy is not None
         if not self.proxy.waiting:  # else one came while the service stopped, or a reload ran
             await self._wanted.wait()

@@ -190,8 +190,21 @@ class PortAssignments:
             self._no_internal(svc.name)
         if svc.port is None:
             return None
-        if svc.socket == "proxy":  # the public port is the supervisor's (see `proxy`)
-            return self._internal(svc)
+        if svc.socket == "proxy":  # the public port is the supervisor's (see `reached_on`)
+            async with self._lock:  # after the public one's resolution (it goes first)
+                return self._internal(svc)
+        return await self.reached_on(svc, None)
+
+    async def reached_on(self, svc: Service, listening: int | None) -> int | None:
+        """The port the others reach the service on, after any conflict on it is
+        resolved: where it listens, or where the supervisor listens for it (an on-demand
+        service's socket, a proxied service's public port), which moves as a service's
+        would. `listening`: a listener of ours is on that port already (a socket kept by
+        a stop or a reload, one handed over): it stays the service's."""
+        if listening is not None:
+            self.ports[svc.name] = listening
+            self._claim(svc.name, listening, svc.type or "custom")
+            return listening
         # One resolution at a time: two services migrating at once must not both pick
         # the same free port. (A free port is answered without suspending at all.)
         async with self._lock:

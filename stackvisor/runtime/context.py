@@ -43,6 +43,7 @@ class RunnerContext:
     ledger: ChildLedger
     logger: Any
     secure_port: Callable[[Service], Awaitable[int | None]]  # raises StartError
+    reached_on: Callable[[Service, int | None], Awaitable[int | None]]  # its public port; as above
     port_env: Callable[[str], dict[str, str]]
     stop_timeout: Callable[[Service], float]
     dependency: Callable[[str], DependencyFacts | None]  # None: not in the running selection

@@ -128,6 +128,7 @@ class Proxy:
         serves: Callable[[int], bool],
     ) -> None:
         self.sock = sock
+        self.port = int(sock.getsockname()[1])  # the public port
         self.active = 0
         self.connections = 0
         self.waiting = 0  # connections waiting for the service to come up
@@ -140,7 +141,7 @@ class Proxy:
     def start(self) -> None:
         """Accept from now on, until `close`."""
         if self._serving is None:
-            self._serving = asyncio.create_task(self.serve(), name=f"proxy:{self.sock.getsockname()[1]}")
+            self._serving = asyncio.create_task(self.serve(), name=f"proxy:{self.port}")
 
     def rebind(self, *, up: Callable[[], Awaitable[int | None]], serves: Callable[[int], bool]) -> None:
         """Serve another watcher of the same service from now on (a reload that kept the

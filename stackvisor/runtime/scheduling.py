@@ -79,14 +79,14 @@ class Scheduler:
     def resume(self) -> None:
         """`up` names a scheduled service stopped by hand: it waits for its next tick again."""
         if self.paused:
-            self.runner.go_idle(self.spec.describe(), hold=False)
+            self.runner.go_idle(self.spec.describe())
 
     async def run(self) -> None:
         """Until the stack stops, or a reload ends this schedule (cancelled)."""
         spec = self.spec
         self.table = schedule.Timetable.of(spec, zone(spec.timezone) if spec.cron else None, self.now())
         if not self._paused_at_first and not self.runner.running:
-            self.runner.go_idle(spec.describe(), hold=False)
+            self.runner.go_idle(spec.describe())
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._follow_runs()), tg.create_task(self._ticks())]
@@ -135,7 +135,7 @@ class Scheduler:
             self.bus.publish(ScheduledRun(code, duration, result, trigger), runner.name)
             if runner.state is not State.STOPPED:  # stopped by hand, it stays so
                 ended = result if code is None else f"exit code {code}"
-                runner.go_idle(f"last run: {ended} after {duration:.1f}s", hold=False)
+                runner.go_idle(f"last run: {ended} after {duration:.1f}s")
 
     async def _until(self, predicate: Callable[[], bool]) -> None:
         # The bus wakes us on every event; the look every second also sees a change that

@@ -142,8 +142,8 @@ class ServiceRunner(ServiceFacts):
             self.close_socket()
         self._config = config
         self._rules = Rules.of(config)
-        if isinstance(config.port, int) or config.port is None:
-            self._port = config.port
+        if (isinstance(config.port, int) or config.port is None) and not self._listener.held:
+            self._port = config.port  # a socket kept stays where it is (its port moved at up)
 
     def retarget(self, config: Service) -> None:
         """The same configuration but for the copies a dependency on a group names
@@ -162,10 +162,18 @@ class ServiceRunner(ServiceFacts):
         self._listener.close()
         self._listener = held
 
-    def go_idle(self, reason: str, *, hold: bool = True) -> int | None:
-        """`start: on_demand`: wait in `idle` (`schedule`: in `scheduled`); with `hold`, holding
-        the port's listening socket (its fd, for the supervisor to watch for a connection)."""
-        fd = self._listener.fileno(self._port or 0) if hold else None
+    @property
+    def listening_on(self) -> int | None:
+        """`socket: inherit`: the port of the listening socket it holds, if it holds one."""
+        return self._listener.port()
+
+    def go_idle(self, reason: str, *, port: int | None = None) -> int | None:
+        """`start: on_demand`: wait in `idle` (`schedule`: in `scheduled`); given its `port`
+        (resolved), holding a socket listening there (its fd, for the supervisor to watch
+        for a connection)."""
+        if port is not None:
+            self._port = port
+        fd = None if port is None else self._listener.fileno(port)
         if self.state is self._rules.waits_in:  # waiting already (a reload moved its port)
             self._reason = reason
         self._feed(Idle(reason))

@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 
 Companion = Callable[["Supervisor"], Coroutine[Any, Any, None]]
 
-
 __all__ = ["Companion", "Lease", "Supervisor"]
 
 
@@ -104,6 +103,7 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             ledger=self.ledger,
             logger=self.logger,
             secure_port=self.ports.secure,
+            reached_on=self.ports.reached_on,
             port_env=self.ports.env,
             stop_timeout=self._stop_timeout,
             dependency=self._dependency,
@@ -189,11 +189,11 @@ class Supervisor(Reloading, Activating, Scheduling, Scaling):
             self.bus.publish(StackChanged("up", services=tuple(sorted(self.selection))))
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
+                self.start_activations(tg)  # first: a public port is resolved before the start
                 for name in graph.start_order(self.config.graph()):
                     if name in self.selection and self.started_by_up(name):
                         self.runners[name].start(tg)
                 watchers: list[asyncio.Task[None]] = [tg.create_task(c(self)) for c in companions]
-                self.start_activations(tg)
                 self.start_schedules(tg)  # they end when the stack stops
                 if until_done:
                     watchers.append(tg.create_task(self._stop_when_done()))
