@@ -214,6 +214,8 @@ def test_copies_listen_each_on_its_port_and_a_dependent_waits_for_all(tmp_path: 
     before = pids(api)
     scaled = cli("scale", "api", "5", cwd=tmp_path)
     assert scaled.returncode == 0, scaled.stderr
+    # "added", not "started": a copy on demand waits idle
+    assert scaled.stderr == "api: 5 copies (added api.3, api.4)\n"
     wait_for(lambda: state(api, "api.4") == "healthy", timeout=20)
     wait_for(lambda: f"web sees {every},{port + 3},{port + 4}" in cli("logs", "web", cwd=tmp_path).stdout)
     after = pids(api)

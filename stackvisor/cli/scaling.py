@@ -20,7 +20,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     result = client(locate(args)).post(f"/v1/services/{args.service}/scale", {"replicas": args.replicas})
     changes = [
         f"{label} {', '.join(names)}"
-        for label, names in (("started", result["added"]), ("stopped", result["removed"]))
+        for label, names in (("added", result["added"]), ("removed", result["removed"]))
         if names
     ]
     print(
