@@ -104,6 +104,25 @@ CLASSIFY_CASES = [
     ("rails server", owner(name="ruby", cmdline=("ruby", "bin/rails", "server")), ConflictLevel.MEDIUM),
     ("no partial words", owner(name="nextcloud", cmdline=("nextcloud", "--nodes", "3")), ConflictLevel.HIGH),
     ("plain process", owner(), ConflictLevel.HIGH),
+    # Another stack's supervisor listens for its on-demand and proxied services: ending it
+    # would end that whole stack.
+    (
+        "python -m stackvisor",
+        owner(cmdline=("python3", "-m", "stackvisor", "up", "-d")),
+        ConflictLevel.CRITICAL,
+    ),
+    (
+        "the stackvisor command",
+        owner(cmdline=("/usr/bin/python3", "/usr/local/bin/stackvisor", "up")),
+        ConflictLevel.CRITICAL,
+    ),
+    ("stackvisor run directly", owner(name="stackvisor", cmdline=("stackvisor",)), ConflictLevel.CRITICAL),
+    (
+        "a server in a folder named stackvisor",
+        owner(cmdline=("python3", "/src/stackvisor/tests/server.py")),
+        ConflictLevel.HIGH,
+    ),
+    ("a server a stack runs", owner(cmdline=("python3", "server.py", "stackvisor")), ConflictLevel.HIGH),
 ]
 
 

@@ -12,6 +12,7 @@ one means): none < low < medium < high < critical.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
@@ -120,6 +121,16 @@ def is_known_child(owner: Owner, known_children: Set[tuple[int, float]]) -> bool
     return any(pid == owner.pid and same_start(owner.started, started) for pid, started in known_children)
 
 
+def is_stackvisor(owner: Owner) -> bool:
+    """Whether the process is stackvisor itself (`stackvisor ...`, `python -m stackvisor
+    ...`): another stack's supervisor listens on the ports of its on-demand and proxied
+    services, and ending it ends that whole stack."""
+    args = owner.cmdline
+    program = [a.rstrip("/").rsplit("/", 1)[-1] for a in args[:2]]  # itself, or a script run by python
+    module = any(a == "-m" and b == "stackvisor" for a, b in itertools.pairwise(args))
+    return owner.name == "stackvisor" or "stackvisor" in program or module
+
+
 def untouchable(owner: Owner, policy: Policy) -> str | None:
     """Why this process must never be signalled, or None when it may be.
 
@@ -139,6 +150,8 @@ def untouchable(owner: Owner, policy: Policy) -> str | None:
     ours = policy.uid == 0 and is_known_child(owner, policy.known_children)
     if other_user and not ours:
         return f"it belongs to another user ({owner.user or owner.uid})"
+    if is_stackvisor(owner):
+        return "it is stackvisor (another stack's supervisor, or a command of it)"
     protected = matching_pattern(owner, policy.protected)
     if protected is not None:
         return f"it is a protected process ({protected})"
