@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import alive, cli, free_ports, wait_for, write_stack
 from tests.test_activation_reload import EITHER, ask, services
+from tests.test_replicas import consecutive_ports
 
 
 def stack_of(root: Path, port: int, spare: list[int], mode: str) -> None:
@@ -117,3 +118,127 @@ def test_a_proxied_service_started_at_up_moves_its_public_port_before_it_starts(
         assert api["port"] == spare[0] and api["internal_port"] not in (None, port, *spare), api
         assert ask(spare[0]) == api["pid"]
         wait_for(lambda: (tmp_path / "seen").exists() and (tmp_path / "seen").read_text() == str(spare[0]))
+
+
+def allocations(root: Path) -> dict[str, int]:
+    """The registry's ports of the stack in `root`, by service."""
+    listed = json.loads(cli("ports", "list", "--json", cwd=root).stdout)
+    mine = str(root / "services.yaml")
+    return {r["name"]: r["port"] for r in listed if r["owner"] == mine}
+
+
+def test_copies_of_a_moved_on_demand_service_are_allocated_where_they_listen(
+    tmp_path: Path, detached: Any
+) -> None:
+    """`scale` makes the service copy 0, which keeps the moved listener, and copy 1, whose
+    own port (the next one) is that listener's: copy 1 moves on, and the registry names
+    each copy at the port it listens on (another stack with `aggressive` must see them)."""
+    port = consecutive_ports(4)
+    spare = [port + 1, port + 2, port + 3]
+    (tmp_path / "either.py").write_text(EITHER)
+    write_stack(
+        tmp_path,
+        f"services:\n  api:\n    command: python3 either.py\n    port: {port}\n"
+        f"    port_range: {port + 1}-{port + 3}\n    socket: inherit\n    start: on_demand\n",
+    )
+    with socket.create_server(("127.0.0.1", port)):
+        assert detached(tmp_path).returncode == 0
+        moved = services(tmp_path)["api"]["port"]
+        assert moved in spare
+        scaled = cli("scale", "api", "2", cwd=tmp_path)
+        assert scaled.returncode == 0, scaled.stderr
+
+        def settled() -> dict[str, int] | None:
+            now = services(tmp_path)
+            ports = {n: now[n]["port"] for n in ("api.0", "api.1") if n in now and now[n]["state"] == "idle"}
+            return ports if len(ports) == 2 else None
+
+        ports = wait_for(settled, timeout=15)
+        assert ports["api.0"] == moved == port + 1 and ports["api.1"] == port + 2
+        for name, at in ports.items():
+            assert ask(at) == services(tmp_path)[name]["pid"]
+        assert allocations(tmp_path) == ports
+
+
+def test_an_edit_of_a_moved_proxied_service_leaves_its_port_and_its_dependent_alone(
+    tmp_path: Path, detached: Any
+) -> None:
+    port, *spare = free_ports(3)
+    stack_of(tmp_path, port, spare, "proxy")
+    stack = tmp_path / "services.yaml"
+    stack.write_text(stack.read_text().replace("    start: on_demand\n", ""))
+    with socket.create_server(("127.0.0.1", port)):
+        assert detached(tmp_path).returncode == 0
+        before = services(tmp_path)
+        assert before["api"]["port"] == spare[0]
+        stack.write_text(
+            stack.read_text().replace("socket: proxy\n", "socket: proxy\n    environment: {X: '1'}\n")
+        )
+        wait_for(lambda: services(tmp_path)["api"]["pid"] not in (None, before["api"]["pid"]), timeout=15)
+        wait_for(lambda: services(tmp_path)["api"]["state"] == "running", timeout=15)
+        after = services(tmp_path)
+        assert after["api"]["port"] == spare[0]
+        assert after["seen"]["pid"] == before["seen"]["pid"]  # API_PORT did not change
+        assert allocations(tmp_path)["api"] == spare[0]
+        ports_seen = [
+            e["data"]["port"]
+            for e in json.loads(cli("history", "--json", "--all", "--limit", "500", cwd=tmp_path).stdout)
+            if e["kind"] == "port_allocated" and e["service"] == "api"
+        ]
+        assert ports_seen.count(port) <= 1, ports_seen  # the file's port, claimed once at up only
+
+
+def test_up_with_a_profile_against_a_running_stack_watches_what_it_adds(
+    tmp_path: Path, detached: Any
+) -> None:
+    """`up --profile` adds a proxied service with its proxy (on the port it moves to) and
+    an on-demand one idle, as `up` would have at the start."""
+    held, od_port, *spare = free_ports(4)
+    (tmp_path / "either.py").write_text(EITHER)
+    write_stack(
+        tmp_path,
+        f"""
+        services:
+          base: {{command: "python3 -c 'import time; time.sleep(300)'"}}
+          px:
+            command: python3 either.py
+            port: {held}
+            alternative_ports: {spare}
+            socket: proxy
+            profiles: [extra]
+          od:
+            command: python3 either.py
+            port: {od_port}
+            socket: proxy
+            start: on_demand
+            profiles: [extra]
+        """,
+    )
+    with socket.create_server(("127.0.0.1", held)):
+        assert detached(tmp_path).returncode == 0
+        again = cli("up", "-d", "--wait", "--profile", "extra", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        now = services(tmp_path)
+        assert (now["od"]["state"], now["od"]["pid"]) == ("idle", None)
+        assert now["px"]["port"] == spare[0]
+        assert ask(spare[0]) == now["px"]["pid"]
+        assert ask(od_port) == services(tmp_path)["od"]["pid"]
+
+
+def test_an_on_demand_service_no_longer_proxied_gives_its_internal_port_back(
+    tmp_path: Path, detached: Any
+) -> None:
+    """proxy -> inherit: the first connection starts it on the socket it is handed, and
+    the internal port it had behind the proxy is no longer its, nor allocated."""
+    (port,) = free_ports(1)
+    (tmp_path / "either.py").write_text(EITHER)
+    text = f"services:\n  api:\n    command: python3 either.py\n    port: {port}\n    start: on_demand\n"
+    stack = write_stack(tmp_path, text + "    socket: proxy\n")
+    assert detached(tmp_path).returncode == 0
+    first = ask(port)
+    assert "api.internal" in allocations(tmp_path)
+    stack.write_text(text + "    socket: inherit\n")
+    wait_for(lambda: services(tmp_path)["api"]["state"] == "idle" and not alive(first), timeout=15)
+    assert ask(port) == services(tmp_path)["api"]["pid"]
+    assert services(tmp_path)["api"].get("internal_port") is None
+    assert allocations(tmp_path) == {"api": port}

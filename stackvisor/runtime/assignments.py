@@ -186,9 +186,8 @@ class PortAssignments:
 
     async def secure(self, svc: Service) -> int | None:
         """The port the service will use, after any conflict on it is resolved."""
-        if svc.socket != "proxy":
-            self._no_internal(svc.name)
         if svc.port is None:
+            self._no_internal(svc.name)
             return None
         if svc.socket == "proxy":  # the public port is the supervisor's (see `reached_on`)
             async with self._lock:  # after the public one's resolution (it goes first)
@@ -201,9 +200,17 @@ class PortAssignments:
         service's socket, a proxied service's public port), which moves as a service's
         would. `listening`: a listener of ours is on that port already (a socket kept by
         a stop or a reload, one handed over): it stays the service's."""
+        if svc.socket != "proxy":  # no longer proxied: its `PORT` is this port again
+            self._no_internal(svc.name)
         if listening is not None:
             self.ports[svc.name] = listening
-            self._claim(svc.name, listening, svc.type or "custom")
+            # Its own even when another service of the stack claimed it meanwhile (a
+            # copy whose port is the next one), which moves at its start.
+            for other, (at, _) in list(self._claimed.items()):
+                if at == listening and other != svc.name:
+                    self.release(other)
+            if self._claimed.get(svc.name, (None,))[0] != listening:
+                self._claim(svc.name, listening, svc.type or "custom")
             return listening
         # One resolution at a time: two services migrating at once must not both pick
         # the same free port. (A free port is answered without suspending at all.)

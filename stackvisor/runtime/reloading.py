@@ -58,6 +58,8 @@ class Reloading:
 
         def schedule_added(self, name: str, tg: asyncio.TaskGroup, *, paused: bool = False) -> bool: ...
 
+        def started_by_up(self, name: str) -> bool: ...
+
         def unschedule(self, name: str) -> None: ...
 
         async def stop_services(
@@ -83,13 +85,19 @@ class Reloading:
                 self.requested = [*self.requested, *(n for n in names if n not in self.requested)]
             self.profiles |= set(profiles)
             wanted = plans.selection(self.config, names, self.profiles)
+            added = sorted(wanted - self.selection)
             self.selection |= wanted
+            self.ports.reserve(added)
+            for name in added:  # first: a public port is resolved before the start
+                self.watch_added(name, tg)  # its proxy, its idle stop, its lease; on demand: idle
             started = []
             for name in graph.start_order(self.config.graph()):
                 runner = self.runners[name]
                 if name in wanted and self.schedule_added(name, tg):
                     continue  # it runs on its schedule (again, if it was stopped by hand)
-                if name in wanted and not runner.running and runner.state is not State.COMPLETED:
+                if name not in wanted or not self.started_by_up(name):
+                    continue  # on demand: a connection starts it
+                if not runner.running and runner.state is not State.COMPLETED:
                     runner.start(tg)
                     started.append(name)
         return {"reload": result, "started": started}
@@ -146,13 +154,14 @@ class Reloading:
         # Stopping needs the old graph (removed services are only there).
         await self.stop_services(plan.stop, keep_sockets=plan.keep_sockets)
         handed: dict[str, HeldSocket] = {}  # by heir: the listener a removed service left
+        kept: dict[str, int | None] = {}  # by service: the port of a listener that stays
         for name in plan.diff.removed:
             heir = plan.heirs.get(name)
             self.unwatch(name, keep_proxy=heir is not None, heir=heir)
             self.unschedule(name)
             runner = self.runners.pop(name)
             if heir is not None:
-                handed[heir] = runner.hand_socket()
+                handed[heir], kept[heir] = runner.hand_socket(), self.ports.ports.get(name)
             runner.close()
             self.ports.forget(name)
         self.config = self.ports.config = new
@@ -164,7 +173,9 @@ class Reloading:
                 self.unschedule(name)
                 runner = self.runners[name]
                 runner.reconfigure(new.services[name], keep_socket=name in plan.keep_sockets)
-                if not isinstance(new.services[name].port, str):  # `auto` keeps the port it has
+                if name in plan.keep_sockets:  # where its listener is (moved by a conflict, maybe)
+                    kept[name] = self.ports.ports.get(name)
+                elif not isinstance(new.services[name].port, str):  # `auto` keeps the port it has
                     self.ports.set(name, runner.port)
             for name in plan.diff.added:
                 svc = new.services[name]
@@ -172,14 +183,14 @@ class Reloading:
                 self.runners[name].open()
                 if name in handed:
                     self.runners[name].take_socket(handed.pop(name))
-                self.ports.set(name, fixed(svc))
+                self.ports.set(name, kept.get(name, fixed(svc)))
             for name, runner in self.runners.items():  # a dependency on a group names its copies now
                 if name not in plan.diff.changed and runner.config != new.services[name]:
                     runner.retarget(new.services[name])
             self.selection = set(plan.selection)
             watched = [*plan.diff.changed, *plan.diff.added]
             # Their ports are the stack's now, also for one that waits (on demand) to start.
-            self.ports.reserve(sorted(n for n in watched if n in self.selection))
+            self.ports.reserve(sorted(n for n in watched if n in self.selection and n not in kept))
             waiting = {n for n in watched if n in self.selection and self.watch_added(n, tg)}  # on demand
         finally:  # a proxy or a socket kept for a service not watched again (or a failure) closes
             self.close_kept_proxies()

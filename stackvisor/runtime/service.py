@@ -301,8 +301,9 @@ class ServiceRunner(ServiceFacts):
     # ----- one process -----------------------------------------------------------------
 
     async def _spawn(self) -> None:
-        if (held := self._listener.port()) is None or held != self._port:  # not kept (inherit)
-            self.close_socket()
+        if (held := self._listener.port()) is not None:  # kept by a stop or a reload, or handed over
+            self._port = await self.ctx.reached_on(self._config, held)
+        else:
             self._port = await self.ctx.secure_port(self._config)
         cfg = self._config
         inherit = cfg.socket == "inherit"
