@@ -242,3 +242,30 @@ def test_an_on_demand_service_no_longer_proxied_gives_its_internal_port_back(
     assert ask(port) == services(tmp_path)["api"]["pid"]
     assert services(tmp_path)["api"].get("internal_port") is None
     assert allocations(tmp_path) == {"api": port}
+
+
+def test_a_renamed_moved_service_started_at_once_keeps_the_listener_it_is_handed(
+    tmp_path: Path, detached: Any
+) -> None:
+    """The rename hands the socket on the port it moved to over; the new service starts
+    on it (no second conflict, no second listener)."""
+    port, *spare = free_ports(3)
+    stack_of(tmp_path, port, spare, "inherit")
+    stack = tmp_path / "services.yaml"
+    with socket.create_server(("127.0.0.1", port)):
+        assert detached(tmp_path).returncode == 0
+        assert services(tmp_path)["api"]["port"] == spare[0]
+        stack.write_text(
+            stack.read_text()
+            .replace("  api:\n", "  web:\n")
+            .replace("    start: on_demand\n", "")
+            .replace("depends_on: [api]", "depends_on: [web]")
+            .replace("API_PORT", "WEB_PORT")
+        )
+        wait_for(lambda: services(tmp_path).get("web", {}).get("state") == "running", timeout=15)
+        assert services(tmp_path)["web"]["port"] == spare[0]
+        assert ask(spare[0]) == services(tmp_path)["web"]["pid"]
+        conflicts = json.loads(cli("history", "--json", cwd=tmp_path).stdout)
+        assert [c["service"] for c in conflicts] == ["api"], conflicts
+        held = allocations(tmp_path)
+        assert held["web"] == spare[0] and "api" not in held, held
