@@ -118,6 +118,31 @@ def test_run_exports_only_the_ports_of_services_that_run(tmp_path: Path) -> None
     assert supervisor_pid(tmp_path) is None  # this run started the stack: it took it down
 
 
+def test_run_exports_the_port_of_an_on_demand_service_waiting_for_its_first_connection(
+    tmp_path: Path,
+) -> None:
+    """Idle, it runs nothing yet, but its port listens: the command's first connection
+    starts it."""
+    api, web = free_ports(2)
+    write_stack(
+        tmp_path,
+        two_servers(api, web).replace("    env: {VERSION: one}", "    socket: proxy\n    start: on_demand"),
+    )
+    result = run(tmp_path, "api", "--", "python3", "-c", CONNECT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{api} answered\n"
+
+
+CONNECT = """
+import os, socket
+port = int(os.environ["API_PORT"])
+with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+    conn.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+    assert conn.recv(64)
+print(port, "answered")
+"""
+
+
 def test_plain_up_against_a_running_stack_attaches_and_ctrl_c_only_detaches(
     tmp_path: Path, detached: Detached
 ) -> None:

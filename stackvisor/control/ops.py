@@ -248,9 +248,11 @@ class Terminated(KeyboardInterrupt):
 
 
 def port_environment(status: StackStatus) -> dict[str, str]:
-    """`<NAME>_PORT` of each service that runs now, with the port it has (not one in
-    the file that somebody else may hold)."""
-    return port_env({s["name"]: s["port"] for s in status["services"] if s["pid"] is not None})
+    """`<NAME>_PORT` of each service that runs now, or waits idle for its first
+    connection on its port (`start: on_demand`), with the port it has (not one in the
+    file that somebody else may hold)."""
+    reachable = [s for s in status["services"] if s["pid"] is not None or s["state"] == "idle"]
+    return port_env({s["name"]: s["port"] for s in reachable})
 
 
 class DownResult(NamedTuple):
