@@ -123,6 +123,21 @@ CLASSIFY_CASES = [
         ConflictLevel.HIGH,
     ),
     ("a server a stack runs", owner(cmdline=("python3", "server.py", "stackvisor")), ConflictLevel.HIGH),
+    (
+        "pytest -m stackvisor",
+        owner(cmdline=("python3", "-m", "pytest", "-m", "stackvisor")),
+        ConflictLevel.HIGH,
+    ),
+    (
+        "a stale copy run from a folder named stackvisor",
+        owner(cmdline=("python3", "stackvisor"), pid=4000, create_time=NOW - 50.0),
+        ConflictLevel.LOW,
+    ),
+    (
+        "process_patterns name a folder named stackvisor",
+        owner(cmdline=("python3", "stackvisor", "api-server")),
+        ConflictLevel.LOW,
+    ),
 ]
 
 

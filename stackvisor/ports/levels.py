@@ -12,7 +12,6 @@ one means): none < low < medium < high < critical.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
@@ -125,10 +124,11 @@ def is_stackvisor(owner: Owner) -> bool:
     """Whether the process is stackvisor itself (`stackvisor ...`, `python -m stackvisor
     ...`): another stack's supervisor listens on the ports of its on-demand and proxied
     services, and ending it ends that whole stack."""
-    args = owner.cmdline
-    program = [a.rstrip("/").rsplit("/", 1)[-1] for a in args[:2]]  # itself, or a script run by python
-    module = any(a == "-m" and b == "stackvisor" for a, b in itertools.pairwise(args))
-    return owner.name == "stackvisor" or "stackvisor" in program or module
+    args = [a.rstrip("/").rsplit("/", 1)[-1] for a in owner.cmdline[:3]]
+    python = bool(args) and args[0].startswith("python")
+    module = python and args[1:3] == ["-m", "stackvisor"]
+    script = python and args[1:2] == ["stackvisor"]  # the installed command, run by its python
+    return owner.name == "stackvisor" or args[:1] == ["stackvisor"] or module or script
 
 
 def untouchable(owner: Owner, policy: Policy) -> str | None:
@@ -150,8 +150,6 @@ def untouchable(owner: Owner, policy: Policy) -> str | None:
     ours = policy.uid == 0 and is_known_child(owner, policy.known_children)
     if other_user and not ours:
         return f"it belongs to another user ({owner.user or owner.uid})"
-    if is_stackvisor(owner):
-        return "it is stackvisor (another stack's supervisor, or a command of it)"
     protected = matching_pattern(owner, policy.protected)
     if protected is not None:
         return f"it is a protected process ({protected})"
@@ -170,6 +168,8 @@ def classify(owner: Owner, service: Service, policy: Policy) -> Classification:
     pattern = matching_pattern(owner, service.process_patterns)
     if pattern is not None:
         return Classification(ConflictLevel.LOW, f"it matches {service.name}'s process_patterns ({pattern})")
+    if is_stackvisor(owner):  # after a stale copy of the service, which it may be
+        return Classification(ConflictLevel.CRITICAL, "it is stackvisor (another stack's supervisor)")
     pattern = matching_pattern(owner, policy.dev_patterns)
     if pattern is not None:
         return Classification(ConflictLevel.MEDIUM, f"it looks like a development server ({pattern})")
