@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import alive, cli, free_ports, wait_for, write_stack
+from tests.conftest import alive, cli, free_ports, state_events, wait_for, write_stack
 from tests.test_activation_reload import EITHER, ask, services
 from tests.test_replicas import consecutive_ports
 
@@ -269,3 +269,45 @@ def test_a_renamed_moved_service_started_at_once_keeps_the_listener_it_is_handed
         assert [c["service"] for c in conflicts] == ["api"], conflicts
         held = allocations(tmp_path)
         assert held["web"] == spare[0] and "api" not in held, held
+
+
+def test_a_proxied_service_whose_port_cannot_be_had_does_not_start_nor_its_dependents(
+    tmp_path: Path, detached: Any
+) -> None:
+    """Added by `up --profile` to a running stack, with its port held and nowhere to go:
+    it fails, without a process, and its dependent is never started against the holder."""
+    held, dep_port = free_ports(2)
+    (tmp_path / "either.py").write_text(EITHER)
+    write_stack(
+        tmp_path,
+        f"""
+        services:
+          base: {{command: "python3 -c 'import time; time.sleep(300)'"}}
+          px: {{command: python3 either.py, port: {held}, socket: proxy, profiles: [p]}}
+          dep: {{command: python3 either.py, port: {dep_port}, depends_on: [px], profiles: [p]}}
+        """,
+    )
+    with socket.create_server(("127.0.0.1", held)):
+        assert detached(tmp_path).returncode == 0
+        cli("up", "-d", "--wait", "--profile", "p", cwd=tmp_path)
+        wait_for(lambda: services(tmp_path)["dep"]["state"] == "failed", timeout=15)
+        now = services(tmp_path)
+        assert now["px"]["state"] == "failed" and f"port {held}" in now["px"]["reason"], now["px"]
+        started = [
+            e for e in state_events(tmp_path) if e["service"] in ("px", "dep") and e.get("new") == "starting"
+        ]
+        assert started == [], started
+        assert "px.internal" not in allocations(tmp_path)
+
+
+def test_up_brings_back_an_on_demand_service_that_failed_on_its_port(tmp_path: Path, detached: Any) -> None:
+    port, taken = free_ports(2)
+    stack_of(tmp_path, port, [], "inherit")
+    assert detached(tmp_path).returncode == 0
+    with socket.create_server(("127.0.0.1", taken)):
+        stack_of(tmp_path, taken, [], "inherit")
+        wait_for(lambda: services(tmp_path)["api"]["state"] == "failed", timeout=15)
+    again = cli("up", "-d", "--wait", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    wait_for(lambda: services(tmp_path)["api"]["state"] in ("idle", "running", "healthy"), timeout=15)
+    assert ask(taken) == services(tmp_path)["api"]["pid"]

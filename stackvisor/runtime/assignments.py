@@ -60,6 +60,7 @@ class PortAssignments:
         self.registry: Registry | None = None
         self._claimed: dict[str, tuple[int, str]] = {}  # service -> (port, type) in the registry
         self.internal: dict[str, int] = {}  # proxied service -> the port it listens on
+        self._unreachable: set[str] = set()  # services whose port's last resolution failed
         self._me = (os.getpid(), procfs.started(os.getpid()))
 
     @property
@@ -191,6 +192,10 @@ class PortAssignments:
             return None
         if svc.socket == "proxy":  # the public port is the supervisor's (see `reached_on`)
             async with self._lock:  # after the public one's resolution (it goes first)
+                unreachable = svc.name in self._unreachable
+            if unreachable:  # it failed: the service does not start unless it is settled now
+                await self.reached_on(svc, None)
+            async with self._lock:
                 return self._internal(svc)
         return await self.reached_on(svc, None)
 
@@ -204,6 +209,7 @@ class PortAssignments:
             self._no_internal(svc.name)
         if listening is not None:
             self.ports[svc.name] = listening
+            self._unreachable.discard(svc.name)
             # Its own even when another service of the stack claimed it meanwhile (a
             # copy whose port is the next one), which moves at its start.
             for other, (at, _) in list(self._claimed.items()):
@@ -236,6 +242,7 @@ class PortAssignments:
                     resolution = await secure_port(svc, ctx)
                 except PortConflictError as exc:
                     self._record(svc.name, exc.record)
+                    self._unreachable.add(svc.name)
                     raise StartError(str(exc)) from None
                 port = resolution.port
                 if port is None or port == svc.port:
@@ -247,6 +254,7 @@ class PortAssignments:
             else:
                 raise StartError(f"{svc.name}: every port tried was allocated meanwhile by another stack")
             self.ports[svc.name] = resolution.port
+            self._unreachable.discard(svc.name)
         self._record(svc.name, resolution.conflict)
         return resolution.port
 

@@ -95,8 +95,8 @@ class Reloading:
                 runner = self.runners[name]
                 if name in wanted and self.schedule_added(name, tg):
                     continue  # it runs on its schedule (again, if it was stopped by hand)
-                if name not in wanted or not self.started_by_up(name):
-                    continue  # on demand: a connection starts it
+                if name not in wanted or (not self.started_by_up(name) and runner.state is not State.FAILED):
+                    continue  # on demand: a connection starts it (a failed one starts now, as `start` does)
                 if not runner.running and runner.state is not State.COMPLETED:
                     runner.start(tg)
                     started.append(name)
